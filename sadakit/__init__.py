@@ -1,0 +1,34 @@
+"""sadakit: training-free diffusion acceleration (SADA) and learned few-step solvers (AdaSDE).
+
+    import sadakit
+    sadakit.accelerate(pipe)          # SADA with the pipeline family's defaults
+    image = pipe(prompt).images[0]
+    print(sadakit.report(pipe))       # what was skipped / pruned
+    sadakit.remove(pipe)              # bit-identical to the original again
+"""
+
+from .api import accelerate, default_config, is_accelerated, remove, report
+from .config import SADAConfig
+from .errors import NotAcceleratedError, SadakitError, UnsupportedPipelineError
+from .hookspecs import hookimpl
+from .registry import register_plugin, supported_pipelines, unregister_plugin
+from .runtime.report import GenerationReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GenerationReport",
+    "NotAcceleratedError",
+    "SADAConfig",
+    "SadakitError",
+    "UnsupportedPipelineError",
+    "accelerate",
+    "default_config",
+    "hookimpl",
+    "is_accelerated",
+    "register_plugin",
+    "remove",
+    "report",
+    "supported_pipelines",
+    "unregister_plugin",
+]

@@ -1,0 +1,92 @@
+"""Public API: ``accelerate``, ``remove``, ``report``, ``default_config``."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from .config import SADAConfig
+from .errors import NotAcceleratedError
+from .registry import find_plugin
+from .runtime import hooks
+from .runtime.report import GenerationReport
+from .runtime.session import SADASession
+
+logger = logging.getLogger("sadakit")
+
+_sessions: "weakref.WeakKeyDictionary[Any, SADASession]" = weakref.WeakKeyDictionary()
+_last_reports: "weakref.WeakKeyDictionary[Any, GenerationReport]" = weakref.WeakKeyDictionary()
+
+
+def default_config(pipe: Any) -> SADAConfig:
+    """The tuned defaults of the pipeline's family."""
+    return find_plugin(pipe).default_config(pipe)
+
+
+def is_accelerated(pipe: Any) -> bool:
+    return pipe in _sessions
+
+
+def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
+    """Apply SADA to ``pipe`` (in place) and return it.
+
+    Everything is validated before anything is changed: on error the pipeline is untouched.
+    Accelerating an accelerated pipeline replaces its configuration.
+    """
+    plugin = find_plugin(pipe)
+    if config is None:
+        config = plugin.default_config(pipe)
+    if not isinstance(config, SADAConfig):
+        raise TypeError(
+            f"sadakit.accelerate(config=...) expects a sadakit.SADAConfig, got {type(config).__name__}"
+        )
+    plugin.validate(pipe, config)
+    plugin.parameterization(pipe)  # raises for a scheduler that cannot be served
+    spec = plugin.denoiser(pipe)
+    blocks = plugin.token_blocks(pipe, spec.module) if config.token_sparsity else []
+    registry = getattr(spec.module, "_diffusers_hook", None)
+    if pipe in _sessions:
+        logger.info("sadakit: %s was already accelerated; replacing its configuration", type(pipe).__name__)
+        remove(pipe)
+    elif registry is not None and registry.get_hook(hooks.DENOISER_HOOK) is not None:
+        raise RuntimeError(
+            f"the denoiser of {type(pipe).__name__} already carries a sadakit hook from another pipeline "
+            "object sharing it; call sadakit.remove on that pipeline first"
+        )
+    session = SADASession(pipe, plugin, config, spec, blocks)
+    plugin.prepare(pipe)
+    try:
+        hooks.install(session)
+    except Exception:
+        hooks.uninstall(session)
+        plugin.restore(pipe)
+        raise
+    _sessions[pipe] = session
+    return pipe
+
+
+def remove(pipe: Any) -> bool:
+    """Restore ``pipe`` exactly; returns False (and does nothing) if it was not accelerated."""
+    session = _sessions.pop(pipe, None)
+    if session is None:
+        return False
+    hooks.uninstall(session)
+    session.plugin.restore(pipe)
+    last = session.report()
+    if last is not None:
+        _last_reports[pipe] = last
+    return True
+
+
+def report(pipe: Any) -> GenerationReport:
+    """What the last generation of ``pipe`` did (also available right after ``remove``)."""
+    session = _sessions.get(pipe)
+    rep = session.report() if session is not None else _last_reports.get(pipe)
+    if rep is None:
+        if session is None:
+            raise NotAcceleratedError(
+                f"{type(pipe).__name__} is not accelerated: call sadakit.accelerate(pipe) and generate first"
+            )
+        raise NotAcceleratedError(f"{type(pipe).__name__} is accelerated but has not generated yet")
+    return rep

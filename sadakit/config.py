@@ -1,0 +1,81 @@
+"""SADA configuration: an attrs class that validates itself and names what is allowed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from attrs import field, validators
+
+
+def _int_at_least(minimum: int):
+    def check(instance, attribute, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(
+                f"SADAConfig.{attribute.name} must be an integer >= {minimum}, got {value!r}"
+            )
+
+    return check
+
+
+def _fraction(instance, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"SADAConfig.{attribute.name} must be a number in (0, 1], got {value!r}")
+
+
+def _one_of(*allowed):
+    def check(instance, attribute, value):
+        if value not in allowed:
+            raise ValueError(
+                f"SADAConfig.{attribute.name} must be one of {', '.join(map(repr, allowed))}; got {value!r}"
+            )
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class SADAConfig:
+    """What SADA may do on a pipeline, and the guard rails around it.
+
+    The defaults are safe for every family; each plugin offers its family's tuned defaults
+    (``sadakit.default_config(pipe)``). Use ``attrs.evolve(config, field=value)`` for variants.
+    """
+
+    #: Skip whole denoiser calls where the trajectory is locally stable (step-wise sparsity).
+    skip_steps: bool = field(default=True, validator=validators.instance_of(bool))
+    #: Recompute only unstable tokens (plus anchors) on partial calls (token-wise sparsity).
+    token_sparsity: bool = field(default=True, validator=validators.instance_of(bool))
+    #: Calls always computed at the start. The criterion needs three drifts, so at least 3.
+    warmup_calls: int = field(default=4, validator=_int_at_least(3))
+    #: Calls always computed at the end (fine detail is formed there).
+    final_calls: int = field(default=2, validator=_int_at_least(0))
+    #: Longest run of skipped calls per sample before a forced full refresh.
+    max_consecutive_skips: int = field(default=1, validator=_int_at_least(1))
+    #: What is extrapolated on a skipped call: the clean estimate x0 or the raw model output.
+    extrapolation: Literal["x0", "output"] = field(default="x0", validator=_one_of("x0", "output"))
+    #: Polynomial order of the extrapolation (1 = linear through the last two computed calls).
+    extrapolation_order: int = field(default=1)
+    #: Side of the window that gets one rotating anchor token on partial calls.
+    anchor_window: int = field(default=2, validator=_int_at_least(1))
+    #: Partial calls only when at most this fraction of a block's tokens must be recomputed.
+    max_token_fraction: float = field(default=0.75, validator=_fraction)
+    #: Which eligible blocks prune tokens: only the highest-resolution ones, or all.
+    token_resolutions: Literal["highest", "all"] = field(
+        default="highest", validator=_one_of("highest", "all")
+    )
+    #: Measure the denoiser's FLOPs once per input shape (torch's flop counter) for ``report``.
+    count_flops: bool = field(default=True, validator=validators.instance_of(bool))
+
+    @extrapolation_order.validator
+    def _check_order(self, attribute, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+            raise ValueError(f"SADAConfig.extrapolation_order must be an integer in 0..3, got {value!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.skip_steps or self.token_sparsity
+
+    @classmethod
+    def disabled(cls) -> "SADAConfig":
+        """Hooks installed, nothing skipped or pruned: outputs stay bit-identical (for testing)."""
+        return cls(skip_steps=False, token_sparsity=False)

@@ -1,0 +1,1 @@
+"""MusicLDM (spectrogram latents) plugin."""

@@ -1,0 +1,139 @@
+"""diffusers hooks that connect the session to the denoiser and its blocks.
+
+One hook class per job: the denoiser call (decide, skip or run on some rows) and the token
+block (run on a token subset, fill the rest from a residual cache). Removal by name through
+``HookRegistry`` restores the modules exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from ..core import tokens
+from .session import SADASession
+
+DENOISER_HOOK = "sadakit_sada_denoiser"
+BLOCK_HOOK = "sadakit_sada_tokens"
+
+
+class DenoiserHook(ModelHook):
+    """Replaces the denoiser's forward with the session's decide-and-run."""
+
+    _is_stateful = True
+
+    def __init__(self, session: SADASession) -> None:
+        super().__init__()
+        self.session = session
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.session.run(self.fn_ref.original_forward, args, kwargs)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.session.finish_generation()
+        return module
+
+
+class TokenBlockHook(ModelHook):
+    """Runs a (B, N, C) token block on the plan's tokens; the others get input + last residual.
+
+    The cache holds, per full-batch row, each token's last residual ``block(h) - h``, so a
+    pruned token follows its current input instead of freezing at an old output.
+    """
+
+    _is_stateful = False  # state lives in the session and is reset with it
+
+    def __init__(self, session: SADASession, name: str, hidden_arg: str = "hidden_states") -> None:
+        super().__init__()
+        self.session = session
+        self.name = name
+        self.hidden_arg = hidden_arg
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        session = self.session
+        original = self.fn_ref.original_forward
+        if args:
+            hidden, rest_args, in_kwargs = args[0], args[1:], False
+        else:
+            hidden, rest_args, in_kwargs = kwargs[self.hidden_arg], (), True
+        n = hidden.shape[1]
+        rows = session.active_rows
+        plan = session.token_plan
+        cache = session.block_caches.get(self.name)
+        grid = None
+        if plan is not None and session.state is not None and session.state.latent_grid is not None:
+            grid = tokens.grid_for_tokens(session.state.latent_grid, n)
+        idx = plan.indices(grid) if (plan is not None and grid is not None and cache is not None) else None
+        if idx is None:
+            out = original(*args, **kwargs)
+            session.block_tokens[self.name] = n
+            if session.config.token_sparsity:
+                self._store(hidden, out, rows)
+            session.account_block(self.name, n, n, hidden.shape[0], None)
+            return out
+        c = hidden.shape[-1]
+        gather = idx.unsqueeze(-1).expand(-1, -1, c)
+        h_sel = hidden.gather(1, gather)
+        if in_kwargs:
+            out_sel = original(*rest_args, **{**kwargs, self.hidden_arg: h_sel})
+        else:
+            out_sel = original(h_sel, *rest_args, **kwargs)
+        residual = cache if rows is None else cache.index_select(0, rows)
+        residual = residual.scatter(1, gather, (out_sel - h_sel).to(residual.dtype))
+        out = hidden + residual.to(hidden.dtype)
+        if rows is None:
+            session.block_caches[self.name] = residual
+        else:
+            cache.index_copy_(0, rows, residual)
+        session.account_block(self.name, n, idx.shape[1], hidden.shape[0], session.block_flops(self.name))
+        return out
+
+    def _store(self, hidden: torch.Tensor, out: torch.Tensor, rows: torch.Tensor | None) -> None:
+        residual = (out - hidden).detach()
+        if rows is None:
+            self.session.block_caches[self.name] = residual
+            return
+        cache = self.session.block_caches.get(self.name)
+        b = self.session.state.batch_size if self.session.state is not None else None
+        if cache is None or b is None or cache.shape[0] != b or cache.shape[1:] != residual.shape[1:]:
+            return  # no full-batch cache yet: the next full call creates it
+        cache.index_copy_(0, rows, residual)
+
+
+def install(session: SADASession) -> None:
+    """Register the session's hooks; the caller has validated everything beforehand."""
+    registry = HookRegistry.check_if_exists_or_initialize(session.denoiser.module)
+    registry.register_hook(DenoiserHook(session), DENOISER_HOOK)
+    if session.config.token_sparsity:
+        for block in session.token_blocks:
+            block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
+            block_registry.register_hook(TokenBlockHook(session, block.name, block.hidden_arg), BLOCK_HOOK)
+    registry.invalidate_child_registries_cache()
+
+
+def uninstall(session: SADASession) -> None:
+    """Remove every hook this session registered and leave no trace on the modules."""
+    module = session.denoiser.module
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        registry.remove_hook(DENOISER_HOOK, recurse=False)
+    for block in session.token_blocks:
+        block_registry = getattr(block.module, "_diffusers_hook", None)
+        if block_registry is not None:
+            block_registry.remove_hook(BLOCK_HOOK, recurse=False)
+            _drop_empty_registry(block.module)
+    if registry is not None:
+        registry.invalidate_child_registries_cache()
+    _drop_empty_registry(module)
+    session.finish_generation()
+
+
+def _drop_empty_registry(module: torch.nn.Module) -> None:
+    """Delete an empty registry and the instance-level forward it left, so the module is as new."""
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None and not registry.hooks:
+        del module._diffusers_hook
+        if "forward" in module.__dict__:
+            del module.__dict__["forward"]

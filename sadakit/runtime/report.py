@@ -1,0 +1,78 @@
+"""What one generation did: calls computed / skipped / partial per sample, tokens, FLOPs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GenerationReport:
+    """Counts for the last (or current) generation of an accelerated pipeline.
+
+    ``per_sample`` rows follow the denoiser batch (CFG halves are separate rows that decide
+    together). ``network_calls`` counts denoiser forwards actually run (a call where only some
+    rows were computed counts once); ``decisions`` holds one letter per call: F full, P partial,
+    S skipped, M mixed (some rows skipped).
+    """
+
+    family: str = ""
+    parameterization: str = ""
+    denoiser_calls: int = 0
+    network_calls: int = 0
+    batch_size: int = 0
+    per_sample_computed: list[int] = field(default_factory=list)
+    per_sample_skipped: list[int] = field(default_factory=list)
+    per_sample_partial: list[int] = field(default_factory=list)
+    decisions: str = ""
+    control_calls_run: int = 0
+    tokens_total: int = 0
+    tokens_computed: int = 0
+    flops_per_call: float | None = None
+    flops_saved: float = 0.0
+    cache_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def skipped_calls(self) -> int:
+        return self.decisions.count("S")
+
+    @property
+    def partial_calls(self) -> int:
+        return self.decisions.count("P")
+
+    @property
+    def flops_saved_fraction(self) -> float | None:
+        if not self.flops_per_call or not self.denoiser_calls:
+            return None
+        return self.flops_saved / (self.flops_per_call * self.denoiser_calls)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped_calls"] = self.skipped_calls
+        d["partial_calls"] = self.partial_calls
+        d["flops_saved_fraction"] = self.flops_saved_fraction
+        return d
+
+    def __str__(self) -> str:
+        lines = [
+            f"sadakit report ({self.family}, {self.parameterization})",
+            f"  denoiser calls: {self.denoiser_calls}  network forwards: {self.network_calls}"
+            f"  skipped: {self.skipped_calls}  partial: {self.partial_calls}",
+            f"  decisions: {self.decisions}",
+        ]
+        for i, (c, s, p) in enumerate(
+            zip(self.per_sample_computed, self.per_sample_skipped, self.per_sample_partial)
+        ):
+            lines.append(f"  row {i}: computed {c} (partial {p}), skipped {s}")
+        if self.tokens_total:
+            lines.append(
+                f"  block tokens computed: {self.tokens_computed}/{self.tokens_total}"
+                f" ({100.0 * self.tokens_computed / self.tokens_total:.1f}%)"
+            )
+        frac = self.flops_saved_fraction
+        if frac is not None:
+            lines.append(f"  estimated FLOPs saved: {self.flops_saved:.3g} ({100 * frac:.1f}%)")
+        if self.cache_bytes:
+            lines.append(f"  cache memory: {self.cache_bytes / 2**20:.2f} MiB")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)

@@ -1,0 +1,376 @@
+"""The SADA runtime bound to one pipeline: decides every denoiser call and runs it.
+
+Per call: convert the state to the flow chart, evaluate the stability criterion against the
+drift history, speculatively extrapolate x0 and count unstable tokens, then read one small
+vector to the host (noise level, per-group decisions, finiteness, token counts). The host
+applies the guard rails and runs the network on the rows that must be computed, fully or on
+a token subset; skipped rows get the extrapolated output.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..config import SADAConfig
+from ..core import criterion, tokens
+from ..core.extrapolation import extrapolate
+from ..core.parameterization import NoiseLevel, flow_drift, to_flow
+from ..plugins.spec import DenoiserSpec, TokenBlockSpec
+from .batching import output_tensor, rebuild_output, select_rows
+from .report import GenerationReport
+from .state import GenerationState
+
+_NEW_GENERATION_TOL = 1e-6
+
+
+@dataclass
+class TokenPlan:
+    """Which tokens each block recomputes on a partial call (indices built lazily per grid)."""
+
+    pooled: dict[tuple[int, int], torch.Tensor]  # grid -> (B_active, N) scores
+    required: dict[tuple[int, int], torch.Tensor]  # grid -> (B_active, N) bool
+    k: dict[tuple[int, int], int]  # grid -> tokens per row, only grids worth pruning
+    _indices: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    def indices(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        if grid not in self.k:
+            return None
+        if grid not in self._indices:
+            self._indices[grid] = tokens.select_indices(self.pooled[grid], self.required[grid], self.k[grid])
+        return self._indices[grid]
+
+
+@dataclass
+class CallPlan:
+    """The host's decision for one denoiser call."""
+
+    lvl: NoiseLevel
+    x_flow: torch.Tensor
+    computed_groups: list[int]
+    skipped_groups: list[int]
+    x0_hat: torch.Tensor | None
+    token_plan: TokenPlan | None
+    tau_host: float
+
+
+class SADASession:
+    """Runtime state and logic for one accelerated pipeline."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        plugin: Any,
+        config: SADAConfig,
+        denoiser: DenoiserSpec,
+        token_blocks: list[TokenBlockSpec],
+    ) -> None:
+        self._pipe_ref = weakref.ref(pipe)
+        self.plugin = plugin
+        self.config = config
+        self.denoiser = denoiser
+        self.token_blocks = token_blocks
+        self.signature = inspect.signature(denoiser.module.forward)
+        self.state: GenerationState | None = None
+        self.current = GenerationReport(family=plugin.family)
+        self.last: GenerationReport | None = None
+        # set during a network call, read by block hooks
+        self.token_plan: TokenPlan | None = None
+        self.active_rows: torch.Tensor | None = None
+        self.block_tokens: dict[str, int] = {}
+        self.block_caches: dict[str, torch.Tensor] = {}
+        self._flops_measured: dict[tuple, tuple[float, dict[str, float]]] = {}
+        self._block_flops: dict[str, float] = {}
+        self._last_output: Any = None
+        self._phase = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def pipe(self) -> Any:
+        return self._pipe_ref()
+
+    def finish_generation(self) -> None:
+        """Called by diffusers at the end of every pipeline call (and on a new generation)."""
+        if self.current.denoiser_calls:
+            if self.state is not None:
+                self.current.cache_bytes = self.state.cache_bytes() + sum(
+                    c.numel() * c.element_size() for c in self.block_caches.values()
+                )
+            self.last = self.current
+        self.current = GenerationReport(family=self.plugin.family)
+        self.state = None
+        self.block_caches.clear()
+        self._last_output = None
+        self.token_plan = None
+        self.active_rows = None
+
+    def report(self) -> GenerationReport | None:
+        return self.current if self.current.denoiser_calls else self.last
+
+    def _start_generation(self, x_model: torch.Tensor) -> GenerationState:
+        self.finish_generation()
+        pipe = self.pipe
+        param = self.plugin.parameterization(pipe)
+        b = x_model.shape[0]
+        groups_list = self.plugin.cfg_groups(pipe, b) or [[r] for r in range(b)]
+        width = max(len(g) for g in groups_list)
+        if any(len(g) != width for g in groups_list) or sorted(r for g in groups_list for r in g) != list(range(b)):
+            raise ValueError(
+                f"plugin {self.plugin.name!r} returned CFG groups {groups_list} that do not partition a batch of {b}"
+            )
+        row_group = [0] * b
+        for gi, g in enumerate(groups_list):
+            for r in g:
+                row_group[r] = gi
+        scheduler = getattr(pipe, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        expected = len(timesteps) if timesteps is not None else None
+        state = GenerationState(
+            parameterization=param,
+            batch_shape=tuple(x_model.shape),
+            groups=torch.tensor(groups_list, dtype=torch.long, device=x_model.device),
+            row_group=row_group,
+            expected_calls=expected,
+            history_len=self.config.extrapolation_order + 1,
+            consecutive_skips=[0] * len(groups_list),
+            last_computed=[True] * len(groups_list),
+        )
+        grid = self.denoiser.latent_to_grid(x_model[:1].float())
+        state.latent_grid = (int(grid.shape[-2]), int(grid.shape[-1]))
+        self.current.parameterization = param.describe()
+        self.current.batch_size = b
+        self.current.per_sample_computed = [0] * b
+        self.current.per_sample_skipped = [0] * b
+        self.current.per_sample_partial = [0] * b
+        self.state = state
+        return state
+
+    # ------------------------------------------------------------------ decision
+    def _eligible_grids(self, state: GenerationState) -> list[tuple[int, int]]:
+        if not self.block_tokens or state.latent_grid is None:
+            return []
+        counts = set(self.block_tokens.values())
+        if self.config.token_resolutions == "highest":
+            counts = {max(counts)}
+        grids = []
+        for n in sorted(counts, reverse=True):
+            g = tokens.grid_for_tokens(state.latent_grid, n)
+            if g is not None:
+                grids.append(g)
+        return grids
+
+    def decide(self, x_model: torch.Tensor, timestep: Any) -> CallPlan:
+        state = self.state
+        if state is None or tuple(x_model.shape) != state.batch_shape:
+            state = self._start_generation(x_model)
+        param = state.parameterization
+        device = x_model.device
+        lvl = param.level(timestep, device)
+        x_flow = to_flow(x_model, lvl)
+        t = torch.as_tensor(timestep, device=device).reshape(-1)
+        uniform = (t == t[0]).all().to(torch.float32).reshape(1)
+        items = [lvl.tau.reshape(1), uniform]
+        cfg = self.config
+        nodes = state.newest_nodes()
+        have_criterion = cfg.enabled and len(nodes) == 3
+        g = state.num_groups
+        x0_hat = None
+        grids: list[tuple[int, int]] = []
+        pooled: dict = {}
+        required: dict = {}
+        if have_criterion:
+            m = criterion.stability_momentum(
+                x_flow, nodes[0].x_flow, [n.drift for n in nodes], [n.tau for n in nodes], lvl.tau
+            )
+            scores = criterion.group_scores(criterion.sample_scores(m), state.groups)
+            items.append((scores <= 0).to(torch.float32))
+            if cfg.skip_steps and state.values is not None:
+                x0_hat = self._extrapolate(state, lvl, x_model)
+                finite = torch.isfinite(x0_hat.reshape(x0_hat.shape[0], -1)).all(dim=1)
+                items.append(finite[state.groups].all(dim=1).to(torch.float32))
+            else:
+                items.append(torch.zeros(g, device=device))
+            if cfg.token_sparsity:
+                grids = self._eligible_grids(state)
+                if grids:
+                    tok = self.denoiser.latent_to_grid(m)  # (B, H, W)
+                    tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
+                    for grid in grids:
+                        p = tokens.pool_scores(tok, grid)
+                        req = tokens.required_mask(p, tokens.anchor_mask(grid, cfg.anchor_window, self._phase, device))
+                        pooled[grid], required[grid] = p, req
+                        items.append(req.sum(dim=1).to(torch.float32))
+        host = torch.cat([i.reshape(-1).to(torch.float32) for i in items]).tolist()  # the one host read
+        tau_host, uniform_host = host[0], host[1] > 0.5
+        if state.last_tau is not None and tau_host > state.last_tau + _NEW_GENERATION_TOL:
+            state = self._start_generation(x_model)
+            have_criterion = False
+        if not uniform_host and cfg.enabled:
+            note = "criterion off: rows of one call had different timesteps"
+            if note not in self.current.notes:
+                self.current.notes.append(note)
+        n = state.call_index
+        final_guard = state.expected_calls is not None and n >= state.expected_calls - cfg.final_calls
+        repeated_time = state.last_tau is not None and abs(tau_host - state.last_tau) <= 1e-7
+        crit_ok = have_criterion and uniform_host and n >= cfg.warmup_calls and not final_guard and not repeated_time
+        skipped: list[int] = []
+        if crit_ok and cfg.skip_steps and x0_hat is not None:
+            stable = host[2 : 2 + g]
+            finite = host[2 + g : 2 + 2 * g]
+            for gi in range(g):
+                rows = [r for r, gg in enumerate(state.row_group) if gg == gi]
+                enough = all(state.value_counts[r] >= state.history_len for r in rows)
+                if stable[gi] > 0.5 and finite[gi] > 0.5 and enough and state.consecutive_skips[gi] < cfg.max_consecutive_skips:
+                    skipped.append(gi)
+        computed = [gi for gi in range(g) if gi not in skipped]
+        token_plan = None
+        if crit_ok and cfg.token_sparsity and grids and computed and all(state.last_computed[gi] for gi in computed):
+            rows = torch.tensor(state.group_rows(computed), device=device)
+            rows_host = state.group_rows(computed)
+            offset = 2 + 2 * g
+            ks = {}
+            for i, grid in enumerate(grids):
+                counts = host[offset + i * x_model.shape[0] : offset + (i + 1) * x_model.shape[0]]
+                k = int(max(counts[r] for r in rows_host))
+                n_tok = grid[0] * grid[1]
+                if k <= cfg.max_token_fraction * n_tok:
+                    ks[grid] = max(k, 1)
+            if ks:
+                sel = (lambda d: {kk: v.index_select(0, rows) for kk, v in d.items()}) if len(rows_host) != x_model.shape[0] else (lambda d: d)
+                token_plan = TokenPlan(pooled=sel(pooled), required=sel(required), k=ks)
+        return CallPlan(lvl=lvl, x_flow=x_flow, computed_groups=computed, skipped_groups=skipped, x0_hat=x0_hat, token_plan=token_plan, tau_host=tau_host)
+
+    def _extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor) -> torch.Tensor:
+        """x0 estimate at the current time from the computed history of every row."""
+        t_eval = lvl.tau.expand(state.batch_size)
+        if self.config.extrapolation == "x0":
+            return extrapolate(state.values, state.value_times, t_eval)
+        out_hat = extrapolate(state.values, state.value_times, t_eval)
+        return state.parameterization.x0_from_output(x_model.float(), out_hat, lvl)
+
+    # ------------------------------------------------------------------ execution
+    def run(self, original_forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """Execute one denoiser call under SADA."""
+        bound = self.signature.bind(*args, **kwargs)
+        x_model = bound.arguments[self.denoiser.sample_arg]
+        timestep = bound.arguments[self.denoiser.timestep_arg]
+        plan = self.decide(x_model, timestep)
+        state = self.state
+        b = x_model.shape[0]
+        rows_host = state.group_rows(plan.computed_groups)
+        rows = torch.tensor(rows_host, dtype=torch.long, device=x_model.device)
+        output = None
+        computed_tensor = None
+        if rows_host:
+            self.token_plan = plan.token_plan
+            self.active_rows = None if len(rows_host) == b else rows
+            try:
+                if len(rows_host) == b:
+                    output = self._forward_measured(original_forward, args, kwargs, x_model)
+                else:
+                    sub_args = select_rows(args, rows, b)
+                    sub_kwargs = select_rows(kwargs, rows, b)
+                    output = original_forward(*sub_args, **sub_kwargs)
+            finally:
+                self.token_plan = None
+                self.active_rows = None
+            computed_tensor = output_tensor(output, self.denoiser.output_field)
+            self._last_output = output
+        if plan.skipped_groups:
+            full = self._approximate(plan, x_model, state)
+            if computed_tensor is not None:
+                full = full.clone()
+                full[rows] = computed_tensor.to(full.dtype)
+            final_tensor = full
+            output = rebuild_output(self._last_output, full, self.denoiser.output_field)
+            if bound.arguments.get("return_dict", True) is False and not isinstance(output, tuple):
+                output = (full,)
+        else:
+            final_tensor = computed_tensor
+        self._record(plan, x_model, final_tensor, rows, rows_host)
+        return output
+
+    def _forward_measured(self, original_forward: Callable, args: tuple, kwargs: dict, x_model: torch.Tensor) -> Any:
+        """Run the full network; once per input shape, count its FLOPs for the report."""
+        key = tuple(x_model.shape)
+        if not self.config.count_flops or key in self._flops_measured or self.token_plan is not None:
+            return original_forward(*args, **kwargs)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = original_forward(*args, **kwargs)
+        per_module = {name: float(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+        self._flops_measured[key] = (float(counter.get_total_flops()), per_module)
+        return out
+
+    def _approximate(self, plan: CallPlan, x_model: torch.Tensor, state: GenerationState) -> torch.Tensor:
+        out = state.parameterization.output_from_x0(x_model.float(), plan.x0_hat, plan.lvl)
+        return out.to(x_model.dtype)
+
+    def _record(self, plan: CallPlan, x_model, output: torch.Tensor, rows: torch.Tensor, rows_host: list[int]) -> None:
+        state = self.state
+        param = state.parameterization
+        lvl = plan.lvl
+        out32 = output.float()
+        x0 = param.x0_from_output(x_model.float(), out32, lvl)
+        drift = flow_drift(plan.x_flow, x0, lvl.tau)
+        state.push_node(lvl, plan.x_flow, drift, plan.tau_host)
+        if rows_host and self.config.enabled:
+            values = x0 if self.config.extrapolation == "x0" else out32
+            state.push_values(values, lvl.tau, rows, rows_host)
+        skipped_rows = state.group_rows(plan.skipped_groups)
+        partial = plan.token_plan is not None and bool(rows_host)
+        for r in rows_host:
+            self.current.per_sample_computed[r] += 1
+            if partial:
+                self.current.per_sample_partial[r] += 1
+        for r in skipped_rows:
+            self.current.per_sample_skipped[r] += 1
+        for gi in plan.computed_groups:
+            state.consecutive_skips[gi] = 0
+            state.last_computed[gi] = True
+        for gi in plan.skipped_groups:
+            state.consecutive_skips[gi] += 1
+            state.last_computed[gi] = False
+        letter = "S" if not rows_host else ("M" if skipped_rows else ("P" if partial else "F"))
+        self.current.decisions += letter
+        self.current.denoiser_calls += 1
+        self.current.network_calls += 1 if rows_host else 0
+        self._account_flops(state, plan, rows_host, skipped_rows)
+        state.call_index += 1
+        self._phase += 1
+
+    def _account_flops(self, state, plan: CallPlan, rows_host: list[int], skipped_rows: list[int]) -> None:
+        measured = self._flops_measured.get(state.batch_shape)
+        if measured is None:
+            return
+        total, _ = measured
+        self.current.flops_per_call = total
+        b = state.batch_size
+        self.current.flops_saved += total * len(skipped_rows) / b
+
+    def account_block(self, name: str, n_tokens: int, k_tokens: int, rows: int, module_flops: float | None) -> None:
+        """Token and FLOP bookkeeping from a block hook (called on every block forward)."""
+        self.current.tokens_total += n_tokens * rows
+        self.current.tokens_computed += k_tokens * rows
+        if module_flops is not None and n_tokens:
+            b = self.state.batch_size if self.state is not None else rows
+            self.current.flops_saved += module_flops * (1.0 - k_tokens / n_tokens) * rows / b
+
+    def block_flops(self, name: str) -> float | None:
+        """FLOPs of one full forward of a named block, from the measured call, if any."""
+        if self.state is None:
+            return None
+        measured = self._flops_measured.get(self.state.batch_shape)
+        if measured is None:
+            return None
+        if name not in self._block_flops:
+            per_module = measured[1]
+            matches = [v for k, v in per_module.items() if k.endswith("." + name) or k == name]
+            self._block_flops[name] = matches[0] if matches else 0.0
+        return self._block_flops[name] or None

@@ -1,0 +1,93 @@
+"""Per-generation state of the SADA runtime: trajectory history and per-group guard rails.
+
+Everything proportional to the latent lives on the pipeline's device in float32; the host
+keeps only counters and the noise level of the previous call.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.parameterization import NoiseLevel, Parameterization
+
+
+@dataclass
+class TrajectoryNode:
+    """One denoiser call as the solver saw it, in the flow chart."""
+
+    tau: torch.Tensor  # 0-d
+    x_flow: torch.Tensor  # (B, ...)
+    drift: torch.Tensor  # (B, ...)
+
+
+@dataclass
+class GenerationState:
+    """What one generation has seen so far."""
+
+    parameterization: Parameterization
+    batch_shape: tuple[int, ...]
+    groups: torch.Tensor  # (G, M) rows deciding together
+    row_group: list[int]  # row -> group
+    expected_calls: int | None
+    history_len: int  # computed values kept for extrapolation (order + 1)
+    call_index: int = 0
+    last_tau: float | None = None
+    nodes: deque = field(default_factory=lambda: deque(maxlen=3))
+    values: torch.Tensor | None = None  # (K, B, ...) x0 (or raw output) of computed calls
+    value_times: torch.Tensor | None = None  # (K, B)
+    value_counts: list[int] = field(default_factory=list)  # per row, how many of K are filled
+    consecutive_skips: list[int] = field(default_factory=list)  # per group
+    last_computed: list[bool] = field(default_factory=list)  # per group
+    latent_grid: tuple[int, int] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return self.groups.shape[0]
+
+    def group_rows(self, group_ids: list[int]) -> list[int]:
+        return sorted(r for r, g in enumerate(self.row_group) if g in set(group_ids))
+
+    def push_node(self, lvl: NoiseLevel, x_flow: torch.Tensor, drift: torch.Tensor, tau_host: float) -> None:
+        """Append the call to the drift history; a repeated time (Heun's second stage at the
+        same noise level) replaces the previous node instead of creating a zero-width step."""
+        if self.last_tau is not None and abs(tau_host - self.last_tau) <= 1e-7 and self.nodes:
+            self.nodes.pop()
+        self.nodes.append(TrajectoryNode(lvl.tau.detach(), x_flow.detach(), drift.detach()))
+        self.last_tau = tau_host
+
+    def newest_nodes(self) -> list[TrajectoryNode]:
+        """Newest first."""
+        return list(reversed(self.nodes))
+
+    def push_values(self, values: torch.Tensor, tau: torch.Tensor, computed_rows: torch.Tensor, rows_host: list[int]) -> None:
+        """Roll the extrapolation history for the computed rows only."""
+        values = values.detach()
+        b = values.shape[0]
+        if self.values is None:
+            self.values = values.unsqueeze(0).repeat(self.history_len, *([1] * values.dim()))
+            self.value_times = tau.reshape(1, 1).expand(self.history_len, b).clone()
+            self.value_counts = [0] * b
+        rolled = torch.cat([values.unsqueeze(0), self.values[:-1]], dim=0)
+        rolled_t = torch.cat([tau.reshape(1, 1).expand(1, b), self.value_times[:-1]], dim=0)
+        mask = torch.zeros(b, dtype=torch.bool, device=values.device)
+        mask[computed_rows] = True
+        view = [1, b] + [1] * (values.dim() - 1)
+        self.values = torch.where(mask.reshape(view), rolled, self.values)
+        self.value_times = torch.where(mask.reshape(1, b), rolled_t, self.value_times)
+        for r in rows_host:
+            self.value_counts[r] = min(self.value_counts[r] + 1, self.history_len)
+
+    def cache_bytes(self) -> int:
+        total = 0
+        for node in self.nodes:
+            total += node.x_flow.numel() * node.x_flow.element_size() * 2
+        if self.values is not None:
+            total += self.values.numel() * self.values.element_size()
+        return total

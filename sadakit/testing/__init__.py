@@ -1,0 +1,32 @@
+"""Offline test fixtures: tiny random-weight pipelines of the real diffusers classes.
+
+Nothing here downloads anything; see :mod:`sadakit.testing.pipelines` for the sizes.
+"""
+
+from sadakit.testing.pipelines import (
+    SIZES,
+    activate_controlnet,
+    tiny_flux_controlnet_pipeline,
+    tiny_flux_pipeline,
+    tiny_musicldm_pipeline,
+    tiny_sd_controlnet_pipeline,
+    tiny_sd_pipeline,
+    tiny_sdxl_controlnet_pipeline,
+    tiny_sdxl_pipeline,
+)
+from sadakit.testing.tokenizers import clip_tokenizer, roberta_tokenizer, t5_tokenizer
+
+__all__ = [
+    "SIZES",
+    "activate_controlnet",
+    "clip_tokenizer",
+    "roberta_tokenizer",
+    "t5_tokenizer",
+    "tiny_flux_controlnet_pipeline",
+    "tiny_flux_pipeline",
+    "tiny_musicldm_pipeline",
+    "tiny_sd_controlnet_pipeline",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_controlnet_pipeline",
+    "tiny_sdxl_pipeline",
+]
