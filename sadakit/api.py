@@ -19,13 +19,21 @@ _sessions: "weakref.WeakKeyDictionary[Any, SADASession]" = weakref.WeakKeyDictio
 _last_reports: "weakref.WeakKeyDictionary[Any, GenerationReport]" = weakref.WeakKeyDictionary()
 
 
+def _lookup(table: "weakref.WeakKeyDictionary", pipe: Any) -> Any:
+    """``table.get(pipe)`` that also accepts objects that cannot be weakly referenced."""
+    try:
+        return table.get(pipe)
+    except TypeError:
+        return None
+
+
 def default_config(pipe: Any) -> SADAConfig:
     """The tuned defaults of the pipeline's family."""
     return find_plugin(pipe).default_config(pipe)
 
 
 def is_accelerated(pipe: Any) -> bool:
-    return pipe in _sessions
+    return _lookup(_sessions, pipe) is not None
 
 
 def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
@@ -46,7 +54,7 @@ def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
     spec = plugin.denoiser(pipe)
     blocks = plugin.token_blocks(pipe, spec.module) if config.token_sparsity else []
     registry = getattr(spec.module, "_diffusers_hook", None)
-    if pipe in _sessions:
+    if _lookup(_sessions, pipe) is not None:
         logger.info("sadakit: %s was already accelerated; replacing its configuration", type(pipe).__name__)
         remove(pipe)
     elif registry is not None and registry.get_hook(hooks.DENOISER_HOOK) is not None:
@@ -68,9 +76,10 @@ def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
 
 def remove(pipe: Any) -> bool:
     """Restore ``pipe`` exactly; returns False (and does nothing) if it was not accelerated."""
-    session = _sessions.pop(pipe, None)
+    session = _lookup(_sessions, pipe)
     if session is None:
         return False
+    del _sessions[pipe]
     hooks.uninstall(session)
     session.plugin.restore(pipe)
     last = session.report()
@@ -81,8 +90,8 @@ def remove(pipe: Any) -> bool:
 
 def report(pipe: Any) -> GenerationReport:
     """What the last generation of ``pipe`` did (also available right after ``remove``)."""
-    session = _sessions.get(pipe)
-    rep = session.report() if session is not None else _last_reports.get(pipe)
+    session = _lookup(_sessions, pipe)
+    rep = session.report() if session is not None else _lookup(_last_reports, pipe)
     if rep is None:
         if session is None:
             raise NotAcceleratedError(

@@ -86,7 +86,6 @@ class SADASession:
         self._flops_measured: dict[tuple, tuple[float, dict[str, float]]] = {}
         self._block_flops: dict[str, float] = {}
         self._last_output: Any = None
-        self._phase = 0
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -201,7 +200,7 @@ class SADASession:
                     tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
                     for grid in grids:
                         p = tokens.pool_scores(tok, grid)
-                        req = tokens.required_mask(p, tokens.anchor_mask(grid, cfg.anchor_window, self._phase, device))
+                        req = tokens.required_mask(p, tokens.anchor_mask(grid, cfg.anchor_window, state.call_index, device))
                         pooled[grid], required[grid] = p, req
                         items.append(req.sum(dim=1).to(torch.float32))
         host = torch.cat([i.reshape(-1).to(torch.float32) for i in items]).tolist()  # the one host read
@@ -343,7 +342,6 @@ class SADASession:
         self.current.network_calls += 1 if rows_host else 0
         self._account_flops(state, plan, rows_host, skipped_rows)
         state.call_index += 1
-        self._phase += 1
 
     def _account_flops(self, state, plan: CallPlan, rows_host: list[int], skipped_rows: list[int]) -> None:
         measured = self._flops_measured.get(state.batch_shape)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny offline pipelines (built once per session, restored after each test)."""
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe():
+    from sadakit.testing.pipelines import tiny_sdxl_pipeline
+
+    return tiny_sdxl_pipeline()
+
+
+@pytest.fixture(scope="session")
+def sd_vpred_pipe():
+    from sadakit.testing.pipelines import tiny_sd_pipeline
+
+    return tiny_sd_pipeline(prediction_type="v_prediction")
+
+
+@pytest.fixture
+def sdxl(sdxl_pipe):
+    """The session's SDXL pipeline, guaranteed plain before and after the test."""
+    import sadakit
+
+    sadakit.remove(sdxl_pipe)
+    scheduler = sdxl_pipe.scheduler
+    yield sdxl_pipe
+    sadakit.remove(sdxl_pipe)
+    sdxl_pipe.scheduler = scheduler
+
+
+class CallCounter:
+    """Counts real network forwards by watching the first convolution of a UNet."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        self.rows = 0
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.count += 1
+        self.rows += args[0].shape[0]
+
+    def reset(self) -> None:
+        self.count = 0
+        self.rows = 0
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@pytest.fixture
+def unet_counter(sdxl):
+    counter = CallCounter(sdxl.unet.conv_in)
+    yield counter
+    counter.close()
