@@ -62,7 +62,8 @@ def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
             f"the denoiser of {type(pipe).__name__} already carries a sadakit hook from another pipeline "
             "object sharing it; call sadakit.remove on that pipeline first"
         )
-    session = SADASession(pipe, plugin, config, spec, blocks)
+    controls = plugin.control_modules(pipe)
+    session = SADASession(pipe, plugin, config, spec, blocks, controls)
     plugin.prepare(pipe)
     try:
         hooks.install(session)

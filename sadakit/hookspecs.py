@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .config import SADAConfig
     from .core.parameterization import Parameterization
-    from .plugins.spec import DenoiserSpec, TokenBlockSpec
+    from .plugins.spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 
 PROJECT = "sadakit"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -66,9 +66,10 @@ def sadakit_token_blocks(pipe: Any, denoiser: "torch.nn.Module") -> list["TokenB
 
 
 @hookspec(firstresult=True)
-def sadakit_control_modules(pipe: Any) -> list["torch.nn.Module"]:
-    """Control branches (ControlNets) called with the same latent and timestep just before the
-    denoiser; a skipped call skips them too. Empty list when the pipeline has none."""
+def sadakit_control_modules(pipe: Any) -> list["ControlSpec"]:
+    """Control branches (ControlNets) called with the step's latent and timestep just before the
+    denoiser; a skipped call skips them too, a call computed on some rows runs them on those
+    rows. Empty list when the pipeline has none."""
 
 
 @hookspec(firstresult=True)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-#: Turns the per-element stability map of the latent into a (B, H, W) per-token grid.
-LatentToGrid = Callable[[torch.Tensor], torch.Tensor]
+#: Turns the per-element stability map of the latent into a (B, H, W) per-token grid. It also
+#: receives the denoiser call's bound arguments (e.g. Flux's ``img_ids`` give the packed grid).
+LatentToGrid = Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]
 
 
-def channels_first_grid(m: torch.Tensor) -> torch.Tensor:
+def channels_first_grid(m: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
     """(B, C, H, W) latents (UNets, spectrograms): mean over channels."""
     return m.mean(dim=1)
 
@@ -40,4 +41,23 @@ class TokenBlockSpec:
     name: str
     kind: str = "grid"
     hidden_arg: str = "hidden_states"
+    #: A ``sadakit.runtime.hooks.TokenBlockHook`` subclass for blocks with another calling
+    #: convention (e.g. Flux blocks carrying text tokens and rotary embeddings); None: default.
+    hook_class: type | None = None
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """A control branch called with the step's latent before the denoiser.
+
+    ``to_denoiser_rows`` maps the control call's sample to the denoiser's batch layout
+    (identity by default; ControlNet guess mode feeds only the conditional half).
+    """
+
+    module: torch.nn.Module
+    sample_arg: str = "sample"
+    timestep_arg: str = "timestep"
+    to_denoiser_sample: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+    #: denoiser rows whose results the control call's rows feed, given the denoiser batch size
+    control_rows: Callable[[int, int], list[int]] | None = None

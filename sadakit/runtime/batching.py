@@ -43,3 +43,31 @@ def rebuild_output(template: Any, tensor: torch.Tensor, field_name: str = "sampl
     if isinstance(template, list):
         return [tensor] + list(template[1:])
     return type(template)(**{field_name: tensor})
+
+
+def map_tensors(value: Any, fn) -> Any:
+    """Apply ``fn`` to every tensor in a (nested) output, keeping its structure."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(map_tensors(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    if hasattr(value, "to_tuple") and hasattr(value, "keys"):  # diffusers BaseOutput
+        return type(value)(**{k: map_tensors(value[k], fn) for k in value.keys()})
+    return value
+
+
+def scatter_rows(value: Any, rows: torch.Tensor, batch_size: int) -> Any:
+    """Place a sub-batch output into zero tensors of the full batch (structure preserved)."""
+
+    def expand(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 0 or t.shape[0] != rows.numel():
+            return t
+        full = t.new_zeros((batch_size,) + tuple(t.shape[1:]))
+        full[rows.to(t.device)] = t
+        return full
+
+    return map_tensors(value, expand)

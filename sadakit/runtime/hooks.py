@@ -102,6 +102,21 @@ class TokenBlockHook(ModelHook):
         cache.index_copy_(0, rows, residual)
 
 
+CONTROL_HOOK = "sadakit_sada_control"
+
+
+class ControlHook(ModelHook):
+    """Makes a control branch follow the step's decision (skipped rows skip the branch too)."""
+
+    def __init__(self, session: SADASession, spec) -> None:
+        super().__init__()
+        self.session = session
+        self.spec = spec
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.session.run_control(self.spec, self.fn_ref.original_forward, args, kwargs)
+
+
 def install(session: SADASession) -> None:
     """Register the session's hooks; the caller has validated everything beforehand."""
     registry = HookRegistry.check_if_exists_or_initialize(session.denoiser.module)
@@ -109,7 +124,12 @@ def install(session: SADASession) -> None:
     if session.config.token_sparsity:
         for block in session.token_blocks:
             block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
-            block_registry.register_hook(TokenBlockHook(session, block.name, block.hidden_arg), BLOCK_HOOK)
+            hook_class = block.hook_class or TokenBlockHook
+            block_registry.register_hook(hook_class(session, block.name, block.hidden_arg), BLOCK_HOOK)
+    for control in session.controls:
+        HookRegistry.check_if_exists_or_initialize(control.module).register_hook(
+            ControlHook(session, control), CONTROL_HOOK
+        )
     registry.invalidate_child_registries_cache()
 
 
@@ -124,6 +144,11 @@ def uninstall(session: SADASession) -> None:
         if block_registry is not None:
             block_registry.remove_hook(BLOCK_HOOK, recurse=False)
             _drop_empty_registry(block.module)
+    for control in session.controls:
+        control_registry = getattr(control.module, "_diffusers_hook", None)
+        if control_registry is not None:
+            control_registry.remove_hook(CONTROL_HOOK, recurse=False)
+            _drop_empty_registry(control.module)
     if registry is not None:
         registry.invalidate_child_registries_cache()
     _drop_empty_registry(module)

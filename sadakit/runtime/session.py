@@ -20,8 +20,8 @@ from ..config import SADAConfig
 from ..core import criterion, tokens
 from ..core.extrapolation import extrapolate
 from ..core.parameterization import NoiseLevel, flow_drift, to_flow
-from ..plugins.spec import DenoiserSpec, TokenBlockSpec
-from .batching import output_tensor, rebuild_output, select_rows
+from ..plugins.spec import ControlSpec, DenoiserSpec, TokenBlockSpec
+from .batching import map_tensors, output_tensor, rebuild_output, scatter_rows, select_rows
 from .report import GenerationReport
 from .state import GenerationState
 
@@ -68,7 +68,9 @@ class SADASession:
         config: SADAConfig,
         denoiser: DenoiserSpec,
         token_blocks: list[TokenBlockSpec],
+        controls: list[ControlSpec] | None = None,
     ) -> None:
+        self.controls = controls or []
         self._pipe_ref = weakref.ref(pipe)
         self.plugin = plugin
         self.config = config
@@ -86,6 +88,8 @@ class SADASession:
         self._flops_measured: dict[tuple, tuple[float, dict[str, float]]] = {}
         self._block_flops: dict[str, float] = {}
         self._last_output: Any = None
+        self._pending: tuple | None = None
+        self._control_template: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -106,11 +110,13 @@ class SADASession:
         self._last_output = None
         self.token_plan = None
         self.active_rows = None
+        self._pending = None
+        self._control_template.clear()
 
     def report(self) -> GenerationReport | None:
         return self.current if self.current.denoiser_calls else self.last
 
-    def _start_generation(self, x_model: torch.Tensor) -> GenerationState:
+    def _start_generation(self, x_model: torch.Tensor, arguments: dict) -> GenerationState:
         self.finish_generation()
         pipe = self.pipe
         param = self.plugin.parameterization(pipe)
@@ -138,7 +144,7 @@ class SADASession:
             consecutive_skips=[0] * len(groups_list),
             last_computed=[True] * len(groups_list),
         )
-        grid = self.denoiser.latent_to_grid(x_model[:1].float())
+        grid = self.denoiser.latent_to_grid(x_model[:1].float(), arguments)
         state.latent_grid = (int(grid.shape[-2]), int(grid.shape[-1]))
         self.current.parameterization = param.describe()
         self.current.batch_size = b
@@ -162,10 +168,10 @@ class SADASession:
                 grids.append(g)
         return grids
 
-    def decide(self, x_model: torch.Tensor, timestep: Any) -> CallPlan:
+    def decide(self, x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan:
         state = self.state
         if state is None or tuple(x_model.shape) != state.batch_shape:
-            state = self._start_generation(x_model)
+            state = self._start_generation(x_model, arguments)
         param = state.parameterization
         device = x_model.device
         lvl = param.level(timestep, device)
@@ -196,7 +202,7 @@ class SADASession:
             if cfg.token_sparsity:
                 grids = self._eligible_grids(state)
                 if grids:
-                    tok = self.denoiser.latent_to_grid(m)  # (B, H, W)
+                    tok = self.denoiser.latent_to_grid(m, arguments)  # (B, H, W)
                     tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
                     for grid in grids:
                         p = tokens.pool_scores(tok, grid)
@@ -206,7 +212,7 @@ class SADASession:
         host = torch.cat([i.reshape(-1).to(torch.float32) for i in items]).tolist()  # the one host read
         tau_host, uniform_host = host[0], host[1] > 0.5
         if state.last_tau is not None and tau_host > state.last_tau + _NEW_GENERATION_TOL:
-            state = self._start_generation(x_model)
+            state = self._start_generation(x_model, arguments)
             have_criterion = False
         if not uniform_host and cfg.enabled:
             note = "criterion off: rows of one call had different timesteps"
@@ -243,6 +249,49 @@ class SADASession:
                 token_plan = TokenPlan(pooled=sel(pooled), required=sel(required), k=ks)
         return CallPlan(lvl=lvl, x_flow=x_flow, computed_groups=computed, skipped_groups=skipped, x0_hat=x0_hat, token_plan=token_plan, tau_host=tau_host)
 
+    def _take_pending(self, x_model: torch.Tensor) -> CallPlan | None:
+        """The plan a control branch decided for this very step, if any (used once)."""
+        pending, self._pending = self._pending, None
+        if pending is None or self.state is None:
+            return None
+        plan, call_index, shape = pending
+        if call_index != self.state.call_index or shape != tuple(x_model.shape):
+            return None
+        return plan
+
+    def run_control(self, spec: ControlSpec, original_forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run a control branch for the step the denoiser is about to take.
+
+        The step's decision is made here (the control branch is called first) and handed to
+        the denoiser call. Skipped rows are not computed: their control residuals are zeros,
+        which the denoiser never reads because it does not run on those rows.
+        """
+        bound = inspect.signature(spec.module.forward).bind(*args, **kwargs)
+        sample = bound.arguments[spec.sample_arg]
+        timestep = bound.arguments[spec.timestep_arg]
+        x_den = spec.to_denoiser_sample(sample, self.pipe) if spec.to_denoiser_sample else sample
+        plan = self.decide(x_den, timestep, bound.arguments)
+        self._pending = (plan, self.state.call_index, tuple(x_den.shape))
+        computed = set(self.state.group_rows(plan.computed_groups))
+        bc, bd = sample.shape[0], x_den.shape[0]
+        mapping = spec.control_rows(bc, bd) if spec.control_rows else list(range(bc))
+        run_rows = [i for i in range(bc) if mapping[i] in computed]
+        if len(run_rows) == bc:
+            self.current.control_calls_run += 1
+            out = original_forward(*args, **kwargs)
+            self._control_template[id(spec.module)] = out
+            return out
+        template = self._control_template.get(id(spec.module))
+        if not run_rows:
+            if template is None:  # cannot happen after the always-computed warm-up; be safe
+                self.current.control_calls_run += 1
+                return original_forward(*args, **kwargs)
+            return map_tensors(template, torch.zeros_like)
+        rows = torch.tensor(run_rows, dtype=torch.long, device=sample.device)
+        self.current.control_calls_run += 1
+        out = original_forward(*select_rows(args, rows, bc), **select_rows(kwargs, rows, bc))
+        return scatter_rows(out, rows, bc)
+
     def _extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor) -> torch.Tensor:
         """x0 estimate at the current time from the computed history of every row."""
         t_eval = lvl.tau.expand(state.batch_size)
@@ -257,7 +306,9 @@ class SADASession:
         bound = self.signature.bind(*args, **kwargs)
         x_model = bound.arguments[self.denoiser.sample_arg]
         timestep = bound.arguments[self.denoiser.timestep_arg]
-        plan = self.decide(x_model, timestep)
+        plan = self._take_pending(x_model)
+        if plan is None:
+            plan = self.decide(x_model, timestep, bound.arguments)
         state = self.state
         b = x_model.shape[0]
         rows_host = state.group_rows(plan.computed_groups)
