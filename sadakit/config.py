@@ -47,6 +47,8 @@ class SADAConfig:
     token_sparsity: bool = field(default=True, validator=validators.instance_of(bool))
     #: Calls always computed at the start. The criterion needs three drifts, so at least 3.
     warmup_calls: int = field(default=4, validator=_int_at_least(3))
+    #: Fraction of the generation's calls also kept as warm-up (the larger of the two wins).
+    warmup_fraction: float = field(default=0.2)
     #: Calls always computed at the end (fine detail is formed there).
     final_calls: int = field(default=2, validator=_int_at_least(0))
     #: Longest run of skipped calls per sample before a forced full refresh.
@@ -55,6 +57,13 @@ class SADAConfig:
     extrapolation: Literal["x0", "output"] = field(default="x0", validator=_one_of("x0", "output"))
     #: Polynomial order of the extrapolation (1 = linear through the last two computed calls).
     extrapolation_order: int = field(default=1)
+    #: From this fraction of the calls on, x0 evolves smoothly (only fine detail changes): compute
+    #: every ``late_phase_interval``-th call and extrapolate the others with a Lagrange polynomial
+    #: of ``late_phase_order`` through the computed x0 (the published SADA recipe: from step 24 of
+    #: 50, every 4th step, 4 terms). None: the stability criterion decides everywhere.
+    late_phase_start: float | None = field(default=0.5)
+    late_phase_interval: int = field(default=4, validator=_int_at_least(2))
+    late_phase_order: int = field(default=3)
     #: Side of the window that gets one rotating anchor token on partial calls.
     anchor_window: int = field(default=2, validator=_int_at_least(1))
     #: Partial calls only when at most this fraction of a block's tokens must be recomputed.
@@ -71,6 +80,29 @@ class SADAConfig:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
             raise ValueError(f"SADAConfig.extrapolation_order must be an integer in 0..3, got {value!r}")
 
+    @warmup_fraction.validator
+    def _check_warmup_fraction(self, attribute, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"SADAConfig.warmup_fraction must be a number in [0, 1), got {value!r}")
+
+    @late_phase_start.validator
+    def _check_late_start(self, attribute, value):
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise ValueError(f"SADAConfig.late_phase_start must be None or a number in (0, 1), got {value!r}")
+
+    @late_phase_order.validator
+    def _check_late_order(self, attribute, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+            raise ValueError(f"SADAConfig.late_phase_order must be an integer in 0..3, got {value!r}")
+
+    @property
+    def history_len(self) -> int:
+        """Computed x0 values kept per row for extrapolation."""
+        late = self.late_phase_order if self.late_phase_start is not None else 0
+        return max(self.extrapolation_order, late) + 1
+
     @property
     def enabled(self) -> bool:
         return self.skip_steps or self.token_sparsity
@@ -78,4 +110,9 @@ class SADAConfig:
     @classmethod
     def disabled(cls) -> "SADAConfig":
         """Hooks installed, nothing skipped or pruned: outputs stay bit-identical (for testing)."""
-        return cls(skip_steps=False, token_sparsity=False)
+        return cls(skip_steps=False, token_sparsity=False, late_phase_start=None)
+
+    @classmethod
+    def criterion_only(cls, **overrides) -> "SADAConfig":
+        """Every skip decided by the stability criterion alone (no late-phase schedule)."""
+        return cls(**{"late_phase_start": None, **overrides})

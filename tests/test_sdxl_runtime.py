@@ -52,12 +52,25 @@ def test_report_counts_match_real_forwards(sdxl, unet_counter):
     for c, s in zip(rep.per_sample_computed, rep.per_sample_skipped):
         assert c + s == 20
     # warm-up and final calls are always computed
-    assert rep.decisions[:4] == "FFFF" and rep.decisions[-2:] in ("FF", "FP", "PF", "PP")
+    assert rep.decisions[:4] == "FFFF" and rep.decisions[-2:] == "FF"
+    # late phase (from call 10 of 20): every 4th call computed, the rest extrapolated
+    assert rep.decisions[10:18] == "FSSSFSSS", rep.decisions
+
+
+def test_criterion_only_respects_skip_cap(sdxl, unet_counter):
+    sdxl.scheduler = diffusers.EulerDiscreteScheduler.from_config(sdxl.scheduler.config, use_karras_sigmas=True)
+    sadakit.accelerate(sdxl, sadakit.SADAConfig.criterion_only())
+    unet_counter.reset()
+    generate(sdxl, steps=20, guidance_scale=1.0)
+    rep = sadakit.report(sdxl)
+    assert rep.network_calls == unet_counter.count
+    assert rep.skipped_calls >= 1, rep.decisions
     assert "SS" not in rep.decisions  # default cap: one consecutive skip
+    assert rep.decisions[:4] == "FFFF" and rep.decisions[-2:] == "FF"
 
 
 def test_cfg_halves_decide_together_and_rows_are_independent(sdxl, unet_counter):
-    sadakit.accelerate(sdxl)
+    sadakit.accelerate(sdxl, sadakit.SADAConfig.criterion_only())
     decided = []
     for seed in range(3):
         unet_counter.reset()
@@ -74,7 +87,7 @@ def test_cfg_halves_decide_together_and_rows_are_independent(sdxl, unet_counter)
 
 
 def test_mixed_calls_compute_only_unskipped_rows(sdxl, unet_counter):
-    sadakit.accelerate(sdxl)
+    sadakit.accelerate(sdxl, sadakit.SADAConfig.criterion_only())
     unet_counter.reset()
     generate(sdxl, steps=20, guidance_scale=5.0)
     rep = sadakit.report(sdxl)
@@ -96,17 +109,22 @@ def test_mixed_calls_compute_only_unskipped_rows(sdxl, unet_counter):
     ],
 )
 def test_schedulers(sdxl, unet_counter, name, make):
+    """Every solver: hooks alone change nothing; SADA skips per its schedule and counts right.
+
+    Fidelity is not asserted here: random-weight trajectories say nothing about it (see the
+    Gaussian-mixture testbed tests for that)."""
     sdxl.scheduler = make(sdxl.scheduler.config)
     base = generate(sdxl, steps=12, guidance_scale=1.0)
+    sadakit.accelerate(sdxl, sadakit.SADAConfig.disabled())
+    assert torch.equal(generate(sdxl, steps=12, guidance_scale=1.0), base)
     sadakit.accelerate(sdxl)
     unet_counter.reset()
     out = generate(sdxl, steps=12, guidance_scale=1.0)
     rep = sadakit.report(sdxl)
     assert out.shape == base.shape and torch.isfinite(out).all()
     assert rep.denoiser_calls == len(sdxl.scheduler.timesteps)
-    assert rep.network_calls == unet_counter.count
-    psnr = 10 * torch.log10(1 / ((out - base) ** 2).mean().clamp_min(1e-12))
-    assert psnr > 25, f"{name}: {rep.decisions} psnr {psnr:.1f}"
+    assert rep.network_calls == unet_counter.count < rep.denoiser_calls, rep.decisions
+    assert not torch.equal(out, base)
 
 
 def test_token_sparsity_computes_fewer_tokens_non_square(sdxl):

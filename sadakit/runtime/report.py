@@ -30,6 +30,9 @@ class GenerationReport:
     flops_per_call: float | None = None
     flops_saved: float = 0.0
     cache_bytes: int = 0
+    #: host time spent in sadakit's own logic (decision, extrapolation, bookkeeping); on GPUs
+    #: this excludes asynchronous kernel time and is a lower bound
+    overhead_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -39,6 +42,10 @@ class GenerationReport:
     @property
     def partial_calls(self) -> int:
         return self.decisions.count("P")
+
+    @property
+    def overhead_ms_per_call(self) -> float:
+        return 1000.0 * self.overhead_seconds / max(self.denoiser_calls, 1)
 
     @property
     def flops_saved_fraction(self) -> float | None:
@@ -51,6 +58,7 @@ class GenerationReport:
         d["skipped_calls"] = self.skipped_calls
         d["partial_calls"] = self.partial_calls
         d["flops_saved_fraction"] = self.flops_saved_fraction
+        d["overhead_ms_per_call"] = self.overhead_ms_per_call
         return d
 
     def __str__(self) -> str:
@@ -72,6 +80,7 @@ class GenerationReport:
         frac = self.flops_saved_fraction
         if frac is not None:
             lines.append(f"  estimated FLOPs saved: {self.flops_saved:.3g} ({100 * frac:.1f}%)")
+        lines.append(f"  sadakit overhead: {self.overhead_ms_per_call:.2f} ms per call")
         if self.cache_bytes:
             lines.append(f"  cache memory: {self.cache_bytes / 2**20:.2f} MiB")
         lines.extend(f"  note: {n}" for n in self.notes)

@@ -10,6 +10,8 @@ a token subset; skipped rows get the extrapolated output.
 from __future__ import annotations
 
 import inspect
+import math
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -140,7 +142,7 @@ class SADASession:
             groups=torch.tensor(groups_list, dtype=torch.long, device=x_model.device),
             row_group=row_group,
             expected_calls=expected,
-            history_len=self.config.extrapolation_order + 1,
+            history_len=self.config.history_len,
             consecutive_skips=[0] * len(groups_list),
             last_computed=[True] * len(groups_list),
         )
@@ -168,86 +170,114 @@ class SADASession:
                 grids.append(g)
         return grids
 
+    def _phase(self, state: GenerationState, n: int) -> str:
+        """Where call ``n`` sits: warmup, criterion, late (scheduled extrapolation) or final."""
+        cfg = self.config
+        expected = state.expected_calls
+        warmup = cfg.warmup_calls
+        if expected is not None:
+            warmup = max(warmup, round(cfg.warmup_fraction * expected))
+            if n >= expected - cfg.final_calls:
+                return "final"
+        if n < warmup:
+            return "warmup"
+        if cfg.late_phase_start is not None and expected is not None and n >= self._late_index(state):
+            return "late"
+        return "criterion"
+
+    def _late_index(self, state: GenerationState) -> int:
+        return math.ceil(self.config.late_phase_start * state.expected_calls)
+
     def decide(self, x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan:
+        """Decide call ``state.call_index``: which row groups to skip, and the token plan."""
         state = self.state
         if state is None or tuple(x_model.shape) != state.batch_shape:
             state = self._start_generation(x_model, arguments)
+        cfg = self.config
         param = state.parameterization
         device = x_model.device
+        b, g = state.batch_size, state.num_groups
         lvl = param.level(timestep, device)
         x_flow = to_flow(x_model, lvl)
         t = torch.as_tensor(timestep, device=device).reshape(-1)
-        uniform = (t == t[0]).all().to(torch.float32).reshape(1)
-        items = [lvl.tau.reshape(1), uniform]
-        cfg = self.config
+        items = [lvl.tau.reshape(1), (t == t[0]).all().to(torch.float32).reshape(1)]
+        phase = self._phase(state, state.call_index) if cfg.enabled else "off"
         nodes = state.newest_nodes()
-        have_criterion = cfg.enabled and len(nodes) == 3
-        g = state.num_groups
+        use_criterion = phase == "criterion" and len(nodes) == 3
         x0_hat = None
+        order = cfg.late_phase_order if phase == "late" else cfg.extrapolation_order
+        if cfg.skip_steps and phase in ("criterion", "late") and state.values is not None:
+            x0_hat = self._extrapolate(state, lvl, x_model, order)
+            finite = torch.isfinite(x0_hat.reshape(b, -1)).all(dim=1)
+            items.append(finite[state.groups].all(dim=1).to(torch.float32))
+        else:
+            items.append(torch.zeros(g, device=device))
         grids: list[tuple[int, int]] = []
         pooled: dict = {}
         required: dict = {}
-        if have_criterion:
+        if use_criterion:
             m = criterion.stability_momentum(
                 x_flow, nodes[0].x_flow, [n.drift for n in nodes], [n.tau for n in nodes], lvl.tau
             )
             scores = criterion.group_scores(criterion.sample_scores(m), state.groups)
             items.append((scores <= 0).to(torch.float32))
-            if cfg.skip_steps and state.values is not None:
-                x0_hat = self._extrapolate(state, lvl, x_model)
-                finite = torch.isfinite(x0_hat.reshape(x0_hat.shape[0], -1)).all(dim=1)
-                items.append(finite[state.groups].all(dim=1).to(torch.float32))
-            else:
-                items.append(torch.zeros(g, device=device))
-            if cfg.token_sparsity:
-                grids = self._eligible_grids(state)
-                if grids:
-                    tok = self.denoiser.latent_to_grid(m, arguments)  # (B, H, W)
-                    tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
-                    for grid in grids:
-                        p = tokens.pool_scores(tok, grid)
-                        req = tokens.required_mask(p, tokens.anchor_mask(grid, cfg.anchor_window, state.call_index, device))
-                        pooled[grid], required[grid] = p, req
-                        items.append(req.sum(dim=1).to(torch.float32))
+            grids = self._eligible_grids(state) if cfg.token_sparsity else []
+            if grids:
+                tok = self.denoiser.latent_to_grid(m, arguments)  # (B, H, W)
+                tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
+                for grid in grids:
+                    p = tokens.pool_scores(tok, grid)
+                    anchors = tokens.anchor_mask(grid, cfg.anchor_window, state.call_index, device)
+                    pooled[grid], required[grid] = p, tokens.required_mask(p, anchors)
+                    items.append(required[grid].sum(dim=1).to(torch.float32))
         host = torch.cat([i.reshape(-1).to(torch.float32) for i in items]).tolist()  # the one host read
         tau_host, uniform_host = host[0], host[1] > 0.5
+        finite, stable = host[2 : 2 + g], host[2 + g : 2 + 2 * g]
+        full = CallPlan(lvl, x_flow, list(range(g)), [], None, None, tau_host)
         if state.last_tau is not None and tau_host > state.last_tau + _NEW_GENERATION_TOL:
-            state = self._start_generation(x_model, arguments)
-            have_criterion = False
+            self._start_generation(x_model, arguments)  # previous generation was interrupted
+            return full
         if not uniform_host and cfg.enabled:
-            note = "criterion off: rows of one call had different timesteps"
-            if note not in self.current.notes:
-                self.current.notes.append(note)
-        n = state.call_index
-        final_guard = state.expected_calls is not None and n >= state.expected_calls - cfg.final_calls
-        repeated_time = state.last_tau is not None and abs(tau_host - state.last_tau) <= 1e-7
-        crit_ok = have_criterion and uniform_host and n >= cfg.warmup_calls and not final_guard and not repeated_time
-        skipped: list[int] = []
-        if crit_ok and cfg.skip_steps and x0_hat is not None:
-            stable = host[2 : 2 + g]
-            finite = host[2 + g : 2 + 2 * g]
+            self._note("criterion off: rows of one call had different timesteps")
+            return full
+        if state.last_tau is not None and abs(tau_host - state.last_tau) <= 1e-7:
+            return full  # a solver's second stage at the same noise level (Heun): no step to judge
+        skipped = []
+        if x0_hat is not None:
             for gi in range(g):
-                rows = [r for r, gg in enumerate(state.row_group) if gg == gi]
-                enough = all(state.value_counts[r] >= state.history_len for r in rows)
-                if stable[gi] > 0.5 and finite[gi] > 0.5 and enough and state.consecutive_skips[gi] < cfg.max_consecutive_skips:
+                rows = state.group_rows([gi])
+                if finite[gi] < 0.5:
+                    self._note("an extrapolated output was not finite; computed instead")
+                    continue
+                if not all(state.value_counts[r] >= order + 1 for r in rows):
+                    continue
+                if phase == "late":
+                    if (state.call_index - self._late_index(state)) % cfg.late_phase_interval != 0:
+                        skipped.append(gi)
+                elif use_criterion and stable[gi] > 0.5 and state.consecutive_skips[gi] < cfg.max_consecutive_skips:
                     skipped.append(gi)
         computed = [gi for gi in range(g) if gi not in skipped]
         token_plan = None
-        if crit_ok and cfg.token_sparsity and grids and computed and all(state.last_computed[gi] for gi in computed):
-            rows = torch.tensor(state.group_rows(computed), device=device)
+        if grids and computed and all(state.last_computed[gi] for gi in computed):
             rows_host = state.group_rows(computed)
             offset = 2 + 2 * g
             ks = {}
             for i, grid in enumerate(grids):
-                counts = host[offset + i * x_model.shape[0] : offset + (i + 1) * x_model.shape[0]]
+                counts = host[offset + i * b : offset + (i + 1) * b]
                 k = int(max(counts[r] for r in rows_host))
-                n_tok = grid[0] * grid[1]
-                if k <= cfg.max_token_fraction * n_tok:
+                if k <= cfg.max_token_fraction * grid[0] * grid[1]:
                     ks[grid] = max(k, 1)
             if ks:
-                sel = (lambda d: {kk: v.index_select(0, rows) for kk, v in d.items()}) if len(rows_host) != x_model.shape[0] else (lambda d: d)
-                token_plan = TokenPlan(pooled=sel(pooled), required=sel(required), k=ks)
-        return CallPlan(lvl=lvl, x_flow=x_flow, computed_groups=computed, skipped_groups=skipped, x0_hat=x0_hat, token_plan=token_plan, tau_host=tau_host)
+                if len(rows_host) != b:
+                    rows = torch.tensor(rows_host, device=device)
+                    pooled = {kk: v.index_select(0, rows) for kk, v in pooled.items()}
+                    required = {kk: v.index_select(0, rows) for kk, v in required.items()}
+                token_plan = TokenPlan(pooled=pooled, required=required, k=ks)
+        return CallPlan(lvl, x_flow, computed, skipped, x0_hat, token_plan, tau_host)
+
+    def _note(self, note: str) -> None:
+        if note not in self.current.notes:
+            self.current.notes.append(note)
 
     def _take_pending(self, x_model: torch.Tensor) -> CallPlan | None:
         """The plan a control branch decided for this very step, if any (used once)."""
@@ -292,12 +322,13 @@ class SADASession:
         out = original_forward(*select_rows(args, rows, bc), **select_rows(kwargs, rows, bc))
         return scatter_rows(out, rows, bc)
 
-    def _extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor) -> torch.Tensor:
-        """x0 estimate at the current time from the computed history of every row."""
+    def _extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor, order: int) -> torch.Tensor:
+        """x0 estimate at the current time from the last ``order + 1`` computed calls of every row."""
         t_eval = lvl.tau.expand(state.batch_size)
+        values, times = state.values[: order + 1], state.value_times[: order + 1]
         if self.config.extrapolation == "x0":
-            return extrapolate(state.values, state.value_times, t_eval)
-        out_hat = extrapolate(state.values, state.value_times, t_eval)
+            return extrapolate(values, times, t_eval)
+        out_hat = extrapolate(values, times, t_eval)
         return state.parameterization.x0_from_output(x_model.float(), out_hat, lvl)
 
     # ------------------------------------------------------------------ execution
@@ -306,10 +337,12 @@ class SADASession:
         bound = self.signature.bind(*args, **kwargs)
         x_model = bound.arguments[self.denoiser.sample_arg]
         timestep = bound.arguments[self.denoiser.timestep_arg]
+        started = time.perf_counter()
         plan = self._take_pending(x_model)
         if plan is None:
             plan = self.decide(x_model, timestep, bound.arguments)
         state = self.state
+        overhead = time.perf_counter() - started
         b = x_model.shape[0]
         rows_host = state.group_rows(plan.computed_groups)
         rows = torch.tensor(rows_host, dtype=torch.long, device=x_model.device)
@@ -330,6 +363,7 @@ class SADASession:
                 self.active_rows = None
             computed_tensor = output_tensor(output, self.denoiser.output_field)
             self._last_output = output
+        started = time.perf_counter()
         if plan.skipped_groups:
             full = self._approximate(plan, x_model, state)
             if computed_tensor is not None:
@@ -342,6 +376,7 @@ class SADASession:
         else:
             final_tensor = computed_tensor
         self._record(plan, x_model, final_tensor, rows, rows_host)
+        self.current.overhead_seconds += overhead + time.perf_counter() - started
         return output
 
     def _forward_measured(self, original_forward: Callable, args: tuple, kwargs: dict, x_model: torch.Tensor) -> Any:
@@ -372,7 +407,7 @@ class SADASession:
         state.push_node(lvl, plan.x_flow, drift, plan.tau_host)
         if rows_host and self.config.enabled:
             values = x0 if self.config.extrapolation == "x0" else out32
-            state.push_values(values, lvl.tau, rows, rows_host)
+            state.push_values(values, lvl.tau, plan.tau_host, rows_host)
         skipped_rows = state.group_rows(plan.skipped_groups)
         partial = plan.token_plan is not None and bool(rows_host)
         for r in rows_host:

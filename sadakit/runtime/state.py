@@ -39,6 +39,7 @@ class GenerationState:
     values: torch.Tensor | None = None  # (K, B, ...) x0 (or raw output) of computed calls
     value_times: torch.Tensor | None = None  # (K, B)
     value_counts: list[int] = field(default_factory=list)  # per row, how many of K are filled
+    value_last_tau: list = field(default_factory=list)  # per row, time of the newest entry (host)
     consecutive_skips: list[int] = field(default_factory=list)  # per group
     last_computed: list[bool] = field(default_factory=list)  # per group
     latent_grid: tuple[int, int] | None = None
@@ -66,23 +67,37 @@ class GenerationState:
         """Newest first."""
         return list(reversed(self.nodes))
 
-    def push_values(self, values: torch.Tensor, tau: torch.Tensor, computed_rows: torch.Tensor, rows_host: list[int]) -> None:
-        """Roll the extrapolation history for the computed rows only."""
+    def push_values(self, values: torch.Tensor, tau: torch.Tensor, tau_host: float, rows_host: list[int]) -> None:
+        """Roll the extrapolation history for the computed rows only.
+
+        A row computed again at the time of its newest entry (Heun's second stage) overwrites
+        that entry: two nodes at one time would make the Lagrange weights divide by zero.
+        """
         values = values.detach()
         b = values.shape[0]
         if self.values is None:
             self.values = values.unsqueeze(0).repeat(self.history_len, *([1] * values.dim()))
             self.value_times = tau.reshape(1, 1).expand(self.history_len, b).clone()
             self.value_counts = [0] * b
-        rolled = torch.cat([values.unsqueeze(0), self.values[:-1]], dim=0)
-        rolled_t = torch.cat([tau.reshape(1, 1).expand(1, b), self.value_times[:-1]], dim=0)
-        mask = torch.zeros(b, dtype=torch.bool, device=values.device)
-        mask[computed_rows] = True
+            self.value_last_tau = [None] * b
+        roll = [r for r in rows_host if self.value_last_tau[r] is None or abs(self.value_last_tau[r] - tau_host) > 1e-7]
+        replace = [r for r in rows_host if r not in roll]
+        device = values.device
         view = [1, b] + [1] * (values.dim() - 1)
-        self.values = torch.where(mask.reshape(view), rolled, self.values)
-        self.value_times = torch.where(mask.reshape(1, b), rolled_t, self.value_times)
-        for r in rows_host:
+        if roll:
+            mask = torch.zeros(b, dtype=torch.bool, device=device)
+            mask[torch.tensor(roll, device=device)] = True
+            rolled = torch.cat([values.unsqueeze(0), self.values[:-1]], dim=0)
+            rolled_t = torch.cat([tau.reshape(1, 1).expand(1, b), self.value_times[:-1]], dim=0)
+            self.values = torch.where(mask.reshape(view), rolled, self.values)
+            self.value_times = torch.where(mask.reshape(1, b), rolled_t, self.value_times)
+        if replace:
+            idx = torch.tensor(replace, device=device)
+            self.values[0, idx] = values[idx]
+        for r in roll:
             self.value_counts[r] = min(self.value_counts[r] + 1, self.history_len)
+        for r in rows_host:
+            self.value_last_tau[r] = tau_host
 
     def cache_bytes(self) -> int:
         total = 0

@@ -73,6 +73,9 @@ SIZES = ("tiny", "medium")
 # Relative std of the re-initialised ControlNet output projections (1.0 would make the
 # control residuals as large as the features they are added to).
 CONTROL_INIT_GAIN = 0.5
+# Std of the conditioning embedding's output on a control-like image: about that of
+# the UNet's conv_in features it is added to (~0.5 on unit-variance latents).
+CONTROL_EMBEDDING_STD = 0.5
 
 
 # --------------------------------------------------------------------------- helpers
@@ -311,14 +314,48 @@ def _normal_(layer: nn.Conv2d | nn.Linear, gain: float) -> None:
         nn.init.zeros_(layer.bias)
 
 
+def control_probe(channels: int = 3, height: int = 64, width: int = 64) -> torch.Tensor:
+    """A fixed control-like image in [0, 1]: a lit square, a stripe and a smooth ramp.
+
+    Used to calibrate the conditioning embedding on input that looks like real control
+    maps (sparse, piecewise constant), deterministically and without any RNG.
+    """
+    ys = torch.linspace(0.0, 1.0, height).view(-1, 1)
+    xs = torch.linspace(0.0, 1.0, width).view(1, -1)
+    image = 0.5 * ys * xs
+    image = torch.where((ys - 0.5).abs().lt(0.2) & (xs - 0.4).abs().lt(0.2), torch.ones_like(image), image)
+    image = torch.where((xs - 0.85).abs().lt(0.05), torch.ones_like(image), image)
+    return image.expand(1, channels, height, width).contiguous()
+
+
+@torch.no_grad()
+def _unit_variance_(embedding: nn.Module, probe: torch.Tensor, out_std: float) -> None:
+    """LSUV-style init of a ControlNet conditioning embedding (conv -> SiLU chain).
+
+    Each conv gets a normal init, then is rescaled so its output on ``probe`` has unit
+    std (``out_std`` for conv_out). Plain fan-in scaling is not enough: with 8-16
+    channels the chain's gain varies ~20x between random draws.
+    """
+    x = probe
+    convs = [embedding.conv_in, *embedding.blocks, embedding.conv_out]
+    for i, conv in enumerate(convs):
+        _normal_(conv, 1.0)
+        y = conv(x)
+        target = out_std if conv is embedding.conv_out else 1.0
+        conv.weight.mul_(target / y.std().clamp_min(1e-12))
+        if i < len(convs) - 1:
+            x = torch.nn.functional.silu(conv(x))
+
+
 def activate_controlnet(controlnet: ControlNetModel | FluxControlNetModel, gain: float = CONTROL_INIT_GAIN) -> None:
     """Give a random ControlNet a real effect on the denoiser.
 
     A fresh ControlNet starts with zero output projections ("zero convolutions"), so
     with random weights it adds exactly nothing and any test of the control branch
-    would prove nothing. Here the output projections get a normal init, and the
-    conditioning embedding a variance-preserving one (He init before each SiLU), so
-    the control image reaches the residuals at a measurable scale.
+    would prove nothing. Here the output projections get a normal init (std
+    ``gain / sqrt(fan_in)``) and the conditioning embedding a variance-preserving one
+    (see :func:`_unit_variance_`), so the control image reaches the residuals at a
+    measurable scale. (Flux has no embedding: its control image is VAE-encoded.)
     """
     if isinstance(controlnet, FluxControlNetModel):
         _normal_(controlnet.controlnet_x_embedder, 1.0)
@@ -326,9 +363,8 @@ def activate_controlnet(controlnet: ControlNetModel | FluxControlNetModel, gain:
             _normal_(layer, gain)
         return
     embedding = controlnet.controlnet_cond_embedding
-    for conv in [embedding.conv_in, *embedding.blocks]:
-        _normal_(conv, math.sqrt(2.0))
-    _normal_(embedding.conv_out, 1.0)
+    probe = control_probe(embedding.conv_in.in_channels)
+    _unit_variance_(embedding, probe, out_std=CONTROL_EMBEDDING_STD)
     for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
         _normal_(conv, gain)
 

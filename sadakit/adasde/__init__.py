@@ -1,0 +1,33 @@
+"""AdaSDE in pipelines: coefficient files, the diffusers scheduler and distillation.
+
+    from sadakit.adasde import AdaSDEScheduler, distill
+    pipe.scheduler = AdaSDEScheduler.from_file("coeffs.safetensors", pipe.scheduler)
+    image = pipe(prompt, num_inference_steps=5).images[0]
+
+The step itself (plain tensor functions) lives in ``sadakit.core.adasde``.
+"""
+
+from ..core.adasde import count_nfe, make_sigmas, sample_adasde, steps_for_nfe
+from .coefficients import (
+    CoefficientFile,
+    CoefficientMetadata,
+    CoefficientMismatchError,
+    check_compatible,
+    load_coefficients,
+    save_coefficients,
+)
+from .scheduler import AdaSDEScheduler
+
+__all__ = [
+    "AdaSDEScheduler",
+    "CoefficientFile",
+    "CoefficientMetadata",
+    "CoefficientMismatchError",
+    "check_compatible",
+    "count_nfe",
+    "load_coefficients",
+    "make_sigmas",
+    "sample_adasde",
+    "save_coefficients",
+    "steps_for_nfe",
+]

@@ -1,0 +1,379 @@
+"""Distil AdaSDE coefficients against a many-step teacher (DESIGN.md section 3).
+
+Recipe: the teacher solves the probability-flow ODE with a second-order (geometric
+mid-point) solver on the student's grid refined ``teacher_factor`` times; the student rolls
+out from the same starting noise with its own churn; the loss is the per-step L2 to the
+teacher's state at the matching sigma, with a pluggable feature loss at the last step
+(latent L2 by default). Adam with cosine decay, lr ~0.1, and only the ``(steps, 4)`` raw
+coefficients train: the model is frozen and never differentiated with respect to its
+weights.
+
+Input is any VE denoiser ``D(x, sigma)`` (a callable: testbed, or a plugin's pipeline
+denoiser with its prompts and CFG, adapted by ``sadakit.core.parameterization``) and a
+``sample_noise(batch, generator) -> unit noise`` function. The output is a coefficient file
+(safetensors + JSON metadata) that ``AdaSDEScheduler.from_file`` loads.
+
+Data parallel: when launched with ``torchrun``/``accelerate launch``, every process takes its
+share of each batch (seeds derived from ``(seed, iteration, rank)``, so the union is the same
+whatever the number of processes) and the gradients of the few coefficients are summed
+across processes. Devices are the denoiser's business: the sharding code only deals in batch
+sizes, seeds and small gradient vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..core.adasde import (
+    BASE_SOLVERS,
+    Denoiser,
+    init_raw_coefficients,
+    make_sigmas,
+    refine_sigmas,
+    run_plan,
+    sample_midpoint,
+    solver_plan,
+    squash,
+    steps_for_nfe,
+)
+from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
+
+NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]
+"""``sample_noise(batch, generator) -> z``: unit Gaussian noise of a batch, on the model's device."""
+FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(student_x, teacher_x) -> scalar``: the last-step loss (e.g. in a feature space)."""
+
+
+def latent_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per element: the default where no feature network is available."""
+    return (student - teacher).pow(2).mean()
+
+
+def _positive_int(inst: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{attribute.name}={value!r} must be an integer >= 1")
+
+
+def _in(allowed: tuple[str, ...]):
+    def check(inst: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in allowed:
+            raise ValueError(f"{attribute.name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+    return check
+
+
+@attrs.frozen
+class DistillConfig:
+    """Settings of one distillation run (recorded in the coefficient file's metadata).
+
+    ``sigma_min``/``sigma_max``/``schedule``/``rho`` build the student grid unless an
+    explicit grid is passed to ``distill``. ``start_scale`` multiplies the unit noise into
+    the VE start state; ``None`` means ``sigma_max`` (VP/EDM convention) or ``1 + sigma_max``
+    for flow-matching models (how ``AdaSDEScheduler`` reads a flow pipeline's latents).
+    ``gamma_max = 0`` distils the deterministic ablation.
+    """
+
+    nfe: int = attrs.field(default=5, validator=_positive_int)
+    solver: str = attrs.field(default="adasde", validator=_in(BASE_SOLVERS))
+    analytic_first_step: bool = True
+    gamma_max: float = attrs.field(default=0.3, validator=attrs.validators.ge(0.0))
+    gamma_init: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
+    sigma_min: float = attrs.field(default=0.002, validator=attrs.validators.gt(0.0))
+    sigma_max: float = attrs.field(default=80.0, validator=attrs.validators.gt(0.0))
+    schedule: str = attrs.field(default="karras", validator=_in(("karras", "loglinear", "time_uniform")))
+    rho: float = attrs.field(default=7.0, validator=attrs.validators.gt(0.0))
+    teacher_factor: int = attrs.field(default=8, validator=_positive_int)
+    iterations: int = attrs.field(default=200, validator=_positive_int)
+    batch_size: int = attrs.field(default=256, validator=_positive_int)
+    lr: float = attrs.field(default=0.1, validator=attrs.validators.gt(0.0))
+    last_step_weight: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
+    checkpoint_every: int = attrs.field(default=50, validator=_positive_int)
+    seed: int = 0
+    start_scale: float | None = None
+
+    @property
+    def steps(self) -> int:
+        return steps_for_nfe(self.nfe, self.solver, self.analytic_first_step)
+
+
+@attrs.define
+class DistillResult:
+    """The fitted file, the loss per iteration and the wall time (seconds, this run only)."""
+
+    coefficients: CoefficientFile
+    losses: list[float]
+    initial_loss: float
+    seconds: float
+    resumed_from: int = 0
+
+
+# --------------------------------------------------------------------------------------
+# Data parallel helpers: batch shares, seeds, gradient sum (no device decisions here)
+# --------------------------------------------------------------------------------------
+
+
+def distributed_state(cpu: bool | None = None):
+    """``accelerate.PartialState`` when launched with several processes, else ``None``.
+
+    ``cpu=None`` picks CPU (gloo) when no CUDA device exists, as on this project's machines.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=(not torch.cuda.is_available()) if cpu is None else cpu)
+
+
+def shard_sizes(total: int, world: int) -> list[int]:
+    """Split a batch of ``total`` between ``world`` processes as evenly as possible."""
+    if total < world:
+        raise ValueError(f"batch_size={total} is smaller than the number of processes ({world})")
+    base, extra = divmod(total, world)
+    return [base + (1 if r < extra else 0) for r in range(world)]
+
+
+def _sum_across(t: torch.Tensor, state) -> torch.Tensor:
+    if state is None:
+        return t
+    from accelerate.utils import reduce
+
+    return reduce(t, reduction="sum")
+
+
+def _generator_like(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _seed(base: int, iteration: int, rank: int, stream: int) -> int:
+    return (base * 1_000_003 + iteration * 7919 + rank * 104_729 + stream * 15_485_863) % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------
+
+
+def trajectory_loss(
+    denoiser: Denoiser,
+    x_start: torch.Tensor,
+    sigmas: torch.Tensor,
+    raw: torch.Tensor,
+    teacher_states: list[torch.Tensor],
+    config: DistillConfig,
+    generator: torch.Generator,
+    feature_loss: FeatureLoss = latent_l2,
+) -> torch.Tensor:
+    """Per-step L2 of the student rollout to the teacher states, feature loss at the last step."""
+    coeffs = squash(raw, config.gamma_max)
+    traj: list[torch.Tensor] = []
+    plan = solver_plan(x_start, sigmas, coeffs, config.solver, generator, config.analytic_first_step, traj)
+    run_plan(plan, lambda x, s: denoiser(x, s).to(torch.float32))
+    loss = x_start.new_zeros((), dtype=torch.float32)
+    for n, (xs, xt) in enumerate(zip(traj, teacher_states)):
+        if n == len(traj) - 1:
+            loss = loss + config.last_step_weight * feature_loss(xs, xt)
+        else:
+            loss = loss + latent_l2(xs, xt)
+    return loss
+
+
+@torch.no_grad()
+def teacher_trajectory(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, factor: int) -> list[torch.Tensor]:
+    """Teacher states at the student's sigmas ``sigmas[1:]`` (mid-point on a refined grid)."""
+    fine = refine_sigmas(sigmas, factor)
+    states: list[torch.Tensor] = []
+    sample_midpoint(lambda x, s: denoiser(x, s).to(torch.float32), x_start.to(torch.float32), fine, states)
+    return [states[factor * (n + 1) - 1] for n in range(len(sigmas) - 1)]
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def _checkpoint_path(output: str) -> str:
+    root, _ = os.path.splitext(output)
+    return root + ".ckpt.safetensors"
+
+
+def _save_checkpoint(path: str, raw: torch.Tensor, opt: torch.optim.Adam, iteration: int, config: DistillConfig, losses: list[float]) -> None:
+    st = opt.state.get(raw, {})
+    tensors = {"raw": raw.detach().cpu().contiguous()}
+    if st:
+        tensors["exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+        tensors["exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+    meta = {
+        "iteration": iteration,
+        "adam_step": float(st["step"]) if st else 0.0,
+        "config": attrs.asdict(config),
+        "losses": losses,
+    }
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata={"sadakit.adasde.checkpoint": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    if not os.path.exists(path):
+        return None
+    with safe_open(path, framework="pt", device="cpu") as f:
+        meta = json.loads((f.metadata() or {}).get("sadakit.adasde.checkpoint", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    saved = meta.get("config", {})
+    ours = attrs.asdict(config)
+    # iterations may grow on resume (train longer); everything else must match
+    diff = {k: (saved.get(k), v) for k, v in ours.items() if k != "iterations" and saved.get(k) != v}
+    if diff:
+        raise ValueError(
+            f"checkpoint {path} was written with different settings "
+            + "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            + "; delete it or pass resume=False"
+        )
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------------------
+# The distillation loop
+# --------------------------------------------------------------------------------------
+
+
+def distill(
+    denoiser: Denoiser,
+    sample_noise: NoiseSampler,
+    config: DistillConfig = DistillConfig(),
+    *,
+    model: str,
+    prediction_type: str = "epsilon",
+    guidance_scale: float | None = None,
+    sigmas: torch.Tensor | None = None,
+    feature_loss: FeatureLoss = latent_l2,
+    output: str | os.PathLike | None = None,
+    log_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    state: Any = "auto",
+) -> DistillResult:
+    """Fit AdaSDE (or learned-churn base solver) coefficients for ``denoiser``.
+
+    ``model``, ``prediction_type`` and ``guidance_scale`` go into the file's metadata so that
+    loading it into another pipeline fails loudly. With ``output`` set, the coefficient file
+    is written there at the end and a checkpoint (``<output>.ckpt.safetensors``, coefficients
+    plus Adam moments) every ``checkpoint_every`` iterations; ``resume=True`` continues from
+    that checkpoint. ``log_path`` receives one JSON line per iteration. ``state`` is an
+    ``accelerate.PartialState`` (``"auto"``: created when several processes were launched).
+    """
+    if state == "auto":
+        state = distributed_state()
+    rank = state.process_index if state is not None else 0
+    world = state.num_processes if state is not None else 1
+    main = rank == 0
+    local_bs = shard_sizes(config.batch_size, world)[rank]
+
+    grid = (
+        sigmas.to(torch.float64)
+        if sigmas is not None
+        else make_sigmas(config.steps, config.sigma_min, config.sigma_max, config.schedule, config.rho)
+    )
+    if len(grid) != config.steps + 1:
+        raise ValueError(f"sigmas has {len(grid)} entries; nfe={config.nfe} needs {config.steps + 1}")
+    sigma_max = float(grid[0])
+    start_scale = config.start_scale or (1.0 + sigma_max if prediction_type == "flow" else sigma_max)
+
+    raw = init_raw_coefficients(config.steps, config.gamma_init, config.gamma_max)
+    opt = torch.optim.Adam([raw], lr=config.lr)
+    losses: list[float] = []
+    start_it = 0
+    ckpt = _checkpoint_path(os.fspath(output)) if output is not None else None
+    if ckpt is not None and resume:
+        loaded = _load_checkpoint(ckpt, config)
+        if loaded is not None:
+            tensors, meta = loaded
+            raw = tensors["raw"].clone()
+            opt = torch.optim.Adam([raw], lr=config.lr)
+            if "exp_avg" in tensors:
+                opt.state[raw] = {
+                    "step": torch.tensor(meta["adam_step"]),
+                    "exp_avg": tensors["exp_avg"].clone(),
+                    "exp_avg_sq": tensors["exp_avg_sq"].clone(),
+                }
+            start_it = int(meta["iteration"])
+            losses = list(meta.get("losses", []))[:start_it]
+    raw.requires_grad_(True)
+
+    dev = sample_noise(1, torch.Generator().manual_seed(0)).device  # the model's device, as the caller chose it
+
+    def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
+        z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
+        return z.to(torch.float32) * start_scale, _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
+
+    def evaluate(iteration: int, stream: int, with_grad: bool) -> torch.Tensor:
+        x, g = batch(iteration, stream)
+        teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor)
+        with torch.set_grad_enabled(with_grad):
+            local = trajectory_loss(denoiser, x, grid, raw, teacher, config, g, feature_loss)
+        return local
+
+    # loss of the untrained coefficients on a fixed held-out batch, for the log and the report
+    with torch.no_grad():
+        initial = evaluate(-1, 10, False).detach() * (local_bs / config.batch_size)
+    initial_loss = float(_sum_across(initial.reshape(1).cpu(), state))
+
+    log = open(log_path, "a") if (log_path is not None and main) else None
+    bar = tqdm(range(start_it, config.iterations), disable=not (progress and main), desc=f"AdaSDE NFE={config.nfe}")
+    t0 = time.perf_counter()
+    try:
+        for it in bar:
+            lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * it / config.iterations))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=False)
+            local = evaluate(it, 0, True)
+            (local * (local_bs / config.batch_size)).backward()
+            if raw.grad is None:
+                raw.grad = torch.zeros_like(raw)
+            grad = _sum_across(raw.grad.detach().cpu(), state)
+            raw.grad.copy_(grad)
+            loss_value = float(_sum_across((local.detach() * (local_bs / config.batch_size)).reshape(1).cpu(), state))
+            opt.step()
+            losses.append(loss_value)
+            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}")
+            if log is not None:
+                log.write(json.dumps({"iteration": it, "loss": loss_value, "lr": lr, "time": time.perf_counter() - t0}) + "\n")
+                log.flush()
+            if ckpt is not None and main and ((it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations):
+                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses)
+    finally:
+        if log is not None:
+            log.close()
+    seconds = time.perf_counter() - t0
+
+    training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
+    training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
+    meta = CoefficientMetadata(
+        model=model,
+        nfe=config.nfe,
+        solver=config.solver,
+        analytic_first_step=config.analytic_first_step,
+        schedule=config.schedule if sigmas is None else "custom",
+        sigma_min=float(grid[-1]),
+        sigma_max=sigma_max,
+        gamma_max=config.gamma_max,
+        prediction_type=prediction_type,
+        guidance_scale=guidance_scale,
+        training=training,
+    )
+    cf = CoefficientFile(raw.detach().cpu().clone(), grid.clone(), meta)
+    if output is not None and main:
+        save_coefficients(output, cf.raw, cf.sigmas, meta)
+    return DistillResult(cf, losses, initial_loss, seconds, start_it)

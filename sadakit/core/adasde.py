@@ -1,0 +1,455 @@
+"""AdaSDE: a few-step SDE solver with learned per-step coefficients, as plain tensor functions.
+
+Implements the step of "Adaptive Stochastic Coefficients" (AdaSDE, NeurIPS 2025) on the
+variance-exploding denoiser form used across sadakit: ``x = x0 + sigma * noise`` and a
+denoiser ``D(x, sigma) ~ E[x0 | x]``; the probability-flow ODE is ``dx/dsigma = (x - D)/sigma``.
+
+Per step n on a decreasing grid ``t_0 = sigma_max > ... > t_N = sigma_min`` four learned
+scalars act (DESIGN.md section 3):
+
+1. churn:       ``th = (1 + gamma_n) t_n``,  ``xh = x_n + sqrt(th^2 - t_n^2) z``
+2. direction:   ``d = (xh - D(xh, th)) / th``  (or analytically ``xh / sqrt(1 + th^2)`` at n = 0)
+3. mid-point:   ``tm = t_{n+1}^r th^(1-r)``,   ``xm = xh + (tm - th) d``
+4. evaluation:  ``dm = (xm - D(xm, a tm)) / tm``
+5. update:      ``x_{n+1} = xh + c (t_{n+1} - th) dm``
+
+The "plugin" form of the paper keeps only the learned churn and hands ``(xh, th)`` to an
+ordinary single-step base solver (Euler, Heun, mid-point).
+
+Every step is written once, as a *plan*: a Python generator that yields the evaluation
+requests ``(x, sigma)`` it needs and receives ``D(x, sigma)`` back. ``sample_adasde`` drives a
+plan with a denoiser; the diffusers scheduler drives the very same plan one model call at a
+time (a pipeline owns the loop there). One implementation, no drift between the two.
+
+Numerics: the state and every coefficient are float32 whatever the model dtype (fp16/bf16
+models lose the few-step update otherwise); results are cast back to the input's dtype. No
+device is named: every tensor is created on the input's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``D(x, sigma) -> x0`` in the VE form; ``sigma`` is a 0-d float32 tensor on ``x.device``."""
+
+GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
+BaseSolver = Literal["adasde", "euler", "heun", "midpoint"]
+BASE_SOLVERS: tuple[str, ...] = ("adasde", "euler", "heun", "midpoint")
+SCHEDULES: tuple[str, ...] = ("karras", "loglinear", "time_uniform")
+
+GAMMA_MIN = 2e-4
+"""Lower end of the learned churn: a stochastic solver keeps a little noise at every step."""
+N_COEFFS = 4
+"""Raw parameters per step, columns in this order: gamma, r, time scale a, direction scale c."""
+
+# A plan yields (x, sigma) requests, receives denoised tensors, returns the new state.
+Plan = Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------
+# Coefficients: raw parameters and their squashing to safe ranges
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """Squashed coefficients for one step (0-d float32 tensors, differentiable)."""
+
+    gamma: torch.Tensor
+    r: torch.Tensor
+    a: torch.Tensor
+    c: torch.Tensor
+
+
+def init_raw_coefficients(steps: int, gamma_init: float = 0.05, gamma_max: float = 0.3) -> torch.Tensor:
+    """Raw parameters ``(steps, 4)`` of the untrained solver: r = 1/2, a = c = 1, gamma ~ gamma_init.
+
+    The untrained solver is the geometric mid-point (DPM-Solver-2 style) step with a small
+    churn, a sound starting point that distillation only has to refine.
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    raw = torch.zeros(steps, N_COEFFS, dtype=torch.float32)
+    if gamma_max > GAMMA_MIN:
+        frac = min(max((gamma_init - GAMMA_MIN) / (gamma_max - GAMMA_MIN), 1e-4), 1 - 1e-4)
+        raw[:, 0] = math.log(frac / (1.0 - frac))
+    return raw
+
+
+def squash(raw: torch.Tensor, gamma_max: float) -> list[StepCoefficients]:
+    """Map raw per-step parameters ``(steps, 4)`` to the safe ranges of DESIGN.md section 3.
+
+    ``r = sigmoid(p)`` keeps the mid-point inside the step; ``c = 1 + 0.05 tanh(p/2)`` and
+    ``a = 1 + 0.2 tanh(p/2)`` only correct the direction and the evaluation time a little;
+    ``gamma = 2e-4 + (gamma_max - 2e-4) sigmoid(p)`` bounds the churn, and ``gamma_0 = 0``
+    because the first state is already pure noise. ``gamma_max = 0`` is the deterministic
+    solver (every gamma exactly 0), the ablation that isolates what the noise contributes.
+    """
+    if raw.ndim != 2 or raw.shape[1] != N_COEFFS:
+        raise ValueError(f"raw coefficients must have shape (steps, {N_COEFFS}); got {tuple(raw.shape)}")
+    if gamma_max < 0:
+        raise ValueError(f"gamma_max={gamma_max} must be >= 0 (0 = deterministic solver)")
+    raw = raw.to(torch.float32)
+    out = []
+    for n in range(raw.shape[0]):
+        p_g, p_r, p_a, p_c = raw[n].unbind()
+        if n == 0 or gamma_max == 0.0:
+            gamma = torch.zeros((), dtype=torch.float32, device=raw.device)  # constant: no noise drawn
+        else:
+            lo = min(GAMMA_MIN, gamma_max)
+            gamma = lo + (gamma_max - lo) * torch.sigmoid(p_g)
+        out.append(
+            StepCoefficients(
+                gamma=gamma,
+                r=torch.sigmoid(p_r),
+                a=1.0 + 0.2 * torch.tanh(p_a / 2.0),
+                c=1.0 + 0.05 * torch.tanh(p_c / 2.0),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Schedules and small helpers (k-diffusion vocabulary)
+# --------------------------------------------------------------------------------------
+
+
+def make_sigmas(
+    steps: int,
+    sigma_min: float,
+    sigma_max: float,
+    schedule: str = "karras",
+    rho: float = 7.0,
+) -> torch.Tensor:
+    """Decreasing grid of ``steps + 1`` sigmas from ``sigma_max`` to ``sigma_min`` (float64, CPU).
+
+    ``karras``: uniform in ``sigma^(1/rho)`` (Karras et al. 2022, eq. 5); ``loglinear``:
+    uniform in ``log sigma``; ``time_uniform``: uniform in ``log log(1 + sigma^2)`` like the
+    AdaSDE/AMED code base. The grid is float64 so that finer teacher grids nest exactly.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not known; allowed: {', '.join(SCHEDULES)}")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if not 0.0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if schedule == "karras":
+        lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+        s = (hi + u * (lo - hi)) ** rho
+    elif schedule == "loglinear":
+        s = torch.exp(math.log(sigma_max) + u * (math.log(sigma_min) - math.log(sigma_max)))
+    else:
+        lo, hi = math.log(math.log1p(sigma_min**2)), math.log(math.log1p(sigma_max**2))
+        s = torch.sqrt(torch.expm1(torch.exp(hi + u * (lo - hi))))
+    s[0], s[-1] = sigma_max, sigma_min
+    return s
+
+
+def refine_sigmas(sigmas: torch.Tensor, factor: int, rho: float = 7.0) -> torch.Tensor:
+    """Subdivide every interval of a grid into ``factor`` pieces, uniform in ``sigma^(1/rho)``.
+
+    The refined grid contains every original node (index ``factor * n``), so a teacher on it
+    can be compared with the student at matching sigmas whatever the student's schedule.
+    """
+    if factor < 1:
+        raise ValueError(f"factor={factor} must be >= 1")
+    s = sigmas.to(torch.float64)
+    w = s ** (1.0 / rho)
+    u = torch.arange(factor, dtype=torch.float64) / factor
+    parts = [(w[i] + u * (w[i + 1] - w[i])) ** rho for i in range(len(s) - 1)]
+    out = torch.cat(parts + [s[-1:]])
+    out[::factor] = s
+    return out
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """Probability-flow drift ``dx/dsigma = (x - D(x, sigma)) / sigma``."""
+    return (x - denoised) / sigma
+
+
+def analytic_first_direction(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """AFS: at pure noise ``D ~ E[x0] ~ 0`` and ``x ~ sigma * z`` so ``d ~ x / sqrt(1 + sigma^2)``.
+
+    The ``1 + sigma^2`` (rather than ``sigma^2``) assumes unit-variance data, the convention
+    of latent diffusion; it saves one network call on the first step.
+    """
+    return x / torch.sqrt(1.0 + sigma * sigma)
+
+
+def randn_like(x: torch.Tensor, generator: GeneratorLike = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` (float32, on ``x.device``), reproducible per seed.
+
+    Noise is drawn on the generator's own device and moved (as diffusers' ``randn_tensor``
+    does), so a CPU generator gives the same noise for a CPU or GPU sampler. A list of
+    generators draws one sample per generator (per-prompt seeds).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.cat([randn_like(x[i : i + 1], g) for i, g in enumerate(generator)])
+    gen_device = generator.device if generator is not None else x.device
+    z = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return z.to(x.device)
+
+
+def _f32(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float32, device=like.device)
+
+
+# --------------------------------------------------------------------------------------
+# Step plans
+# --------------------------------------------------------------------------------------
+
+
+def churn(
+    x: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor, generator: GeneratorLike = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raise the noise level from ``sigma`` to ``(1 + gamma) sigma`` by adding fresh noise.
+
+    Returns ``(xh, th)``. With ``gamma == 0`` no noise is drawn at all: the generator is not
+    advanced, so the deterministic solver never depends on a seed.
+    """
+    th = (1.0 + gamma) * sigma
+    if not gamma.requires_grad and float(gamma) == 0.0:
+        return x, th
+    # sqrt((1+g)^2 - 1) * sigma, written so the gradient at small gamma stays finite
+    scale = sigma * torch.sqrt((gamma * (2.0 + gamma)).clamp_min(1e-20))
+    return x + scale * randn_like(x, generator), th
+
+
+def adasde_plan(
+    x: torch.Tensor,
+    t_cur: torch.Tensor,
+    t_next: torch.Tensor,
+    coeffs: StepCoefficients,
+    generator: GeneratorLike = None,
+    analytic_first_step: bool = False,
+) -> Plan:
+    """One AdaSDE step (DESIGN.md section 3, items 1-5) as a plan of 2 (or 1, with AFS) calls."""
+    xh, th = churn(x, t_cur, coeffs.gamma, generator)
+    if analytic_first_step:
+        d = analytic_first_direction(xh, th)
+    else:
+        d = to_d(xh, th, (yield xh, th))
+    tm = t_next**coeffs.r * th ** (1.0 - coeffs.r)
+    xm = xh + (tm - th) * d
+    dm = to_d(xm, tm, (yield xm, coeffs.a * tm))
+    return xh + coeffs.c * (t_next - th) * dm
+
+
+def base_plan(
+    solver: str,
+    x: torch.Tensor,
+    t_cur: torch.Tensor,
+    t_next: torch.Tensor,
+    gamma: torch.Tensor,
+    generator: GeneratorLike = None,
+    analytic_first_step: bool = False,
+) -> Plan:
+    """The paper's plugin form: learned churn, then one step of an ordinary base solver.
+
+    ``euler``: one call. ``heun``: trapezoidal correction at ``t_next`` (Karras Alg. 2).
+    ``midpoint``: evaluation at the geometric mid-point ``sqrt(th t_next)``. With
+    ``analytic_first_step`` the first direction of the step is the AFS approximation.
+    """
+    if solver not in ("euler", "heun", "midpoint"):
+        raise ValueError(f"solver={solver!r} is not a base solver; allowed: 'euler', 'heun', 'midpoint'")
+    xh, th = churn(x, t_cur, gamma, generator)
+    if analytic_first_step:
+        d = analytic_first_direction(xh, th)
+    else:
+        d = to_d(xh, th, (yield xh, th))
+    if solver == "euler":
+        return xh + (t_next - th) * d
+    if solver == "heun":
+        x_e = xh + (t_next - th) * d
+        d2 = to_d(x_e, t_next, (yield x_e, t_next))
+        return xh + (t_next - th) * 0.5 * (d + d2)
+    tm = torch.sqrt(th * t_next)
+    xm = xh + (tm - th) * d
+    dm = to_d(xm, tm, (yield xm, tm))
+    return xh + (t_next - th) * dm
+
+
+def calls_per_step(solver: str, first: bool, analytic_first_step: bool) -> int:
+    """Denoiser calls of one step: the NFE bookkeeping shared by the loop and the scheduler."""
+    if solver not in BASE_SOLVERS:
+        raise ValueError(f"solver={solver!r} is not known; allowed: {', '.join(BASE_SOLVERS)}")
+    n = 1 if solver == "euler" else 2
+    return n - 1 if (first and analytic_first_step) else n
+
+
+def count_nfe(steps: int, solver: str = "adasde", analytic_first_step: bool = True) -> int:
+    """Total network calls for ``steps`` steps; AdaSDE with AFS gives ``2 steps - 1``."""
+    return sum(calls_per_step(solver, n == 0, analytic_first_step) for n in range(steps))
+
+
+def steps_for_nfe(nfe: int, solver: str = "adasde", analytic_first_step: bool = True) -> int:
+    """Inverse of ``count_nfe``; raises when no whole number of steps gives that NFE."""
+    for steps in range(1, nfe + 2):
+        if count_nfe(steps, solver, analytic_first_step) == nfe:
+            return steps
+    raise ValueError(
+        f"nfe={nfe} is not reachable with solver={solver!r}, analytic_first_step={analytic_first_step}; "
+        f"reachable: {[count_nfe(s, solver, analytic_first_step) for s in range(1, 8)]}..."
+    )
+
+
+def solver_plan(
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    coeffs: Sequence[StepCoefficients],
+    solver: str = "adasde",
+    generator: GeneratorLike = None,
+    analytic_first_step: bool = True,
+    trajectory: list[torch.Tensor] | None = None,
+) -> Plan:
+    """The whole sampling run as one plan: every step's requests in order, returns ``x_N``.
+
+    ``x`` is the VE starting state (``sigma_max * z``); ``sigmas`` has ``steps + 1`` entries.
+    ``trajectory`` (if given) receives the state after every step (for per-step losses).
+    State is float32; the caller casts back.
+    """
+    steps = len(sigmas) - 1
+    if len(coeffs) != steps:
+        raise ValueError(f"got {len(coeffs)} step coefficients for a grid of {steps} steps")
+    if solver not in BASE_SOLVERS:
+        raise ValueError(f"solver={solver!r} is not known; allowed: {', '.join(BASE_SOLVERS)}")
+    s = sigmas.to(device=x.device, dtype=torch.float32)
+    x = x.to(torch.float32)
+    for n in range(steps):
+        afs = analytic_first_step and n == 0
+        if solver == "adasde":
+            x = yield from adasde_plan(x, s[n], s[n + 1], coeffs[n], generator, afs)
+        else:
+            x = yield from base_plan(solver, x, s[n], s[n + 1], coeffs[n].gamma, generator, afs)
+        if trajectory is not None:
+            trajectory.append(x)
+    return x
+
+
+def run_plan(plan: Plan, denoiser: Denoiser) -> tuple[torch.Tensor, int]:
+    """Drive a plan with a denoiser; returns ``(result, number of denoiser calls)``.
+
+    The denoiser sees the request's state in its own dtype is the caller's business: it
+    receives float32 here and may cast inside (see ``sample_adasde``).
+    """
+    nfe = 0
+    try:
+        x, sigma = next(plan)
+        while True:
+            nfe += 1
+            x, sigma = plan.send(denoiser(x, sigma))
+    except StopIteration as stop:
+        return stop.value, nfe
+
+
+# --------------------------------------------------------------------------------------
+# Single-step functions and the sampling loop (k-diffusion style)
+# --------------------------------------------------------------------------------------
+
+
+def _f32_denoiser(denoiser: Denoiser, dtype: torch.dtype) -> Denoiser:
+    """Call the model in its own dtype, take its answer back to float32."""
+
+    def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return denoiser(x.to(dtype), sigma).to(torch.float32)
+
+    return call
+
+
+def adasde_step(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    t_cur: torch.Tensor | float,
+    t_next: torch.Tensor | float,
+    coeffs: StepCoefficients,
+    generator: GeneratorLike = None,
+    analytic_first_step: bool = False,
+) -> torch.Tensor:
+    """One AdaSDE step from ``t_cur`` to ``t_next`` (float32 math, cast back to ``x.dtype``)."""
+    f = _f32_denoiser(denoiser, x.dtype)
+    plan = adasde_plan(x.to(torch.float32), _f32(t_cur, x), _f32(t_next, x), coeffs, generator, analytic_first_step)
+    out, _ = run_plan(plan, f)
+    return out.to(x.dtype)
+
+
+def plugin_step(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    t_cur: torch.Tensor | float,
+    t_next: torch.Tensor | float,
+    gamma: torch.Tensor | float,
+    solver: str = "euler",
+    generator: GeneratorLike = None,
+    analytic_first_step: bool = False,
+) -> torch.Tensor:
+    """Learned churn in front of one Euler / Heun / mid-point step (float32, cast back)."""
+    f = _f32_denoiser(denoiser, x.dtype)
+    plan = base_plan(
+        solver, x.to(torch.float32), _f32(t_cur, x), _f32(t_next, x), _f32(gamma, x), generator, analytic_first_step
+    )
+    out, _ = run_plan(plan, f)
+    return out.to(x.dtype)
+
+
+@dataclass
+class SampleResult:
+    """Final sample (input dtype), the number of denoiser calls, and the per-step states."""
+
+    x: torch.Tensor
+    nfe: int
+    trajectory: list[torch.Tensor]
+
+
+def sample_adasde(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    coeffs: torch.Tensor | Sequence[StepCoefficients],
+    generator: GeneratorLike = None,
+    analytic_first_step: bool = True,
+    solver: str = "adasde",
+    gamma_max: float = 0.3,
+) -> SampleResult:
+    """Sample with AdaSDE (or a learned-churn base solver) over ``sigmas``.
+
+    ``x`` is the starting state at ``sigmas[0]`` in VE form (``sigma_max * z``). ``coeffs``
+    is either the raw ``(steps, 4)`` parameter tensor (squashed with ``gamma_max``) or
+    already squashed per-step coefficients. Counts the denoiser calls: ``2 steps - 1`` for
+    AdaSDE with the analytic first step.
+    """
+    if isinstance(coeffs, torch.Tensor):
+        coeffs = squash(coeffs.to(x.device), gamma_max)
+    traj: list[torch.Tensor] = []
+    plan = solver_plan(x, sigmas, coeffs, solver, generator, analytic_first_step, traj)
+    out, nfe = run_plan(plan, _f32_denoiser(denoiser, x.dtype))
+    return SampleResult(out.to(x.dtype), nfe, [t.to(x.dtype) for t in traj])
+
+
+def sample_midpoint(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    trajectory: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Deterministic geometric mid-point (DPM-Solver-2 style) ODE solver: the teacher.
+
+    Two calls per step, float32 state; ``trajectory`` receives the state after every step.
+    """
+    s = sigmas.to(device=x.device, dtype=torch.float32)
+    f = _f32_denoiser(denoiser, x.dtype)
+    x = x.to(torch.float32)
+    zero = torch.zeros((), device=x.device)
+    for n in range(len(s) - 1):
+        x, _ = run_plan(base_plan("midpoint", x, s[n], s[n + 1], zero), f)
+        if trajectory is not None:
+            trajectory.append(x)
+    return x

@@ -1,0 +1,1 @@
+"""Fidelity metrics against the baseline output: image (PSNR, SSIM, LPIPS) and audio."""
