@@ -45,6 +45,8 @@ def run(pipe, args, scheduler: str) -> torch.Tensor:
 def bench_one(pipe, args, scheduler: str, config: sadakit.SADAConfig) -> dict:
     pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
     run(pipe, args, scheduler)  # warm-up
+    sadakit.accelerate(pipe, config)
+    run(pipe, args, scheduler)  # warm-up of the accelerated path (FLOP count, once per shape)
     base_times, sada_times = [], []
     base = out = None
     for _ in range(args.repeats):

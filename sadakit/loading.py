@@ -1,0 +1,51 @@
+"""Load a pipeline by name: a hub id or local directory (real weights), or a bundled offline one.
+
+``tiny:<family>[:medium]`` builds the random-weight test pipelines of ``sadakit.testing``
+(``tiny:sdxl``, ``tiny:sd``, ``tiny:sd-v``, ``tiny:flux``, ``tiny:musicldm``, ...).
+Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users with weights
+(and network or a local copy) get the real loading path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+TINY_BUILDERS = {
+    "sd": ("tiny_sd_pipeline", {}),
+    "sd-v": ("tiny_sd_pipeline", {"prediction_type": "v_prediction"}),
+    "sdxl": ("tiny_sdxl_pipeline", {}),
+    "flux": ("tiny_flux_pipeline", {}),
+    "sd-controlnet": ("tiny_sd_controlnet_pipeline", {}),
+    "sdxl-controlnet": ("tiny_sdxl_controlnet_pipeline", {}),
+    "flux-controlnet": ("tiny_flux_controlnet_pipeline", {}),
+    "musicldm": ("tiny_musicldm_pipeline", {}),
+}
+
+
+def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) -> Any:
+    """A ready pipeline for ``name`` (see module docstring); raises with the allowed names."""
+    if name.startswith("tiny:"):
+        parts = name.split(":")
+        family = parts[1] if len(parts) > 1 else ""
+        size = parts[2] if len(parts) > 2 else "tiny"
+        if family not in TINY_BUILDERS or size not in ("tiny", "medium"):
+            raise ValueError(
+                f"unknown offline pipeline {name!r}; allowed: "
+                + ", ".join(f"tiny:{f}[:medium]" for f in TINY_BUILDERS)
+            )
+        from . import testing
+
+        builder_name, options = TINY_BUILDERS[family]
+        pipe = getattr(testing, builder_name)(size=size, **options)
+    else:
+        from diffusers import DiffusionPipeline
+
+        if not os.path.isdir(name) and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FileNotFoundError(f"{name!r} is not a local directory and HF_HUB_OFFLINE=1 forbids downloading it")
+        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=getattr(torch, dtype))
+    if device:
+        pipe.to(device)
+    return pipe
