@@ -11,6 +11,9 @@ from .errors import UnsupportedPipelineError
 
 _BUILTIN_PLUGINS = (
     "sadakit.plugins.image.stable_diffusion",
+    "sadakit.plugins.image.flux",
+    "sadakit.plugins.controlnet.plugin",
+    "sadakit.plugins.audio.musicldm",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -14,9 +14,9 @@ denoiser with its prompts and CFG, adapted by ``sadakit.core.parameterization``)
 (safetensors + JSON metadata) that ``AdaSDEScheduler.from_file`` loads.
 
 Data parallel: when launched with ``torchrun``/``accelerate launch``, every process takes its
-share of each batch (seeds derived from ``(seed, iteration, rank)``, so the union is the same
-whatever the number of processes) and the gradients of the few coefficients are summed
-across processes. Devices are the denoiser's business: the sharding code only deals in batch
+share of each batch (noise seeded from ``(seed, iteration, rank)``: reproducible for a given
+number of processes, independent between processes) and the gradients of the few
+coefficients are summed across processes, so every process takes the same Adam step. Devices are the denoiser's business: the sharding code only deals in batch
 sizes, seeds and small gradient vectors.
 """
 

@@ -141,20 +141,24 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
             torch.tensor(grid_sigmas, dtype=torch.float64),
             self.meta,
         )
+        check_compatible(self.meta, prediction_type="flow" if flow_matching else prediction_type)
         if flow_matching and self.meta.analytic_first_step:
             raise CoefficientMismatchError(
                 "analytic_first_step=True cannot run in a flow-matching pipeline (its first model call "
                 "sees the pipeline's latents unchanged); distill with analytic_first_step=False"
             )
-        expected_pt = "flow" if flow_matching else prediction_type
-        check_compatible(self.meta, prediction_type=expected_pt)
         if not flow_matching:
             ab = alphas_cumprod_from_config(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
             self._log_sigmas = (0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab.clamp_min(1e-30))).numpy()
-            smax_model = float(np.exp(self._log_sigmas[-1]))
+            # outside its training range a VP model cannot be told the right noise level
+            smin_model, smax_model = float(np.exp(self._log_sigmas[0])), float(np.exp(self._log_sigmas[-1]))
             if self.meta.sigma_max > smax_model * 1.01:
                 raise CoefficientMismatchError(
                     f"sigma_max: file has {self.meta.sigma_max:.4g}, pipeline's schedule reaches only {smax_model:.4g}"
+                )
+            if self.meta.sigma_min < smin_model * 0.99:
+                raise CoefficientMismatchError(
+                    f"sigma_min: file has {self.meta.sigma_min:.4g}, pipeline's schedule starts at {smin_model:.4g}"
                 )
         self.init_noise_sigma = 1.0 if flow_matching else float(self.coefficients.sigmas[0])
         self.num_inference_steps: int | None = None
@@ -369,7 +373,8 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         """Feed one model evaluation into the running AdaSDE step.
 
         Returns the pipeline state for the next call (VP: VE state; flow: flow-chart model
-        input), or the final sample after the last call.
+        input), or after the last call the final sample in the model's chart (VP state
+        ``x_ve / sqrt(1 + sigma_min^2)``, flow state ``x_ve / (1 + sigma_min)``).
         """
         idx = self._index()
         if idx >= len(self._calls):
@@ -393,7 +398,10 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
             final = stop.value
             self._plan, self._pending = None, None
             sigma_end = float(self.coefficients.sigmas[-1])
-            out = final / (1.0 + sigma_end) if self.config.flow_matching else final
+            # the last state sits at sigma_min > 0: hand it back in the model's own chart, as
+            # VP-state schedulers (DDIM, DPM-Solver, UniPC) do and as the latents decoder expects
+            scale = (1.0 + sigma_end) if self.config.flow_matching else math.sqrt(1.0 + sigma_end**2)
+            out = final / scale
         prev = out.to(sample.dtype)
         if not return_dict:
             return (prev,)

@@ -51,13 +51,14 @@ class TokenBlockSpec:
 class ControlSpec:
     """A control branch called with the step's latent before the denoiser.
 
-    ``to_denoiser_rows`` maps the control call's sample to the denoiser's batch layout
-    (identity by default; ControlNet guess mode feeds only the conditional half).
+    ``to_denoiser_sample(sample, pipe, arguments)`` maps the control call's sample to the
+    denoiser's batch layout, given the control call's bound arguments (identity by default;
+    ControlNet guess mode feeds only the conditional half and passes ``guess_mode=True``).
     """
 
     module: torch.nn.Module
     sample_arg: str = "sample"
     timestep_arg: str = "timestep"
-    to_denoiser_sample: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+    to_denoiser_sample: Callable[[torch.Tensor, Any, dict], torch.Tensor] | None = None
     #: denoiser rows whose results the control call's rows feed, given the denoiser batch size
     control_rows: Callable[[int, int], list[int]] | None = None

@@ -67,7 +67,11 @@ class TokenBlockHook(ModelHook):
             grid = tokens.grid_for_tokens(session.state.latent_grid, n)
         idx = plan.indices(grid) if (plan is not None and grid is not None and cache is not None) else None
         if idx is None:
+            counter = session.flop_counter
+            before = counter.get_total_flops() if counter is not None else 0
             out = original(*args, **kwargs)
+            if counter is not None:
+                session.record_block_flops(self.name, float(counter.get_total_flops() - before))
             session.block_tokens[self.name] = n
             if session.config.token_sparsity:
                 self._store(hidden, out, rows)

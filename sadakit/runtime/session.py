@@ -46,6 +46,22 @@ class TokenPlan:
             self._indices[grid] = tokens.select_indices(self.pooled[grid], self.required[grid], self.k[grid])
         return self._indices[grid]
 
+    def shared_indices(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """(k,) one sorted index set for every row: the union of the rows' required tokens.
+
+        For blocks whose positional tables have no batch dimension (Flux rotary embeddings).
+        With several rows the union size costs one scalar host read per call and grid.
+        """
+        if grid not in self.k:
+            return None
+        key = ("shared", grid)
+        if key not in self._indices:
+            required = self.required[grid].any(dim=0, keepdim=True)
+            pooled = self.pooled[grid].amax(dim=0, keepdim=True)
+            k = self.k[grid] if self.required[grid].shape[0] == 1 else max(int(required.sum()), 1)
+            self._indices[key] = tokens.select_indices(pooled, required, k)[0]
+        return self._indices[key]
+
 
 @dataclass
 class CallPlan:
@@ -88,7 +104,8 @@ class SADASession:
         self.block_tokens: dict[str, int] = {}
         self.block_caches: dict[str, torch.Tensor] = {}
         self._flops_measured: dict[tuple, tuple[float, dict[str, float]]] = {}
-        self._block_flops: dict[str, float] = {}
+        self.flop_counter = None
+        self._measuring_blocks: dict[str, float] = {}
         self._last_output: Any = None
         self._pending: tuple | None = None
         self._control_template: dict[int, Any] = {}
@@ -118,6 +135,17 @@ class SADASession:
     def report(self) -> GenerationReport | None:
         return self.current if self.current.denoiser_calls else self.last
 
+    @staticmethod
+    def _expected_calls(scheduler: Any) -> int | None:
+        """Denoiser calls this generation will make: the pipelines loop over the scheduler's
+        timesteps (one call each, two-stage solvers interleave theirs), from ``begin_index``
+        on for img2img-style partial denoising."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None:
+            return None
+        begin = getattr(scheduler, "begin_index", None) or 0
+        return max(len(timesteps) - int(begin), 1)
+
     def _start_generation(self, x_model: torch.Tensor, arguments: dict) -> GenerationState:
         self.finish_generation()
         pipe = self.pipe
@@ -133,9 +161,7 @@ class SADASession:
         for gi, g in enumerate(groups_list):
             for r in g:
                 row_group[r] = gi
-        scheduler = getattr(pipe, "scheduler", None)
-        timesteps = getattr(scheduler, "timesteps", None)
-        expected = len(timesteps) if timesteps is not None else None
+        expected = self._expected_calls(getattr(pipe, "scheduler", None))
         state = GenerationState(
             parameterization=param,
             batch_shape=tuple(x_model.shape),
@@ -285,8 +311,16 @@ class SADASession:
         if pending is None or self.state is None:
             return None
         plan, call_index, shape = pending
-        if call_index != self.state.call_index or shape != tuple(x_model.shape):
+        if call_index != self.state.call_index:
             return None
+        if shape != tuple(x_model.shape):
+            # the control branch decided rows for another layout: running the denoiser on its own
+            # decision would feed it control residuals computed (or zeroed) for other rows
+            raise ValueError(
+                f"{type(self.pipe).__name__}: the control branch was called with a latent of shape {shape} "
+                f"(in the denoiser's batch layout) but the denoiser then got {tuple(x_model.shape)}; the control "
+                "input (control image size, batch, guess_mode) must match the denoiser's latent"
+            )
         return plan
 
     def run_control(self, spec: ControlSpec, original_forward: Callable, args: tuple, kwargs: dict) -> Any:
@@ -299,7 +333,7 @@ class SADASession:
         bound = inspect.signature(spec.module.forward).bind(*args, **kwargs)
         sample = bound.arguments[spec.sample_arg]
         timestep = bound.arguments[spec.timestep_arg]
-        x_den = spec.to_denoiser_sample(sample, self.pipe) if spec.to_denoiser_sample else sample
+        x_den = spec.to_denoiser_sample(sample, self.pipe, bound.arguments) if spec.to_denoiser_sample else sample
         plan = self.decide(x_den, timestep, bound.arguments)
         self._pending = (plan, self.state.call_index, tuple(x_den.shape))
         computed = set(self.state.group_rows(plan.computed_groups))
@@ -380,18 +414,26 @@ class SADASession:
         return output
 
     def _forward_measured(self, original_forward: Callable, args: tuple, kwargs: dict, x_model: torch.Tensor) -> Any:
-        """Run the full network; once per input shape, count its FLOPs for the report."""
+        """Run the full network; once per input shape, count its FLOPs (and each block's) for the report."""
         key = tuple(x_model.shape)
         if not self.config.count_flops or key in self._flops_measured or self.token_plan is not None:
             return original_forward(*args, **kwargs)
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
-            out = original_forward(*args, **kwargs)
-        per_module = {name: float(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
-        self._flops_measured[key] = (float(counter.get_total_flops()), per_module)
+        self.flop_counter = counter
+        self._measuring_blocks = {}
+        try:
+            with counter:
+                out = original_forward(*args, **kwargs)
+        finally:
+            self.flop_counter = None
+        self._flops_measured[key] = (float(counter.get_total_flops()), dict(self._measuring_blocks))
         return out
+
+    def record_block_flops(self, name: str, flops: float) -> None:
+        """A block hook's FLOPs during the measured call (blocks may run several times: summed)."""
+        self._measuring_blocks[name] = self._measuring_blocks.get(name, 0.0) + flops
 
     def _approximate(self, plan: CallPlan, x_model: torch.Tensor, state: GenerationState) -> torch.Tensor:
         out = state.parameterization.output_from_x0(x_model.float(), plan.x0_hat, plan.lvl)
@@ -428,6 +470,8 @@ class SADASession:
         self.current.network_calls += 1 if rows_host else 0
         self._account_flops(state, plan, rows_host, skipped_rows)
         state.call_index += 1
+        if state.expected_calls is not None and state.call_index >= state.expected_calls:
+            self.finish_generation()  # UNets get no reset from diffusers: free caches here
 
     def _account_flops(self, state, plan: CallPlan, rows_host: list[int], skipped_rows: list[int]) -> None:
         measured = self._flops_measured.get(state.batch_shape)
@@ -447,14 +491,10 @@ class SADASession:
             self.current.flops_saved += module_flops * (1.0 - k_tokens / n_tokens) * rows / b
 
     def block_flops(self, name: str) -> float | None:
-        """FLOPs of one full forward of a named block, from the measured call, if any."""
+        """FLOPs of one full forward of a named block (full batch), from the measured call."""
         if self.state is None:
             return None
         measured = self._flops_measured.get(self.state.batch_shape)
         if measured is None:
             return None
-        if name not in self._block_flops:
-            per_module = measured[1]
-            matches = [v for k, v in per_module.items() if k.endswith("." + name) or k == name]
-            self._block_flops[name] = matches[0] if matches else 0.0
-        return self._block_flops[name] or None
+        return measured[1].get(name) or None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import (
@@ -67,6 +67,9 @@ from sadakit.testing.tokenizers import (
     t5_tokenizer,
     t5_vocab,
 )
+
+if TYPE_CHECKING:
+    from diffusers import MusicLDMPipeline
 
 SIZES = ("tiny", "medium")
 
@@ -555,6 +558,7 @@ def tiny_flux_controlnet_pipeline(
     transformer); ``num_controlnets > 1`` gives a FluxMultiControlNetModel.
 
     Sizes as :func:`tiny_flux_pipeline`; the control image has the output image's size.
+    With several ControlNets, diffusers wants ``controlnet_conditioning_scale`` as a list.
     """
     _check_size(size)
     with _seeded(seed):
@@ -633,7 +637,7 @@ def _spectrogram_vae() -> AutoencoderKL:
     )
 
 
-def tiny_musicldm_pipeline(size: str = "tiny", seed: int = 0):
+def tiny_musicldm_pipeline(size: str = "tiny", seed: int = 0) -> "MusicLDMPipeline":
     """MusicLDM pipeline: CLAP text embedding -> class-conditioned UNet -> mel VAE -> HiFi-GAN.
 
     Latents are (B, 8, T, 16) with T = seconds * 100 / 4; ``audio_length_in_s`` should be

@@ -7,6 +7,7 @@ from typing import Any
 import diffusers
 
 from ...config import SADAConfig
+from ...errors import UnsupportedPipelineError
 from ...hookspecs import hookimpl
 from ..spec import DenoiserSpec
 from ..unet_common import cfg_pairs, unet_parameterization, unet_token_blocks
@@ -39,7 +40,29 @@ def sadakit_family(pipe: Any) -> str | None:
         return "sdxl"
     if isinstance(pipe, _SD_CLASSES):
         return "sd"
+    if _is_unet_controlnet_pipeline(pipe):
+        # reached only when the ControlNet plugin (asked first) is unavailable: claimed here so
+        # that sadakit_validate can say so instead of a generic "unsupported pipeline"
+        return "controlnet-unserved"
     return None
+
+
+def _is_unet_controlnet_pipeline(pipe: Any) -> bool:
+    name = type(pipe).__name__
+    return name.startswith("StableDiffusion") and "ControlNet" in name and hasattr(pipe, "unet")
+
+
+@hookimpl
+def sadakit_validate(pipe: Any, config: SADAConfig) -> None:
+    """The UNet-only path cannot serve a pipeline with a ControlNet: the control branch would run
+    on every call and its residuals would not follow skipped or partial calls."""
+    if _is_unet_controlnet_pipeline(pipe) or getattr(pipe, "controlnet", None) is not None:
+        raise UnsupportedPipelineError(
+            f"{type(pipe).__name__} has a ControlNet (pipe.controlnet), which the SD/SDXL plugin does not serve. "
+            "ControlNet pipelines are handled by the built-in plugin 'sadakit.plugins.controlnet.plugin' "
+            "(StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline, FluxControlNetPipeline), "
+            "which is not registered here (its import failed or it was unregistered)"
+        )
 
 
 @hookimpl

@@ -1,0 +1,72 @@
+"""Integrity checks for the bundled model directories.
+
+Why: ``from_pretrained`` on a truncated safetensors file or a missing config fails deep in
+diffusers/transformers with messages that do not say which file is at fault. The bundled
+models are shipped inside the package, so a broken checkout or partial copy is the likely
+failure, and the error should name the file to restore.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from sadakit.errors import SadakitError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+class BundledModelError(SadakitError, FileNotFoundError):
+    """A bundled model file is missing or corrupted; the message names the file."""
+
+
+def _check_safetensors(path: Path) -> None:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            for key in keys:  # reading every tensor catches truncated payloads too
+                handle.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundledModelError(f"bundled model file is corrupted: {path} ({exc})") from exc
+    if not keys:
+        raise BundledModelError(f"bundled model file holds no tensors: {path}")
+    expected = path.stat().st_size
+    with path.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != expected:
+        raise BundledModelError(
+            f"bundled model file is corrupted: {path} (size {expected} bytes, header describes {8 + header_len + end})"
+        )
+
+
+def check_model_dir(model_dir: Path, files: tuple[str, ...]) -> None:
+    """Raise :class:`BundledModelError` naming the first missing, empty or unreadable file."""
+    if not model_dir.is_dir():
+        raise BundledModelError(f"bundled model directory is missing: {model_dir}")
+    for name in files:
+        path = model_dir / name
+        if not path.is_file():
+            raise BundledModelError(f"bundled model file is missing: {path}")
+        if path.stat().st_size == 0:
+            raise BundledModelError(f"bundled model file is empty: {path}")
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BundledModelError(f"bundled model file is corrupted (not valid JSON): {path} ({exc})") from exc
+        elif path.suffix == ".safetensors":
+            _check_safetensors(path)
+
+
+def load_safetensors_checked(path: Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a file-naming error for missing/corrupted files."""
+    if not path.is_file():
+        raise BundledModelError(f"bundled model file is missing: {path}")
+    _check_safetensors(path)
+    return load_file(str(path))

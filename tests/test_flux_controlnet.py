@@ -1,0 +1,334 @@
+"""SADA on Flux and ControlNet pipelines (tiny, random weights): exactness, counting, tokens, errors.
+
+Counts come from forward pre-hooks on the first layer of each network (real forwards), never
+from sadakit's own report alone.
+"""
+
+import diffusers
+import pytest
+import torch
+
+import sadakit
+from sadakit.errors import UnsupportedPipelineError
+from sadakit.registry import plugin_manager
+from sadakit.testing import (
+    tiny_flux_controlnet_pipeline,
+    tiny_flux_pipeline,
+    tiny_sd_controlnet_pipeline,
+    tiny_sdxl_controlnet_pipeline,
+)
+from sadakit.testing.pipelines import control_probe
+
+PROMPTS = ["a red square on the left", "a blue circle at the top"]
+
+
+class Counter:
+    """Forward pre-hook on a module: how many real forwards, how many rows, which shapes."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        self.rows = 0
+        self.shapes: list[tuple] = []
+        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()))
+        self.count += 1
+        self.rows += x.shape[0]
+        self.shapes.append(tuple(x.shape))
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+class BlockTokens:
+    """Image and text token counts every Flux block actually receives."""
+
+    def __init__(self, transformer) -> None:
+        blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+        self.image: list[int] = []
+        self.text: list[int] = []
+        self._handles = [b.register_forward_pre_hook(self._hook, with_kwargs=True) for b in blocks]
+
+    def _hook(self, module, args, kwargs):
+        self.image.append(kwargs["hidden_states"].shape[1])
+        self.text.append(kwargs["encoder_hidden_states"].shape[1])
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+def _plain(pipe):
+    sadakit.remove(pipe)
+    scheduler = pipe.scheduler
+    yield pipe
+    sadakit.remove(pipe)
+    pipe.scheduler = scheduler
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    return tiny_flux_pipeline()
+
+
+@pytest.fixture(scope="module")
+def sd_cn_pipe():
+    return tiny_sd_controlnet_pipeline()
+
+
+@pytest.fixture(scope="module")
+def sdxl_multi_cn_pipe():
+    return tiny_sdxl_controlnet_pipeline(num_controlnets=2)
+
+
+@pytest.fixture(scope="module")
+def flux_cn_pipe():
+    return tiny_flux_controlnet_pipeline()
+
+
+@pytest.fixture
+def flux(flux_pipe):
+    yield from _plain(flux_pipe)
+
+
+@pytest.fixture
+def sd_cn(sd_cn_pipe):
+    yield from _plain(sd_cn_pipe)
+
+
+@pytest.fixture
+def sdxl_cn(sdxl_multi_cn_pipe):
+    yield from _plain(sdxl_multi_cn_pipe)
+
+
+@pytest.fixture
+def flux_cn(flux_cn_pipe):
+    yield from _plain(flux_cn_pipe)
+
+
+def run(pipe, steps=20, height=64, width=96, prompts=PROMPTS, seed=0, **kw):
+    """One generation; control images sized to the output, Flux with a short T5 text."""
+    name = type(pipe).__name__
+    if "Flux" in name:
+        kw.setdefault("max_sequence_length", 16)
+    if "ControlNet" in name:
+        n = len(getattr(pipe.controlnet, "nets", [pipe.controlnet]))
+        image = control_probe(3, height, width)
+        images = image if n == 1 else [image] * n
+        if n > 1:
+            kw.setdefault("controlnet_conditioning_scale", [1.0, 0.6])
+        kw["control_image" if "Flux" in name else "image"] = images
+    return pipe(
+        prompt=prompts, num_inference_steps=steps, height=height, width=width, output_type="pt",
+        generator=torch.Generator().manual_seed(seed), **kw,
+    ).images
+
+
+def first_layers(pipe):
+    """(denoiser's first layer, [each ControlNet's first layer])."""
+    if hasattr(pipe, "transformer"):
+        den = pipe.transformer.x_embedder
+    else:
+        den = pipe.unet.conv_in
+    nets = getattr(pipe, "controlnet", None)
+    nets = [] if nets is None else list(getattr(nets, "nets", [nets]))
+    return den, [n.x_embedder if hasattr(n, "x_embedder") else n.conv_in for n in nets]
+
+
+def assert_clean(pipe):
+    for name in ("transformer", "unet", "controlnet"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        for m in module.modules():
+            assert "forward" not in m.__dict__
+            assert not getattr(m, "_diffusers_hook", None) or not m._diffusers_hook.hooks
+        assert not module._forward_pre_hooks
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("which", ["flux", "sd_cn", "sdxl_cn", "flux_cn"])
+def test_disabled_and_removed_are_bit_identical(request, which):
+    pipe = request.getfixturevalue(which)
+    base = run(pipe, steps=8)
+    sadakit.accelerate(pipe, sadakit.SADAConfig.disabled())
+    assert torch.equal(run(pipe, steps=8), base)
+    rep = sadakit.report(pipe)
+    assert rep.decisions == "F" * 8 and rep.family.endswith(("flux", "controlnet"))
+    sadakit.accelerate(pipe)
+    assert torch.isfinite(run(pipe, steps=8)).all()
+    assert sadakit.remove(pipe)
+    assert torch.equal(run(pipe, steps=8), base)
+    assert_clean(pipe)
+
+
+# ----------------------------------------------------------------- control branch counts
+
+
+@pytest.mark.parametrize("which,guess_mode", [("sd_cn", False), ("sd_cn", True), ("sdxl_cn", False), ("flux_cn", False)])
+def test_control_branch_runs_exactly_when_the_denoiser_does(request, which, guess_mode):
+    pipe = request.getfixturevalue(which)
+    kw = {"guess_mode": True, "guidance_scale": 5.0} if guess_mode else {}
+    sadakit.accelerate(pipe, sadakit.SADAConfig(token_sparsity=False))
+    den_layer, control_layers = first_layers(pipe)
+    den = Counter(den_layer)
+    controls = [Counter(layer) for layer in control_layers]
+    try:
+        out = run(pipe, steps=20, **kw)
+    finally:
+        den.close()
+        for c in controls:
+            c.close()
+    rep = sadakit.report(pipe)
+    assert torch.isfinite(out).all()
+    assert rep.denoiser_calls == 20 and rep.skipped_calls >= 1, rep.decisions
+    assert den.count == rep.network_calls < 20
+    for c in controls:
+        assert c.count == den.count, (c.count, den.count, rep.decisions)
+        # guess mode: the ControlNet sees only the conditional half of every computed row pair
+        assert c.rows * (2 if guess_mode else 1) == den.rows
+    assert rep.control_calls_run == den.count
+
+
+def test_control_on_computed_rows_only_in_mixed_calls(sdxl_cn):
+    sadakit.accelerate(sdxl_cn, sadakit.SADAConfig.criterion_only(token_sparsity=False))
+    den_layer, control_layers = first_layers(sdxl_cn)
+    den, controls = Counter(den_layer), [Counter(layer) for layer in control_layers]
+    try:
+        for seed in range(3):
+            run(sdxl_cn, steps=20, seed=seed, guidance_scale=5.0)
+            if "M" in sadakit.report(sdxl_cn).decisions:
+                break
+    finally:
+        den.close()
+        for c in controls:
+            c.close()
+    rep = sadakit.report(sdxl_cn)
+    assert "M" in rep.decisions, rep.decisions
+    for c in controls:
+        assert c.rows == den.rows and c.count == den.count
+
+
+def test_control_strength_and_guidance_window_still_act(sd_cn):
+    """controlnet_conditioning_scale and control_guidance_start/end pass through unchanged."""
+    sadakit.accelerate(sd_cn)
+    full = run(sd_cn, steps=12)
+    none = run(sd_cn, steps=12, controlnet_conditioning_scale=0.0)
+    window = run(sd_cn, steps=12, control_guidance_start=0.0, control_guidance_end=0.5)
+    assert not torch.equal(full, none) and not torch.equal(full, window) and not torch.equal(none, window)
+    rep = sadakit.report(sd_cn)
+    assert rep.control_calls_run == rep.network_calls
+
+
+# ------------------------------------------------------------------------- Flux tokens
+
+
+def _stochastic(pipe):
+    # random-weight flow trajectories are smooth enough that the deterministic criterion marks
+    # every token unstable; the stochastic sampler's noise gives stable tokens to prune
+    pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, stochastic_sampling=True
+    )
+
+
+@pytest.mark.parametrize("height,width", [(128, 128), (64, 128)])
+def test_flux_partial_calls_prune_image_tokens_only(flux, height, width):
+    _stochastic(flux)
+    sadakit.accelerate(flux, sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0))
+    seen = BlockTokens(flux.transformer)
+    try:
+        out = run(flux, steps=20, height=height, width=width)
+    finally:
+        seen.close()
+    rep = sadakit.report(flux)
+    full = (height // 16) * (width // 16)
+    assert out.shape == (2, 3, height, width) and torch.isfinite(out).all()
+    assert rep.partial_calls >= 1, rep.decisions
+    assert rep.tokens_computed < rep.tokens_total
+    assert max(seen.image) == full and min(seen.image) < full
+    assert sum(seen.image) == rep.tokens_computed // 2  # report counts rows (batch 2)
+    assert set(seen.text) == {16}  # text tokens always complete
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (64, 96)])
+def test_flux_default_config_skips_and_stays_finite(flux, height, width):
+    sadakit.accelerate(flux)
+    counter = Counter(flux.transformer.x_embedder)
+    try:
+        out = run(flux, steps=20, height=height, width=width)
+    finally:
+        counter.close()
+    rep = sadakit.report(flux)
+    assert out.shape == (2, 3, height, width) and torch.isfinite(out).all()
+    assert rep.parameterization == "FlowParameterization(flow)"
+    assert counter.count == rep.network_calls < 20, rep.decisions
+
+
+def test_flux_per_sample_decisions(flux):
+    _stochastic(flux)
+    sadakit.accelerate(flux, sadakit.SADAConfig.criterion_only())
+    counter = Counter(flux.transformer.x_embedder)
+    try:
+        decided = set()
+        for seed in range(3):
+            run(flux, steps=20, seed=seed)
+            rep = sadakit.report(flux)
+            decided.add(tuple(rep.per_sample_skipped))
+            if "M" in rep.decisions:
+                break
+    finally:
+        counter.close()
+    assert "M" in rep.decisions or any(a != b for a, b in decided), rep.decisions
+    assert sum(rep.per_sample_computed) <= counter.rows
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_controlnet_pipeline_without_controlnet_plugin_is_refused_clearly(sdxl_cn):
+    pm = plugin_manager()
+    name = "sadakit.plugins.controlnet.plugin"
+    plugin = pm.get_plugin(name)
+    pm.unregister(name=name)
+    try:
+        with pytest.raises(UnsupportedPipelineError, match="StableDiffusionXLControlNetPipeline has a ControlNet"):
+            sadakit.accelerate(sdxl_cn)
+    finally:
+        pm.register(plugin, name=name)
+    assert not sadakit.is_accelerated(sdxl_cn)
+    assert_clean(sdxl_cn)
+    assert sadakit.accelerate(sdxl_cn) is sdxl_cn  # the ControlNet plugin serves it
+
+
+def test_mismatched_control_input_size(sd_cn, flux_cn):
+    sadakit.accelerate(sd_cn)
+    sample = torch.randn(1, 4, 8, 12)
+    text = torch.randn(1, 77, 32)
+    with pytest.raises(ValueError, match=r"controlnet_cond has size \(64, 64\) but the latent needs \(64, 96\)"):
+        sd_cn.controlnet(sample, torch.tensor([500]), encoder_hidden_states=text, controlnet_cond=torch.rand(1, 3, 64, 64))
+    sadakit.accelerate(flux_cn)
+    with pytest.raises(ValueError, match="FluxControlNetPipeline: ControlNet input controlnet_cond"):
+        flux_cn.controlnet(
+            torch.randn(1, 24, 64), controlnet_cond=torch.randn(1, 16, 64),
+            encoder_hidden_states=torch.randn(1, 16, 32), pooled_projections=torch.randn(1, 32),
+            timestep=torch.tensor([0.5]), img_ids=torch.zeros(24, 3), txt_ids=torch.zeros(16, 3),
+            guidance=torch.tensor([3.5]),
+        )
+
+
+def test_flux_true_cfg_and_wrong_scheduler_are_refused(flux):
+    sadakit.accelerate(flux)
+    with pytest.raises(UnsupportedPipelineError, match="true_cfg_scale"):
+        run(flux, steps=6, negative_prompt=["blurry"] * 2, true_cfg_scale=2.0)
+    assert torch.isfinite(run(flux, steps=6)).all()  # the next generation starts clean
+    sadakit.remove(flux)
+    flux.scheduler = diffusers.EulerDiscreteScheduler()
+    with pytest.raises(UnsupportedPipelineError, match="EulerDiscreteScheduler is not a flow-matching scheduler"):
+        sadakit.accelerate(flux)
+    assert not sadakit.is_accelerated(flux)
