@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import diffusers
@@ -58,6 +59,7 @@ def bench_one(pipe, args, scheduler: str, config: sadakit.SADAConfig) -> dict:
         t = time.perf_counter()
         out = run(pipe, args)
         sada_times.append(time.perf_counter() - t)
+        print(f"{scheduler}: baseline {base_times[-1]:.2f} s, SADA {sada_times[-1]:.2f} s", file=sys.stderr, flush=True)
     rep = sadakit.report(pipe)
     sadakit.remove(pipe)
     tb, ts = statistics.median(base_times), statistics.median(sada_times)
@@ -87,15 +89,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="a calm piano melody with soft strings")
     parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=list(SCHEDULERS))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared, loaded machine)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     pipe = tiny_musicldm_pipeline(size="medium")
     fix_musicldm(pipe)  # the baseline runs un-accelerated, so it needs the transformers-5 fix too
     rows = [bench_one(pipe, args, s, sadakit.default_config(pipe)) for s in args.schedulers]
     params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
     print(f"MusicLDM medium ({params:.1f}M UNet), {args.seconds} s audio at {pipeline_sample_rate(pipe)} Hz, "
-          f"CFG {args.guidance}, {args.repeats} alternating repeats, medians")
+          f"CFG {args.guidance}, {args.repeats} alternating repeats, medians, {args.threads} torch thread(s)")
     print()
     print("| scheduler | steps | UNet calls computed | partial calls | block tokens computed | baseline s | "
           "SADA s | speed-up | overhead ms/call | est. FLOPs saved | log-mel PSNR dB | LSD dB | SNR dB | "

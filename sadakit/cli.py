@@ -53,6 +53,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from sadakit.bench import DEFAULT_METHODS, markdown, run_bench, write_outputs
+    from sadakit.loading import default_call_kwargs, load_pipeline
+
+    pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
+    call_kwargs = default_call_kwargs(args.pipeline)
+    if args.height:
+        call_kwargs["height"] = args.height
+    if args.width:
+        call_kwargs["width"] = args.width
+    result = run_bench(
+        pipe, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
+        methods=args.methods or DEFAULT_METHODS, repeats=args.repeats, call_kwargs=call_kwargs,
+        adasde_file=args.adasde_file, pipeline_name=args.pipeline,
+    )
+    if PartialState().is_main_process:
+        paths = write_outputs(result, Path(args.out))
+        print(markdown(result))
+        print("\nwritten: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sadakit.demo import run_demo
 
@@ -81,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--no-accelerate", dest="accelerate", action="store_false")
     gen.add_argument("--out", required=True, help="output file (.png for images, .wav for audio)")
     gen.set_defaults(func=_cmd_generate)
+
+    bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
+    bench.add_argument("--pipeline", required=True, help="hub id, local directory, or tiny:<family>[:medium]")
+    bench.add_argument("--prompts", nargs="+", default=["a red square on the left", "a blue circle at the top"])
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--methods", nargs="+", default=None,
+                       help="method[:knob] list; default: every method (inapplicable ones are listed with the reason)")
+    bench.add_argument("--adasde-file", default=None, help="AdaSDE coefficient file for the 'adasde' method")
+    bench.add_argument("--height", type=int, default=None)
+    bench.add_argument("--width", type=int, default=None)
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--out", default="bench-output")
+    bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="baseline vs SADA on the bundled pipelines; writes outputs")
     demo.add_argument("--out", default="demo-output")

@@ -49,3 +49,18 @@ def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) 
     if device:
         pipe.to(device)
     return pipe
+
+
+def default_call_kwargs(name: str) -> dict:
+    """Call arguments that keep the offline pipelines small (sizes, short text sequences)."""
+    if not name.startswith("tiny:"):
+        return {}
+    family = name.split(":")[1]
+    medium = name.endswith(":medium")
+    if family == "musicldm":
+        return {"audio_length_in_s": 5.12 if medium else 0.64}
+    side = 256 if medium else 64
+    kwargs: dict = {"height": side, "width": side}
+    if family.startswith("flux"):
+        kwargs["max_sequence_length"] = 32
+    return kwargs

@@ -272,18 +272,21 @@ class _AnalyticModel:
         return (eps - s * x0) / math.sqrt(1 + s * s)  # v = alpha eps - sigma_vp x0
 
 
-@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "flow"])
-def test_scheduler_loop_matches_core_sampler(tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind,solver", [("epsilon", "adasde"), ("v_prediction", "adasde"), ("flow", "adasde"), ("epsilon", "heun"), ("flow", "euler")]
+)
+def test_scheduler_loop_matches_core_sampler(tmp_path, kind, solver):
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     flow = kind == "flow"
     base = FlowMatchEulerDiscreteScheduler() if flow else EulerDiscreteScheduler(prediction_type=kind, beta_schedule="scaled_linear")
     smin, smax = (0.02, 50.0) if flow else (0.05, 10.0)
-    nfe, afs = (6, False) if flow else (5, True)
+    afs = not flow
+    nfe = count_nfe(3, solver, afs)
     raw = init_raw_coefficients(3, gamma_init=0.1) + 0.3 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     sig = make_sigmas(3, smin, smax)
     path = tmp_path / "c.safetensors"
-    save_coefficients(path, raw, sig, CoefficientMetadata(model="analytic", nfe=nfe, analytic_first_step=afs, sigma_min=smin, sigma_max=smax, prediction_type="flow" if flow else kind))
+    save_coefficients(path, raw, sig, CoefficientMetadata(model="analytic", nfe=nfe, solver=solver, analytic_first_step=afs, sigma_min=smin, sigma_max=smax, prediction_type="flow" if flow else kind))
     sched = AdaSDEScheduler.from_file(path, base)
     model = _AnalyticModel(kind, None if flow else base.alphas_cumprod)
 
@@ -297,7 +300,8 @@ def test_scheduler_loop_matches_core_sampler(tmp_path, kind):
     assert model.calls == sched.nfe == nfe
 
     x_start = z * ((1 + smax) if flow else smax)
-    ref = sample_adasde(unit_gaussian_denoiser, x_start, sig, raw, generator=torch.Generator().manual_seed(9), analytic_first_step=afs)
+    ref = sample_adasde(unit_gaussian_denoiser, x_start, sig, raw, generator=torch.Generator().manual_seed(9), analytic_first_step=afs, solver=solver)
+    assert ref.nfe == nfe
     expect = ref.x / (1 + smin) if flow else ref.x / math.sqrt(1 + smin**2)
     torch.testing.assert_close(latents, expect, rtol=2e-3, atol=2e-3)
 
@@ -392,3 +396,13 @@ def test_shard_sizes_split_the_batch():
     assert shard_sizes(10, 3) == [4, 3, 3] and sum(shard_sizes(257, 2)) == 257
     with pytest.raises(ValueError, match="smaller than the number of processes"):
         shard_sizes(1, 2)
+
+
+def test_cli_inspect_prints_metadata_and_coefficients(tmp_path, capsys):
+    from sadakit.adasde.cli import main
+
+    p = tmp_path / "c.safetensors"
+    _write(p)
+    assert main(["inspect", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert '"model": "tiny-sd"' in out and "step 2: gamma=" in out

@@ -42,17 +42,32 @@ class Counter:
 
 
 class BlockTokens:
-    """Image and text token counts every Flux block actually receives."""
+    """Image and text token counts every Flux block computes.
 
-    def __init__(self, transformer) -> None:
-        blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    Watched inside the blocks (a pre-hook on the block itself would see the full input before
+    sadakit's hook prunes it): double-stream blocks normalise image and text separately
+    (``norm1`` / ``norm1_context``); single-stream blocks normalise [text, image] together.
+    """
+
+    def __init__(self, transformer, text_len: int) -> None:
+        self.text_len = text_len
         self.image: list[int] = []
         self.text: list[int] = []
-        self._handles = [b.register_forward_pre_hook(self._hook, with_kwargs=True) for b in blocks]
+        self._handles = []
+        for block in transformer.transformer_blocks:
+            self._handles.append(block.norm1.register_forward_pre_hook(self._image))
+            self._handles.append(block.norm1_context.register_forward_pre_hook(self._text))
+        for block in transformer.single_transformer_blocks:
+            self._handles.append(block.norm.register_forward_pre_hook(self._joint))
 
-    def _hook(self, module, args, kwargs):
-        self.image.append(kwargs["hidden_states"].shape[1])
-        self.text.append(kwargs["encoder_hidden_states"].shape[1])
+    def _image(self, module, args):
+        self.image.append(args[0].shape[1])
+
+    def _text(self, module, args):
+        self.text.append(args[0].shape[1])
+
+    def _joint(self, module, args):
+        self.image.append(args[0].shape[1] - self.text_len)
 
     def close(self) -> None:
         for h in self._handles:
@@ -180,15 +195,15 @@ def test_control_branch_runs_exactly_when_the_denoiser_does(request, which, gues
     den = Counter(den_layer)
     controls = [Counter(layer) for layer in control_layers]
     try:
-        out = run(pipe, steps=20, **kw)
+        out = run(pipe, steps=12, **kw)
     finally:
         den.close()
         for c in controls:
             c.close()
     rep = sadakit.report(pipe)
     assert torch.isfinite(out).all()
-    assert rep.denoiser_calls == 20 and rep.skipped_calls >= 1, rep.decisions
-    assert den.count == rep.network_calls < 20
+    assert rep.denoiser_calls == 12 and rep.skipped_calls >= 1, rep.decisions
+    assert den.count == rep.network_calls < 12
     for c in controls:
         assert c.count == den.count, (c.count, den.count, rep.decisions)
         # guess mode: the ControlNet sees only the conditional half of every computed row pair
@@ -196,23 +211,25 @@ def test_control_branch_runs_exactly_when_the_denoiser_does(request, which, gues
     assert rep.control_calls_run == den.count
 
 
-def test_control_on_computed_rows_only_in_mixed_calls(sdxl_cn):
-    sadakit.accelerate(sdxl_cn, sadakit.SADAConfig.criterion_only(token_sparsity=False))
-    den_layer, control_layers = first_layers(sdxl_cn)
+def test_control_on_computed_rows_only_in_mixed_calls(sd_cn):
+    """Per-prompt decisions: on a mixed call the ControlNet runs on the computed row pairs only."""
+    sadakit.accelerate(sd_cn, sadakit.SADAConfig.criterion_only(token_sparsity=False))
+    den_layer, control_layers = first_layers(sd_cn)
     den, controls = Counter(den_layer), [Counter(layer) for layer in control_layers]
     try:
-        for seed in range(3):
-            run(sdxl_cn, steps=20, seed=seed, guidance_scale=5.0)
-            if "M" in sadakit.report(sdxl_cn).decisions:
+        for seed in range(4):
+            run(sd_cn, steps=16, seed=seed, guidance_scale=5.0)
+            if "M" in sadakit.report(sd_cn).decisions:
                 break
     finally:
         den.close()
         for c in controls:
             c.close()
-    rep = sadakit.report(sdxl_cn)
+    rep = sadakit.report(sd_cn)
     assert "M" in rep.decisions, rep.decisions
+    assert 2 in [shape[0] for shape in den.shapes]  # one prompt's (uncond, cond) pair alone
     for c in controls:
-        assert c.rows == den.rows and c.count == den.count
+        assert c.shapes == den.shapes
 
 
 def test_control_strength_and_guidance_window_still_act(sd_cn):
@@ -237,22 +254,23 @@ def _stochastic(pipe):
     )
 
 
-@pytest.mark.parametrize("height,width", [(128, 128), (64, 128)])
-def test_flux_partial_calls_prune_image_tokens_only(flux, height, width):
+@pytest.mark.parametrize("height,width,prompts", [(128, 128, PROMPTS[:1]), (64, 128, PROMPTS)])
+def test_flux_partial_calls_prune_image_tokens_only(flux, height, width, prompts):
     _stochastic(flux)
-    sadakit.accelerate(flux, sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0))
-    seen = BlockTokens(flux.transformer)
+    sadakit.accelerate(flux, sadakit.SADAConfig.criterion_only(skip_steps=False, max_token_fraction=1.0))
+    seen = BlockTokens(flux.transformer, text_len=16)
     try:
-        out = run(flux, steps=20, height=height, width=width)
+        out = run(flux, steps=12, height=height, width=width, prompts=prompts)
     finally:
         seen.close()
     rep = sadakit.report(flux)
     full = (height // 16) * (width // 16)
-    assert out.shape == (2, 3, height, width) and torch.isfinite(out).all()
+    b = len(prompts)
+    assert out.shape == (b, 3, height, width) and torch.isfinite(out).all()
     assert rep.partial_calls >= 1, rep.decisions
-    assert rep.tokens_computed < rep.tokens_total
+    assert rep.tokens_total == 12 * 4 * full * b
     assert max(seen.image) == full and min(seen.image) < full
-    assert sum(seen.image) == rep.tokens_computed // 2  # report counts rows (batch 2)
+    assert sum(seen.image) * b == rep.tokens_computed < rep.tokens_total  # what ran is what is reported
     assert set(seen.text) == {16}  # text tokens always complete
 
 
@@ -261,13 +279,13 @@ def test_flux_default_config_skips_and_stays_finite(flux, height, width):
     sadakit.accelerate(flux)
     counter = Counter(flux.transformer.x_embedder)
     try:
-        out = run(flux, steps=20, height=height, width=width)
+        out = run(flux, steps=12, height=height, width=width)
     finally:
         counter.close()
     rep = sadakit.report(flux)
     assert out.shape == (2, 3, height, width) and torch.isfinite(out).all()
     assert rep.parameterization == "FlowParameterization(flow)"
-    assert counter.count == rep.network_calls < 20, rep.decisions
+    assert counter.count == rep.network_calls < 12, rep.decisions
 
 
 def test_flux_per_sample_decisions(flux):
@@ -277,7 +295,7 @@ def test_flux_per_sample_decisions(flux):
     try:
         decided = set()
         for seed in range(3):
-            run(flux, steps=20, seed=seed)
+            run(flux, steps=12, seed=seed)
             rep = sadakit.report(flux)
             decided.add(tuple(rep.per_sample_skipped))
             if "M" in rep.decisions:

@@ -85,6 +85,19 @@ def test_float32_agrees_with_float64_on_latent_config():
         assert rel < 2e-5, (sigma, rel)
 
 
+def test_shared_level_fast_path_matches_direct_computation():
+    """float64 batches at one noise level use matrix products; the chunked (B, K, d) path is
+    the check."""
+    tb = get_testbed("latent-4x16x16")
+    g = _gen()
+    x = 1.5 * torch.randn(32, 1024, generator=g, dtype=torch.float64)
+    for tau in (0.0, 1e-3, 0.3, 0.9, 1.0):
+        fast = tb.mixture.denoise_flow(x, tau, 1 - tau)
+        full = torch.full((32,), tau, dtype=torch.float64)
+        _, direct = tb.mixture._posterior_direct(x, 1 - full, full)
+        assert torch.allclose(fast, direct, atol=1e-10, rtol=0), tau
+
+
 def test_log_prob_matches_scipy_and_flow_chart_matches_ve_chart():
     from scipy.stats import multivariate_normal
 

@@ -331,3 +331,103 @@ def evaluate_adherence(
         all_images.append(generate(pipe, prompts, 1000 * seed, num_inference_steps, guidance_scale))
         all_prompts += prompts
     return prompt_adherence(torch.cat(all_images), all_prompts, classifier)
+
+
+@dataclass(frozen=True)
+class SADAComparison:
+    """Baseline vs SADA on the same prompts and seeds (wall times are medians of
+    alternating runs, because run-to-run noise on a shared CPU is +-30%)."""
+
+    config_name: str
+    denoiser_calls: int
+    network_calls: int
+    baseline_seconds: float
+    sada_seconds: float
+    psnr_db: float
+    ssim: float
+    baseline_adherence: AdherenceResult
+    sada_adherence: AdherenceResult
+    baseline_images: torch.Tensor
+    sada_images: torch.Tensor
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_seconds / self.sada_seconds
+
+    def row(self) -> dict[str, Any]:
+        """The numbers only (no images), for tables and JSON."""
+        return {
+            "config": self.config_name,
+            "denoiser_calls": self.denoiser_calls,
+            "network_calls": self.network_calls,
+            "baseline_s": self.baseline_seconds,
+            "sada_s": self.sada_seconds,
+            "speedup": self.speedup,
+            "psnr_db": self.psnr_db,
+            "ssim": self.ssim,
+            "baseline_adherence": self.baseline_adherence.all_correct,
+            "sada_adherence": self.sada_adherence.all_correct,
+        }
+
+
+def compare_sada(
+    pipe: StableDiffusionPipeline,
+    config: Any = None,
+    config_name: str = "default",
+    n_prompts: int = 24,
+    seed: int = 0,
+    repeats: int = 3,
+    num_inference_steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    classifier: ShapesClassifier | None = None,
+) -> SADAComparison:
+    """Run baseline and ``sadakit.accelerate(pipe, config)`` alternately on :func:`eval_prompts`.
+
+    All prompts go in one batch (one pipeline call), so the wall time is one generation's.
+    Returns calls computed (from ``sadakit.report``), median wall times, PSNR / SSIM of the
+    accelerated images against the baseline ones, and the adherence of both.
+    """
+    import statistics
+    import time
+
+    import sadakit
+    from sadakit.metrics.image import psnr, ssim
+
+    prompts = eval_prompts(n_prompts)
+
+    def run() -> torch.Tensor:
+        return generate(pipe, prompts, seed, num_inference_steps, guidance_scale, batch_size=len(prompts))
+
+    was_accelerated = sadakit.is_accelerated(pipe)
+    if was_accelerated:
+        sadakit.remove(pipe)
+    run()  # warm-up
+    sadakit.accelerate(pipe, config)
+    run()  # warm-up (FLOP count once per shape)
+    base_t, sada_t = [], []
+    base = out = None
+    for _ in range(repeats):
+        sadakit.remove(pipe)
+        t = time.perf_counter()
+        base = run()
+        base_t.append(time.perf_counter() - t)
+        sadakit.accelerate(pipe, config)
+        t = time.perf_counter()
+        out = run()
+        sada_t.append(time.perf_counter() - t)
+    rep = sadakit.report(pipe)
+    sadakit.remove(pipe)
+    classifier = classifier if classifier is not None else load_classifier()
+    return SADAComparison(
+        config_name=config_name,
+        denoiser_calls=rep.denoiser_calls,
+        network_calls=rep.network_calls,
+        baseline_seconds=statistics.median(base_t),
+        sada_seconds=statistics.median(sada_t),
+        psnr_db=psnr(out, base),
+        ssim=ssim(out, base),
+        baseline_adherence=prompt_adherence(base, prompts, classifier),
+        sada_adherence=prompt_adherence(out, prompts, classifier),
+        baseline_images=base,
+        sada_images=out,
+    )

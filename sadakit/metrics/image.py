@@ -7,6 +7,7 @@ import logging
 import torch
 
 logger = logging.getLogger("sadakit")
+_lpips_notice_given = False
 
 
 def _as_batch(images: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,9 @@ def lpips(test: torch.Tensor, reference: torch.Tensor) -> float | None:
 
         metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
     except Exception as err:  # missing torchvision, missing weights, no network
-        logger.warning("sadakit: LPIPS skipped (its weights are not available offline: %s)", type(err).__name__)
+        global _lpips_notice_given
+        if not _lpips_notice_given:
+            logger.warning("sadakit: LPIPS skipped (its weights are not available offline: %s)", type(err).__name__)
+            _lpips_notice_given = True
         return None
     return float(metric(_as_batch(test), _as_batch(reference)))

@@ -1,4 +1,4 @@
-"""Audio plugins: MusicLDM and AudioLDM (spectrogram latents).
+"""Audio plugins: MusicLDM, AudioLDM and AudioLDM2 (spectrogram latents, see ``musicldm``).
 
 ``fix_musicldm(pipe)`` is for users of plain (not accelerated) MusicLDM pipelines under
 transformers >= 5, where diffusers 0.42.1 cannot encode a prompt; ``sadakit.accelerate``
