@@ -111,6 +111,11 @@ def main() -> None:
               f"{r['tokens_computed']} | {r['baseline_s']:.2f} | {r['sada_s']:.2f} | {r['speedup']:.2f}x | "
               f"{r['overhead_ms_per_call']:.2f} | {flops} | {r['log_mel_psnr']:.1f} | {r['lsd']:.2f} | "
               f"{r['snr']:.1f} | {lpips} |")
+    config = sadakit.default_config(pipe)
+    print(f"\nSADA config (family defaults): late_phase_start={config.late_phase_start}, "
+          f"late_phase_interval={config.late_phase_interval}, late_phase_order={config.late_phase_order}, "
+          f"warmup_calls={config.warmup_calls}, final_calls={config.final_calls}, "
+          f"token_resolutions={config.token_resolutions!r}, max_token_fraction={config.max_token_fraction}")
     for r in rows:
         print(f"\n{r['scheduler']} decisions: {r['decisions']}")
     if args.json:

@@ -162,7 +162,7 @@ def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float =
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> dict:
+def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, resume: bool = False) -> dict:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -183,8 +183,17 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> 
     log(f"latent bank {means.shape} in {time.time() - t0:.0f}s")
 
     tokenizer = S.build_tokenizer()
-    text_encoder = S.build_text_encoder().train()
-    unet = S.build_unet().train()
+    if resume:
+        # continue from the saved (EMA) weights with a fresh optimiser and schedule
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        text_encoder = CLIPTextModel.from_pretrained(S.SHAPES_DIR / "text_encoder").train()
+        unet = UNet2DConditionModel.from_pretrained(S.SHAPES_DIR / "unet").train()
+        log("resumed from the saved pipeline weights")
+    else:
+        text_encoder = S.build_text_encoder().train()
+        unet = S.build_unet().train()
     scheduler = S.build_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod
     # Unique prompts: index 0 is the empty prompt (CFG's unconditional branch).
@@ -238,7 +247,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> 
         if (step + 1) % 500 == 0 or step == steps - 1:
             save_pipeline(vae, ema_te, ema_unet)
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
-            "bank_size": len(means)}
+            "bank_size": len(means), "resumed": resume}
     log(f"unet done {info}")
     return info
 
@@ -271,6 +280,7 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=1400)
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=2e-3)
+    ap.add_argument("--resume", action="store_true", help="unet stage: continue from the saved weights")
     ap.add_argument("--bank-size", type=int, default=8192)
     ap.add_argument("--eval-seeds", type=int, default=2)
     args = ap.parse_args()
@@ -287,7 +297,9 @@ def main() -> None:
     if args.stage in ("all", "classifier"):
         record["classifier"] = train_classifier(args.classifier_steps, 64, args.seed)
     if args.stage in ("all", "unet"):
-        record["unet"] = train_unet(args.unet_steps, args.unet_batch, args.seed, args.unet_lr, args.bank_size)
+        key = "unet_resumed" if args.resume else "unet"
+        seed = args.seed + 1 if args.resume else args.seed  # fresh batches when continuing
+        record[key] = train_unet(args.unet_steps, args.unet_batch, seed, args.unet_lr, args.bank_size, args.resume)
     if args.stage == "install-vae":
         # the decoder was fine-tuned while the UNet trained: put the final VAE in the pipeline
         from diffusers import AutoencoderKL

@@ -27,6 +27,16 @@ def generate(pipe, steps=20, prompt=PROMPT, seed=0, **kw):
     ).audios
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny pipelines are overhead-bound: a second intra-op thread only spin-waits (badly so on a
+    loaded machine), so this module runs single-threaded and restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def musicldm_pipe():
     pipe = tiny_musicldm_pipeline()

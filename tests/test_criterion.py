@@ -113,3 +113,16 @@ def test_token_grids_and_selection():
         assert idx[r].tolist() == sorted(chosen)
     pooled = tokens.pool_scores(torch.randn(2, 12, 8), (6, 4))
     assert pooled.shape == (2, 24)
+
+
+def test_config_automatic_late_interval_and_validation():
+    from sadakit import SADAConfig
+
+    cfg = SADAConfig()
+    assert cfg.interval_for(50) == 3 and cfg.interval_for(20) == 2 and cfg.interval_for(None) == 2
+    assert SADAConfig(late_phase_interval=4).interval_for(20) == 4
+    assert cfg.history_len == 3
+    with pytest.raises(ValueError, match="late_phase_interval"):
+        SADAConfig(late_phase_interval=1)
+    with pytest.raises(ValueError, match="late_phase_start"):
+        SADAConfig(late_phase_start=1.5)

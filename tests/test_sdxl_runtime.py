@@ -53,8 +53,8 @@ def test_report_counts_match_real_forwards(sdxl, unet_counter):
         assert c + s == 20
     # warm-up and final calls are always computed
     assert rep.decisions[:4] == "FFFF" and rep.decisions[-2:] == "FF"
-    # late phase (from call 10 of 20): every 4th call computed, the rest extrapolated
-    assert rep.decisions[10:18] == "FSSSFSSS", rep.decisions
+    # late phase (from call 5 of 20, automatic interval 2 below 40 calls): every 2nd call computed
+    assert rep.decisions[5:18] == "FS" * 6 + "F", rep.decisions
 
 
 def test_criterion_only_respects_skip_cap(sdxl, unet_counter):

@@ -167,7 +167,8 @@ def _sum_across(t: torch.Tensor, state) -> torch.Tensor:
         return t
     from accelerate.utils import reduce
 
-    return reduce(t, reduction="sum")
+    # the collective runs on the backend's device (gloo: CPU, NCCL: the process's GPU)
+    return reduce(t.to(state.device), reduction="sum").to(t.device)
 
 
 def _generator_like(device: torch.device, seed: int) -> torch.Generator:

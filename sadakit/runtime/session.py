@@ -207,7 +207,7 @@ class SADASession:
                 return "final"
         if n < warmup:
             return "warmup"
-        if cfg.late_phase_start is not None and expected is not None and n >= self._late_index(state):
+        if cfg.skip_steps and cfg.late_phase_start is not None and expected is not None and n >= self._late_index(state):
             return "late"
         return "criterion"
 
@@ -278,7 +278,7 @@ class SADASession:
                 if not all(state.value_counts[r] >= order + 1 for r in rows):
                     continue
                 if phase == "late":
-                    if (state.call_index - self._late_index(state)) % cfg.late_phase_interval != 0:
+                    if (state.call_index - self._late_index(state)) % cfg.interval_for(state.expected_calls) != 0:
                         skipped.append(gi)
                 elif use_criterion and stable[gi] > 0.5 and state.consecutive_skips[gi] < cfg.max_consecutive_skips:
                     skipped.append(gi)
