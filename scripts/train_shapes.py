@@ -226,7 +226,10 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         hidden = text_encoder(ids[used]).last_hidden_state[inverse]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=g)
         noise = torch.randn(z0.shape, generator=g)
-        zt = scheduler.add_noise(z0, noise, t)
+        # DDPM forward process. Not EulerDiscreteScheduler.add_noise: that one returns the
+        # unscaled x0 + sigma * noise form Euler samples in, not what the UNet sees.
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, hidden).sample
         w = min_snr_weight(alphas_cumprod, t)
         loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -277,7 +280,7 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--decoder-steps", type=int, default=500)
     ap.add_argument("--classifier-steps", type=int, default=500)
-    ap.add_argument("--unet-steps", type=int, default=1400)
+    ap.add_argument("--unet-steps", type=int, default=1300)
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=2e-3)
     ap.add_argument("--resume", action="store_true", help="unet stage: continue from the saved weights")

@@ -16,6 +16,7 @@ from .coefficients import (
     load_coefficients,
     save_coefficients,
 )
+from .distill import DistillConfig, DistillResult, distill, latent_l2, sliced_w2_loss
 from .scheduler import AdaSDEScheduler
 
 __all__ = [
@@ -23,11 +24,16 @@ __all__ = [
     "CoefficientFile",
     "CoefficientMetadata",
     "CoefficientMismatchError",
+    "DistillConfig",
+    "DistillResult",
     "check_compatible",
     "count_nfe",
+    "distill",
+    "latent_l2",
     "load_coefficients",
     "make_sigmas",
     "sample_adasde",
     "save_coefficients",
+    "sliced_w2_loss",
     "steps_for_nfe",
 ]

@@ -43,6 +43,7 @@ class GenerationState:
     consecutive_skips: list[int] = field(default_factory=list)  # per group
     last_computed: list[bool] = field(default_factory=list)  # per group
     latent_grid: tuple[int, int] | None = None
+    _members: list[list[int]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -53,7 +54,13 @@ class GenerationState:
         return self.groups.shape[0]
 
     def group_rows(self, group_ids: list[int]) -> list[int]:
-        return sorted(r for r, g in enumerate(self.row_group) if g in set(group_ids))
+        if self._members is None:
+            self._members = [[] for _ in range(self.num_groups)]
+            for r, g in enumerate(self.row_group):
+                self._members[g].append(r)
+        if len(group_ids) == self.num_groups:
+            return list(range(self.batch_size))
+        return sorted(r for g in group_ids for r in self._members[g])
 
     def push_node(self, lvl: NoiseLevel, x_flow: torch.Tensor, drift: torch.Tensor, tau_host: float) -> None:
         """Append the call to the drift history; a repeated time (Heun's second stage at the
