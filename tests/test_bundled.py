@@ -55,7 +55,7 @@ def test_classifier_reads_generator_images() -> None:
 
 
 def test_prompt_adherence_at_default_steps(pipe: StableDiffusionPipeline) -> None:
-    result = evaluate_adherence(pipe, n_prompts=24, seeds=(0,))
+    result = evaluate_adherence(pipe, n_prompts=16, seeds=(0,))
     assert result.all_correct >= ADHERENCE_TARGET, result
 
 
