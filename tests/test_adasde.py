@@ -32,11 +32,15 @@ from sadakit.core.adasde import (
 
 
 @pytest.fixture(autouse=True)
-def _flush_denormals():
-    # Gaussian-mixture posteriors underflow to denormals at small sigma: 30x slower on CPU.
-    old = torch.set_flush_denormal(True)
+def _fast_cpu_settings():
+    # Gaussian-mixture posteriors underflow to denormals at small sigma (30x slower on CPU), and
+    # these tiny tensors run ~100x slower with 2 threads on a loaded 2-core machine than with 1.
+    threads = torch.get_num_threads()
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(1)
     yield
-    torch.set_flush_denormal(False if not old else True)
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
 
 
 def gaussian_mixture(means: list[list[float]], std: float, dtype=torch.float32):
@@ -97,11 +101,12 @@ def test_step_matches_float64_reference(afs):
 
 
 def test_squash_ranges_and_first_gamma_zero():
-    raw = torch.randn(5, 4) * 10
+    raw = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)) * 10
+    raw[1, 0], raw[2, 0] = -100.0, 100.0  # saturated ends
     coeffs = squash(raw, gamma_max=0.5)
     assert float(coeffs[0].gamma) == 0.0  # gamma_0 = 0: the first state is already pure noise
     for co in coeffs[1:]:
-        assert 2e-4 <= float(co.gamma) <= 0.5
+        assert 2e-4 * (1 - 1e-6) <= float(co.gamma) <= 0.5 * (1 + 1e-6)  # float32 ends
     assert all(float(co.gamma) == 0.0 for co in squash(raw, gamma_max=0.0))
     with pytest.raises(ValueError, match="gamma_max"):
         squash(raw, gamma_max=-1.0)
