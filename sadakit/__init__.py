@@ -16,7 +16,18 @@ from .runtime.report import GenerationReport
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """AdaSDE's scheduler and distillation load on first use (they pull in diffusers' schedulers)."""
+    if name in ("AdaSDEScheduler", "distill", "DistillConfig"):
+        from . import adasde
+
+        return getattr(adasde, name)
+    raise AttributeError(f"module 'sadakit' has no attribute {name!r}")
+
 __all__ = [
+    "AdaSDEScheduler",
+    "DistillConfig",
     "GenerationReport",
     "NotAcceleratedError",
     "SADAConfig",
@@ -24,6 +35,7 @@ __all__ = [
     "UnsupportedPipelineError",
     "accelerate",
     "default_config",
+    "distill",
     "hookimpl",
     "is_accelerated",
     "register_plugin",

@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-output")
     bench.set_defaults(func=_cmd_bench)
 
+    adasde = sub.add_parser("adasde", help="AdaSDE coefficients: distill / inspect")
+    from sadakit.adasde.cli import build_parser as build_adasde_parser
+
+    build_adasde_parser(adasde)
+
     demo = sub.add_parser("demo", help="baseline vs SADA on the bundled pipelines; writes outputs")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--quick", action="store_true", help="smaller sizes (for tests)")

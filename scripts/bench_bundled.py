@@ -24,11 +24,12 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model-dir", type=Path, default=None, help="default: the bundled shapes-sd")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--picture", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = load_shapes_pipeline()
+    pipe = load_shapes_pipeline(args.model_dir)
     classifier = load_classifier()
     configs = {"default": None, "criterion_only": sadakit.SADAConfig.criterion_only()}
     rows, grids = [], []
