@@ -11,14 +11,13 @@ does on these trajectories, not a trained model's fidelity (see FIELD-NOTES.md).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Any, Callable
 
 import diffusers
 import torch
 
 import sadakit
+from sadakit.timing import time_pair
 from sadakit.metrics.image import psnr
 from sadakit.testing.pipelines import control_probe, tiny_flux_pipeline, tiny_sdxl_controlnet_pipeline
 
@@ -55,23 +54,9 @@ def stochastic_flux(pipe) -> None:
 
 
 def bench(pipe, run, config: sadakit.SADAConfig, repeats: int) -> dict:
-    sadakit.remove(pipe)
-    run()  # warm-up
-    sadakit.accelerate(pipe, config)
-    run()  # warm-up of the accelerated path (FLOP count once per shape)
-    base_times, sada_times = [], []
-    for _ in range(repeats):
-        sadakit.remove(pipe)
-        t = time.perf_counter()
-        base = run()
-        base_times.append(time.perf_counter() - t)
-        sadakit.accelerate(pipe, config)
-        t = time.perf_counter()
-        out = run()
-        sada_times.append(time.perf_counter() - t)
-    rep = sadakit.report(pipe)
-    sadakit.remove(pipe)
-    b, s = statistics.median(base_times), statistics.median(sada_times)
+    timing = time_pair(pipe, run, repeats, config)
+    base, out, rep = timing.baseline, timing.accelerated, timing.report
+    b, s = timing.baseline_s, timing.accelerated_s
     return dict(
         calls=f"{rep.network_calls}/{rep.denoiser_calls}",
         decisions=rep.decisions,

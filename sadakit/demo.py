@@ -7,15 +7,12 @@ Each part runs the unaccelerated pipeline and the accelerated one on the same in
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-import sadakit
+from .timing import time_pair
 
 
 @dataclass
@@ -31,28 +28,6 @@ class DemoRow:
     @property
     def speedup(self) -> float:
         return self.baseline_s / self.sada_s
-
-
-def time_pair(pipe: Any, run: Callable[[], Any], repeats: int, config: sadakit.SADAConfig | None = None):
-    """Alternate baseline and SADA runs; return (baseline output, SADA output, medians, report)."""
-    run()  # warm-up: allocations
-    sadakit.accelerate(pipe, config)
-    run()  # warm-up: the accelerated path counts the denoiser's FLOPs once per shape
-    base_t, sada_t = [], []
-    base = out = None
-    rep = None
-    for _ in range(repeats):
-        sadakit.remove(pipe)
-        t = time.perf_counter()
-        base = run()
-        base_t.append(time.perf_counter() - t)
-        sadakit.accelerate(pipe, config)
-        t = time.perf_counter()
-        out = run()
-        sada_t.append(time.perf_counter() - t)
-        rep = sadakit.report(pipe)
-    sadakit.remove(pipe)
-    return base, out, statistics.median(base_t), statistics.median(sada_t), rep
 
 
 def image_part(out_dir: Path, quick: bool) -> DemoRow:
@@ -71,7 +46,8 @@ def image_part(out_dir: Path, quick: bool) -> DemoRow:
             output_type="pt", generator=torch.Generator().manual_seed(0),
         ).images
 
-    base, out, tb, ts, rep = time_pair(pipe, run, repeats=1 if quick else 2)
+    t = time_pair(pipe, run, repeats=1 if quick else 2)
+    base, out, tb, ts, rep = t.baseline, t.accelerated, t.baseline_s, t.accelerated_s, t.report
     paths = [save_image(base[0], out_dir / "sdxl_baseline.png"), save_image(out[0], out_dir / "sdxl_sada.png")]
     paths.append(save_comparison(base[0], out[0], out_dir / "sdxl_comparison.png"))
     return DemoRow(
@@ -96,7 +72,8 @@ def testbed_part(out_dir: Path, quick: bool) -> DemoRow:
     def run():
         return pipe(num_inference_steps=steps, latents=z).samples
 
-    base, out, tb, ts, rep = time_pair(pipe, run, repeats=1 if quick else 3)
+    t = time_pair(pipe, run, repeats=1 if quick else 3)
+    base, out, tb, ts, rep = t.baseline, t.accelerated, t.baseline_s, t.accelerated_s, t.report
     fewer_steps = rep.network_calls
     fewer = pipe(num_inference_steps=fewer_steps, latents=z).samples
 
@@ -135,7 +112,8 @@ def audio_part(out_dir: Path, quick: bool) -> DemoRow:
         return pipe("a calm piano note", num_inference_steps=steps, audio_length_in_s=seconds,
                     generator=torch.Generator().manual_seed(0), output_type="np").audios
 
-    base, out, tb, ts, rep = time_pair(pipe, run, repeats=1 if quick else 2)
+    t = time_pair(pipe, run, repeats=1 if quick else 2)
+    base, out, tb, ts, rep = t.baseline, t.accelerated, t.baseline_s, t.accelerated_s, t.report
     rate = pipeline_sample_rate(pipe)
     paths = write_wav(out_dir / "musicldm_baseline.wav", base, rate) + write_wav(out_dir / "musicldm_sada.wav", out, rate)
     return DemoRow(

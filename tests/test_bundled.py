@@ -26,6 +26,16 @@ ADHERENCE_TARGET = 0.9
 
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core CPU two threads per
+    process spin against other jobs (measured: 177 s vs ~15 s for the adherence set)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def pipe() -> StableDiffusionPipeline:
     return load_shapes_pipeline()
