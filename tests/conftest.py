@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Tiny models gain little from a second thread, and OpenMP spin-waiting makes 2-thread runs
+# up to 100x slower when another process shares the cores: one thread everywhere.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -189,7 +189,12 @@ class DeepCache(Method):
         helper = self._state.pop("helper", None)
         if helper is not None:
             helper.disable()
-            pipe.unet.__dict__.pop("forward", None)
+            # DeepCache "restores" by assigning the bound methods back as instance attributes;
+            # drop them so the modules are exactly as before (class forward, no instance override)
+            for module in pipe.unet.modules():
+                bound = module.__dict__.get("forward")
+                if bound is not None and getattr(bound, "__func__", None) is type(module).forward:
+                    del module.__dict__["forward"]
 
 
 class ToMeSD(Method):
