@@ -12,14 +12,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: setup test test-slow demo bench
+.PHONY: setup test demo bench
 setup: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
-
-test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow
 
 demo: $(VENV)/.installed
 	$(PY) -m sadakit demo --out demo-output
