@@ -62,3 +62,18 @@ def test_two_processes_match_one(tmp_path):
                                  "--master_port", "29517", "-m", "sadakit"])
     assert one["processes"] == 1 and two["processes"] == 2
     assert _deterministic(one) == _deterministic(two)
+
+
+def test_a_peer_that_breaks_is_reported_not_fatal(sdxl, monkeypatch):
+    from sadakit.bench import methods
+
+    class Broken(methods.Method):
+        def apply(self, pipe):
+            raise RuntimeError("peer exploded")
+
+    monkeypatch.setitem(methods.METHODS, "broken", Broken)
+    result = run_bench(sdxl, prompts=["a red square"], seeds=[0], steps=4, methods=["broken", "fewer-steps:0.5"],
+                       repeats=1, call_kwargs={"height": 64, "width": 64}, progress=False)
+    assert "peer exploded" in result.not_applicable["broken"]
+    assert {r.method for r in result.cases} == {"baseline", "fewer-steps:0.5"}
+    assert "forward" not in sdxl.unet.__dict__

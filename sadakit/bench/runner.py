@@ -178,7 +178,10 @@ def _flops_and_memory(pipe: Any, method: Method, kwargs: dict, device: torch.dev
         counter.close()
 
 
-def bench_case(pipe: Any, case: Case, methods: list[Method], base_kwargs: dict, repeats: int, notices: list[str]) -> list[CaseResult]:
+def bench_case(
+    pipe: Any, case: Case, methods: list[Method], base_kwargs: dict, repeats: int, notices: list[str],
+    failures: dict[str, str],
+) -> list[CaseResult]:
     """All methods on one (prompt, seed): interleaved timing, then FLOPs/memory, then fidelity."""
     device = denoiser_of(pipe).device
 
@@ -187,9 +190,15 @@ def bench_case(pipe: Any, case: Case, methods: list[Method], base_kwargs: dict, 
 
     everyone = [parse_method("baseline")] + methods
     outputs: dict[str, torch.Tensor] = {}
+    for m in list(everyone):  # warm-up, also the output used for fidelity (runs are deterministic per seed)
+        try:
+            outputs[m.label], _ = _timed(pipe, m, kwargs_for())
+        except Exception as err:  # a peer that breaks on this pipeline is reported, not fatal
+            if m.label == "baseline":
+                raise
+            failures[m.label] = f"failed on this pipeline: {type(err).__name__}: {err}"
+            everyone.remove(m)
     times: dict[str, list[float]] = {m.label: [] for m in everyone}
-    for m in everyone:  # warm-up, also the output used for fidelity (runs are deterministic per seed)
-        outputs[m.label], _ = _timed(pipe, m, kwargs_for())
     for _ in range(repeats):
         for m in everyone:
             _, seconds = _timed(pipe, m, kwargs_for())
@@ -241,15 +250,20 @@ def run_bench(
     base_kwargs = {"num_inference_steps": steps, **(call_kwargs or {})}
     mine: list[CaseResult] = []
     notices: list[str] = []
+    failures: dict[str, str] = {}
     interrupted = False
     with state.split_between_processes(cases) as my_cases:
         bar = tqdm(my_cases, desc=f"bench [{state.process_index}]", disable=not (progress and state.is_main_process))
         try:
             for case in bar:
-                mine.extend(bench_case(pipe, case, usable, base_kwargs, repeats, notices))
+                mine.extend(bench_case(pipe, case, usable, base_kwargs, repeats, notices, failures))
         except KeyboardInterrupt:
             interrupted = True
     gathered = gather_object(mine) if state.num_processes > 1 else mine
+    if state.num_processes > 1:
+        for part in gather_object([failures]):
+            failures.update(part)
+    not_applicable.update(failures)
     gathered = sorted(gathered, key=lambda r: (r.case, r.method != "baseline", r.method))
     return BenchResult(
         pipeline=pipeline_name or type(pipe).__name__, steps=steps, repeats=repeats,
