@@ -1,6 +1,5 @@
 """The plugin contract: third-party plugins are asked first and answer through the same hooks."""
 
-import pytest
 import torch
 
 import sadakit

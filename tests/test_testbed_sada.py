@@ -2,7 +2,6 @@
 
 import pytest
 
-import sadakit
 from sadakit.testbeds.sada_eval import VARIANTS, evaluate
 
 
