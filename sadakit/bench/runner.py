@@ -200,13 +200,26 @@ def bench_case(
             everyone.remove(m)
     times: dict[str, list[float]] = {m.label: [] for m in everyone}
     for _ in range(repeats):
-        for m in everyone:
-            _, seconds = _timed(pipe, m, kwargs_for())
+        for m in list(everyone):
+            try:
+                _, seconds = _timed(pipe, m, kwargs_for())
+            except Exception as err:
+                if m.label == "baseline":
+                    raise
+                failures[m.label] = f"failed on this pipeline: {type(err).__name__}: {err}"
+                everyone.remove(m)
+                continue
             times[m.label].append(seconds)
     base_s = statistics.median(times["baseline"])
     results = []
     for m in everyone:
-        flops, peak, forwards, extra = _flops_and_memory(pipe, m, kwargs_for(), device)
+        try:
+            flops, peak, forwards, extra = _flops_and_memory(pipe, m, kwargs_for(), device)
+        except Exception as err:
+            if m.label == "baseline":
+                raise
+            failures[m.label] = f"failed on this pipeline: {type(err).__name__}: {err}"
+            continue
         wall = statistics.median(times[m.label])
         results.append(
             CaseResult(
