@@ -127,3 +127,12 @@ def test_pitch_measurement_on_synthesised_notes() -> None:
     waves = synthesize(labels, 1.28, torch.Generator().manual_seed(0))
     error = semitone_error(measure_pitch(waves), torch.tensor([l.frequency for l in labels]))
     assert error.abs().max() < 0.25
+
+
+def test_compare_sada_on_the_bundled_model():
+    from sadakit.bundled import compare_sada, load_shapes_pipeline
+
+    cmp = compare_sada(load_shapes_pipeline(), n_prompts=2, repeats=1, num_inference_steps=20)
+    row = cmp.row()
+    assert row["denoiser_calls"] == 20 and row["network_calls"] < 16
+    assert row["psnr_db"] > 40 and cmp.sada_images.shape == cmp.baseline_images.shape

@@ -386,43 +386,23 @@ def compare_sada(
     Returns calls computed (from ``sadakit.report``), median wall times, PSNR / SSIM of the
     accelerated images against the baseline ones, and the adherence of both.
     """
-    import statistics
-    import time
-
-    import sadakit
     from sadakit.metrics.image import psnr, ssim
+    from sadakit.timing import time_pair
 
     prompts = eval_prompts(n_prompts)
 
     def run() -> torch.Tensor:
         return generate(pipe, prompts, seed, num_inference_steps, guidance_scale, batch_size=len(prompts))
 
-    was_accelerated = sadakit.is_accelerated(pipe)
-    if was_accelerated:
-        sadakit.remove(pipe)
-    run()  # warm-up
-    sadakit.accelerate(pipe, config)
-    run()  # warm-up (FLOP count once per shape)
-    base_t, sada_t = [], []
-    base = out = None
-    for _ in range(repeats):
-        sadakit.remove(pipe)
-        t = time.perf_counter()
-        base = run()
-        base_t.append(time.perf_counter() - t)
-        sadakit.accelerate(pipe, config)
-        t = time.perf_counter()
-        out = run()
-        sada_t.append(time.perf_counter() - t)
-    rep = sadakit.report(pipe)
-    sadakit.remove(pipe)
+    timing = time_pair(pipe, run, repeats, config)
+    base, out, rep = timing.baseline, timing.accelerated, timing.report
     classifier = classifier if classifier is not None else load_classifier()
     return SADAComparison(
         config_name=config_name,
         denoiser_calls=rep.denoiser_calls,
         network_calls=rep.network_calls,
-        baseline_seconds=statistics.median(base_t),
-        sada_seconds=statistics.median(sada_t),
+        baseline_seconds=timing.baseline_s,
+        sada_seconds=timing.accelerated_s,
         psnr_db=psnr(out, base),
         ssim=ssim(out, base),
         baseline_adherence=prompt_adherence(base, prompts, classifier),
