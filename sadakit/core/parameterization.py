@@ -18,6 +18,7 @@ Every per-call coefficient is computed in float32 on the input's device; callers
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -96,7 +97,7 @@ class NoiseLevel:
     s: torch.Tensor
 
 
-class Parameterization:
+class Parameterization(abc.ABC):
     """How one denoiser's (input, timestep, output) map to (tau, x_flow, x0).
 
     Subclasses implement ``level``, ``x0_from_output`` and ``output_from_x0``; they must be
@@ -105,14 +106,17 @@ class Parameterization:
 
     prediction_type: str = "epsilon"
 
+    @abc.abstractmethod
     def level(self, timestep: torch.Tensor | float, device: torch.device) -> NoiseLevel:
-        raise NotImplementedError
+        """Per-call coefficients for ``timestep``, computed on ``device`` without host reads."""
 
+    @abc.abstractmethod
     def x0_from_output(self, x_model: torch.Tensor, output: torch.Tensor, lvl: NoiseLevel) -> torch.Tensor:
-        raise NotImplementedError
+        """The clean-sample estimate implied by the model's output."""
 
+    @abc.abstractmethod
     def output_from_x0(self, x_model: torch.Tensor, x0: torch.Tensor, lvl: NoiseLevel) -> torch.Tensor:
-        raise NotImplementedError
+        """The model output that would imply ``x0`` (inverse of ``x0_from_output``)."""
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.prediction_type})"
