@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
-import time
 
 import diffusers
 import torch
 
 import sadakit
+from sadakit.timing import time_pair
 from sadakit.audio_io import pipeline_sample_rate
 from sadakit.metrics.audio import audio_fidelity
 from sadakit.plugins.audio import fix_musicldm
@@ -45,24 +43,9 @@ def run(pipe, args) -> torch.Tensor:
 
 def bench_one(pipe, args, scheduler: str, config: sadakit.SADAConfig) -> dict:
     pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
-    run(pipe, args)  # warm-up
-    sadakit.accelerate(pipe, config)
-    run(pipe, args)  # warm-up of the accelerated path (FLOP count, once per shape)
-    base_times, sada_times = [], []
-    base = out = None
-    for _ in range(args.repeats):
-        sadakit.remove(pipe)
-        t = time.perf_counter()
-        base = run(pipe, args)
-        base_times.append(time.perf_counter() - t)
-        sadakit.accelerate(pipe, config)
-        t = time.perf_counter()
-        out = run(pipe, args)
-        sada_times.append(time.perf_counter() - t)
-        print(f"{scheduler}: baseline {base_times[-1]:.2f} s, SADA {sada_times[-1]:.2f} s", file=sys.stderr, flush=True)
-    rep = sadakit.report(pipe)
-    sadakit.remove(pipe)
-    tb, ts = statistics.median(base_times), statistics.median(sada_times)
+    timing = time_pair(pipe, lambda: run(pipe, args), args.repeats, config)
+    base, out, rep = timing.baseline, timing.accelerated, timing.report
+    tb, ts = timing.baseline_s, timing.accelerated_s
     fidelity = audio_fidelity(out, base, pipeline_sample_rate(pipe))
     return {
         "scheduler": scheduler,

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import diffusers
 import torch
 
 import sadakit
+from sadakit.timing import time_pair
 from sadakit.metrics.image import psnr, ssim
 from sadakit.testing.pipelines import tiny_sdxl_pipeline
 
@@ -44,23 +43,9 @@ def run(pipe, args, scheduler: str) -> torch.Tensor:
 
 def bench_one(pipe, args, scheduler: str, config: sadakit.SADAConfig) -> dict:
     pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
-    run(pipe, args, scheduler)  # warm-up
-    sadakit.accelerate(pipe, config)
-    run(pipe, args, scheduler)  # warm-up of the accelerated path (FLOP count, once per shape)
-    base_times, sada_times = [], []
-    base = out = None
-    for _ in range(args.repeats):
-        sadakit.remove(pipe)
-        t = time.perf_counter()
-        base = run(pipe, args, scheduler)
-        base_times.append(time.perf_counter() - t)
-        sadakit.accelerate(pipe, config)
-        t = time.perf_counter()
-        out = run(pipe, args, scheduler)
-        sada_times.append(time.perf_counter() - t)
-    rep = sadakit.report(pipe)
-    sadakit.remove(pipe)
-    tb, ts = statistics.median(base_times), statistics.median(sada_times)
+    timing = time_pair(pipe, lambda: run(pipe, args, scheduler), args.repeats, config)
+    base, out, rep = timing.baseline, timing.accelerated, timing.report
+    tb, ts = timing.baseline_s, timing.accelerated_s
     return {
         "scheduler": scheduler,
         "steps": args.steps,

@@ -20,6 +20,7 @@ that a hook answers without running ``forward`` is not counted).
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def _timesteps(timestep: torch.Tensor | float, batch: int, dtype: torch.dtype, d
     return t.expand(batch) if t.numel() == 1 else t
 
 
-class _AnalyticModel(nn.Module):
+class _AnalyticModel(nn.Module, abc.ABC):
     """Shared machinery: (model input, timestep) -> flow chart -> exact x0 -> model output.
 
     Subclasses implement ``flow_coefficients(t) -> (alpha, s)`` with the model-space state
@@ -86,11 +87,13 @@ class _AnalyticModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self._anchor.dtype
 
+    @abc.abstractmethod
     def flow_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(alpha, s) relating the model-space state to the flow chart at model time ``t``."""
 
+    @abc.abstractmethod
     def output_from_x0(self, x: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The model's output (eps / velocity / v) that implies ``x0``."""
 
     def flow_state(self, x_model: torch.Tensor, timestep: torch.Tensor | float):
         """(x_flow, tau, 1 - tau) in ``compute_dtype`` for a model input; tau is (B,)."""
