@@ -4,6 +4,9 @@
     pipe.scheduler = AdaSDEScheduler.from_file("coeffs.safetensors", pipe.scheduler)
     image = pipe(prompt, num_inference_steps=5).images[0]
 
+    # coefficients for a pipeline, under its own prompts and guidance
+    distill_pipeline(pipe, ["a cat", "a city"], DistillConfig(nfe=5), guidance_scale=5.0, output="c.safetensors")
+
 The step itself (plain tensor functions) lives in ``sadakit.core.adasde``.
 """
 
@@ -17,6 +20,7 @@ from .coefficients import (
     save_coefficients,
 )
 from .distill import DistillConfig, DistillResult, distill, latent_l2, sliced_w2_loss
+from .pipeline_denoiser import PipelineDenoiser, distill_pipeline, pipeline_denoiser
 from .scheduler import AdaSDEScheduler
 
 __all__ = [
@@ -26,12 +30,15 @@ __all__ = [
     "CoefficientMismatchError",
     "DistillConfig",
     "DistillResult",
+    "PipelineDenoiser",
     "check_compatible",
     "count_nfe",
     "distill",
+    "distill_pipeline",
     "latent_l2",
     "load_coefficients",
     "make_sigmas",
+    "pipeline_denoiser",
     "sample_adasde",
     "save_coefficients",
     "sliced_w2_loss",

@@ -1,14 +1,18 @@
 """Command line for AdaSDE: distil coefficients, inspect a coefficient file.
 
     python -m sadakit.adasde distill --testbed gmm2d-8 --nfe 5 --out coeffs.safetensors
+    python -m sadakit.adasde distill --pipeline stabilityai/stable-diffusion-xl-base-1.0 \
+        --prompt "a photo of a cat" --prompt "a watercolour city" --guidance 5 --nfe 5 --out sdxl.safetensors
     python -m sadakit.adasde distill --factory mypkg.adapters:sdxl_ve --nfe 5 --out sdxl.safetensors
     python -m sadakit.adasde inspect coeffs.safetensors
     torchrun --nproc_per_node 2 -m sadakit.adasde distill ...     # data parallel
 
-``--factory module:function`` names a callable returning ``(denoiser, sample_noise, meta)``
-with ``meta`` a dict of ``model``, ``prediction_type``, ``guidance_scale``, ``sigma_min``,
-``sigma_max`` (the pipeline adapters of ``sadakit.core.parameterization`` fit here). ``main``
-is what the project CLI mounts as its ``adasde`` command.
+``--pipeline`` takes a hub id, a local directory or an offline name (``tiny:sdxl``,
+``bundled:shapes``, see ``sadakit.loading``) and distils under the pipeline's own prompts and
+guidance (``sadakit.adasde.pipeline_denoiser``). ``--factory module:function`` names a callable
+returning ``(denoiser, sample_noise, meta)`` with ``meta`` a dict of ``model``,
+``prediction_type``, ``guidance_scale``, ``sigma_min``, ``sigma_max`` (a ``PipelineDenoiser``
+provides all three). ``main`` is what the project CLI mounts as its ``adasde`` command.
 """
 
 from __future__ import annotations
@@ -41,6 +45,23 @@ def _testbed_factory(name: str) -> tuple[Callable, Callable, dict[str, Any]]:
     )
 
 
+def _pipeline_factory(args: argparse.Namespace) -> tuple[Callable, Callable, dict[str, Any]]:
+    from sadakit.loading import default_call_kwargs, load_pipeline
+
+    from .pipeline_denoiser import pipeline_denoiser
+
+    if not args.prompt:
+        raise SystemExit("--pipeline needs at least one --prompt (the conditioning the coefficients are fitted under)")
+    pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
+    adapter = pipeline_denoiser(
+        pipe, args.prompt, guidance_scale=args.guidance, model=args.model or args.pipeline,
+        **default_call_kwargs(args.pipeline),
+    )
+    for p in adapter.module.parameters():  # only the coefficients learn
+        p.requires_grad_(False)
+    return adapter, adapter.sample_noise, adapter.meta
+
+
 def _load_factory(spec: str) -> Callable[[], tuple[Callable, Callable, dict[str, Any]]]:
     module, _, func = spec.partition(":")
     if not module or not func:
@@ -54,8 +75,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.testbed:
         denoiser, sample_noise, meta = _testbed_factory(args.testbed)
         torch.set_flush_denormal(True)
+    elif args.pipeline:
+        denoiser, sample_noise, meta = _pipeline_factory(args)
     else:
         denoiser, sample_noise, meta = _load_factory(args.factory)()
+    if meta.get("prediction_type") == "flow" and not args.no_afs:
+        raise SystemExit(f"{meta['model']} is a flow-matching model: distil with --no-afs (no analytic first step)")
     cfg = DistillConfig(
         nfe=args.nfe, solver=args.solver, analytic_first_step=not args.no_afs, gamma_max=args.gamma_max,
         sigma_min=meta.get("sigma_min", 0.002), sigma_max=meta.get("sigma_max", 80.0), schedule=args.schedule,
@@ -91,6 +116,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--testbed", help="a sadakit.testbeds configuration name, e.g. gmm2d-8")
     src.add_argument("--factory", help="module:function returning (denoiser, sample_noise, meta)")
+    src.add_argument("--pipeline", help="hub id, local directory or offline name (tiny:sdxl, bundled:shapes)")
+    d.add_argument("--prompt", action="append", default=[], help="--pipeline: a prompt (repeat for several)")
+    d.add_argument("--guidance", type=float, default=None, help="--pipeline: guidance scale (default: the pipeline's)")
+    d.add_argument("--model", default=None, help="--pipeline: model name stored in the file (default: --pipeline)")
+    d.add_argument("--dtype", default="float32", help="--pipeline: torch dtype of the weights")
+    d.add_argument("--device", default=None, help="--pipeline: device, e.g. cuda")
     d.add_argument("--nfe", type=int, default=5)
     d.add_argument("--solver", default="adasde", choices=["adasde", "euler", "heun", "midpoint"])
     d.add_argument("--no-afs", action="store_true", help="no analytic first step (required for flow models)")

@@ -41,6 +41,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..core.adasde import GeneratorLike, Plan, solver_plan, squash
+from .chart import ModelChart, alphas_cumprod_from_config, is_flow_config, scheduler_config
 from .coefficients import (
     CoefficientFile,
     CoefficientMetadata,
@@ -48,49 +49,6 @@ from .coefficients import (
     check_compatible,
     load_coefficients,
 )
-
-_FLOW_MARKERS = ("shift", "use_dynamic_shifting", "base_image_seq_len")
-
-
-def _base_config(base: Any) -> dict[str, Any]:
-    if base is None:
-        return {}
-    config = getattr(base, "config", base)
-    return dict(config)
-
-
-def _is_flow_config(config: dict[str, Any], class_name: str | None) -> bool:
-    if class_name and "FlowMatch" in class_name:
-        return True
-    return any(k in config for k in _FLOW_MARKERS) and "beta_schedule" not in config
-
-
-def alphas_cumprod_from_config(
-    num_train_timesteps: int = 1000,
-    beta_start: float = 0.00085,
-    beta_end: float = 0.012,
-    beta_schedule: str = "scaled_linear",
-    trained_betas: list[float] | None = None,
-) -> torch.Tensor:
-    """The DDPM ``alphas_cumprod`` a VP model was trained with (float64), as diffusers builds it."""
-    if trained_betas is not None:
-        betas = torch.tensor(trained_betas, dtype=torch.float64)
-    elif beta_schedule == "linear":
-        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
-    elif beta_schedule == "scaled_linear":
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
-    elif beta_schedule == "squaredcos_cap_v2":
-        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        betas = torch.tensor(
-            [min(1 - f((i + 1) / num_train_timesteps) / f(i / num_train_timesteps), 0.999) for i in range(num_train_timesteps)],
-            dtype=torch.float64,
-        )
-    else:
-        raise ValueError(
-            f"beta_schedule={beta_schedule!r} is not supported; allowed: 'linear', 'scaled_linear', 'squaredcos_cap_v2'"
-        )
-    return torch.cumprod(1.0 - betas, dim=0)
-
 
 @dataclass
 class _Call:
@@ -124,6 +82,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         beta_end: float = 0.012,
         beta_schedule: str = "scaled_linear",
         trained_betas: list[float] | None = None,
+        rescale_betas_zero_snr: bool = False,
         noise_seed: int = 0,
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
@@ -147,11 +106,15 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                 "analytic_first_step=True cannot run in a flow-matching pipeline (its first model call "
                 "sees the pipeline's latents unchanged); distill with analytic_first_step=False"
             )
+        ab = None
         if not flow_matching:
-            ab = alphas_cumprod_from_config(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-            self._log_sigmas = (0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab.clamp_min(1e-30))).numpy()
+            ab = alphas_cumprod_from_config(
+                num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+            )
+        self.chart = ModelChart(flow_matching, prediction_type, ab)
+        if not flow_matching:
             # outside its training range a VP model cannot be told the right noise level
-            smin_model, smax_model = float(np.exp(self._log_sigmas[0])), float(np.exp(self._log_sigmas[-1]))
+            smin_model, smax_model = self.chart.sigma_range
             if self.meta.sigma_max > smax_model * 1.01:
                 raise CoefficientMismatchError(
                     f"sigma_max: file has {self.meta.sigma_max:.4g}, pipeline's schedule reaches only {smax_model:.4g}"
@@ -204,13 +167,10 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         cls, cf: CoefficientFile, base_scheduler_config: Any = None, *, noise_seed: int = 0
     ) -> "AdaSDEScheduler":
         """Same as ``from_file`` for an in-memory ``CoefficientFile`` (e.g. fresh from distillation)."""
-        base = _base_config(base_scheduler_config)
-        class_name = base.get("_class_name") or (
-            type(base_scheduler_config).__name__ if base_scheduler_config is not None else None
-        )
-        flow = _is_flow_config(base, class_name) if base else cf.meta.prediction_type == "flow"
+        base = scheduler_config(base_scheduler_config)
+        flow = is_flow_config(base) if base else cf.meta.prediction_type == "flow"
         kwargs: dict[str, Any] = {}
-        for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas"):
+        for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr"):
             if key in base and base[key] is not None:
                 kwargs[key] = base[key]
         for key in ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift"):
@@ -252,12 +212,6 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-    def _timestep_for(self, sigma: float) -> float:
-        if self.config.flow_matching:
-            return 1000.0 * sigma / (1.0 + sigma)
-        t = np.interp(math.log(sigma), self._log_sigmas, np.arange(len(self._log_sigmas)))
-        return float(t)
 
     def set_timesteps(
         self,
@@ -301,7 +255,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                 _, s = dry.send(torch.zeros(1, device=device))
         except StopIteration:
             pass
-        self._calls = [_Call(s, self._timestep_for(s)) for s in requests]
+        self._calls = [_Call(s, self.chart.timestep(s)) for s in requests]
         self.timesteps = torch.tensor([c.timestep for c in self._calls], dtype=torch.float32, device=device)
         self.sigmas = torch.tensor(requests + [float(self.coefficients.sigmas[-1])], dtype=torch.float32, device=device)
         self.num_inference_steps = len(self._calls)
@@ -344,23 +298,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
             _, x, _ = self._first_request(sample, None)
         else:
             x = sample.to(torch.float32)
-        sigma = self._calls[idx].sigma
-        return (x / math.sqrt(1.0 + sigma * sigma)).to(sample.dtype)
-
-    def _denoised(self, output: torch.Tensor, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The model's output at a request ``(x_ve, sigma)`` as ``D(x_ve, sigma)`` (float32)."""
-        out = output.to(torch.float32)
-        pt = self.config.prediction_type
-        if self.config.flow_matching:
-            tau = sigma / (1.0 + sigma)
-            return x_ve / (1.0 + sigma) - tau * out
-        if pt == "epsilon":
-            return x_ve - sigma * out
-        if pt == "v_prediction":
-            return x_ve / (1.0 + sigma * sigma) - sigma * out / torch.sqrt(1.0 + sigma * sigma)
-        if pt == "sample":
-            return out
-        raise ValueError(f"prediction_type={pt!r} is not supported; allowed: 'epsilon', 'v_prediction', 'sample'")
+        return (x * self.chart.input_scale(self._calls[idx].sigma)).to(sample.dtype)
 
     def step(
         self,
@@ -387,7 +325,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         else:
             assert self._pending is not None
             x_req, s_req = self._pending
-        denoised = self._denoised(model_output, x_req, s_req)
+        denoised = self.chart.denoised(model_output, x_req, s_req)
         self.nfe += 1
         self._step_index = idx + 1
         try:

@@ -1,0 +1,181 @@
+"""AdaSDE through real pipelines: the distillation adapter computes what the scheduler will run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sadakit
+from sadakit.adasde import AdaSDEScheduler, CoefficientMetadata, DistillConfig, load_coefficients, save_coefficients
+from sadakit.adasde.pipeline_denoiser import distill_pipeline, pipeline_denoiser
+from sadakit.core.adasde import init_raw_coefficients, make_sigmas, sample_adasde
+from sadakit.errors import UnsupportedPipelineError
+from sadakit.plugins.audio import fix_musicldm
+from sadakit.testing import pipelines as tp
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+def _build(kind: str):
+    if kind == "sd":
+        return tp.tiny_sd_pipeline(), {"height": 64, "width": 64}
+    if kind == "sd-v":
+        return tp.tiny_sd_pipeline(prediction_type="v_prediction"), {"height": 64, "width": 64}
+    if kind == "sdxl":
+        return tp.tiny_sdxl_pipeline(), {"height": 64, "width": 48}
+    if kind == "flux":
+        return tp.tiny_flux_pipeline(), {"height": 64, "width": 64, "max_sequence_length": 32}
+    pipe = tp.tiny_musicldm_pipeline()
+    fix_musicldm(pipe)
+    return pipe, {"audio_length_in_s": 0.64}
+
+
+def _final_latents(out) -> torch.Tensor:
+    return out.images if hasattr(out, "images") else torch.as_tensor(out.audios)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl", "flux", "musicldm"])
+def test_adapter_is_the_function_the_scheduler_runs(kind, tmp_path):
+    """Sampling with the adapter as D reproduces the pipeline under AdaSDEScheduler.
+
+    Random (not initial) coefficients and a churn, so every coefficient and the noise path matter.
+    """
+    pipe, kw = _build(kind)
+    adapter = pipeline_denoiser(pipe, PROMPTS, guidance_scale=4.0, **kw)
+    flow = adapter.chart.flow_matching
+    assert adapter.cfg == (not flow)
+    smin, smax = adapter.sigma_range
+    steps = 3
+    nfe = 2 * steps if flow else 2 * steps - 1
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    raw = init_raw_coefficients(steps, 0.2) + 0.5 * torch.randn((steps, 4), generator=g)
+    sigmas = make_sigmas(steps, smin, smax)
+    path = tmp_path / "c.safetensors"
+    meta = CoefficientMetadata(
+        model=adapter.model, nfe=nfe, analytic_first_step=not flow, sigma_min=smin, sigma_max=smax,
+        prediction_type=adapter.prediction_type, guidance_scale=4.0,
+    )
+    save_coefficients(path, raw, sigmas, meta)
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler, model=adapter.model, guidance_scale=4.0)
+    z = torch.randn((len(PROMPTS), *adapter.latent_shape), generator=g)
+    noise_seed = 0 if flow else 11  # Flux passes no generator to step: the scheduler's own is seeded 0
+    out = pipe(
+        prompt=PROMPTS, guidance_scale=4.0, num_inference_steps=nfe, latents=z.clone(), output_type="latent",
+        generator=torch.Generator().manual_seed(11), **kw,
+    )
+    pipeline_final = _final_latents(out).reshape(z.shape)
+    with torch.no_grad():
+        res = sample_adasde(
+            adapter, z * ((1 + smax) if flow else smax), sigmas, raw,
+            generator=torch.Generator().manual_seed(noise_seed), analytic_first_step=not flow,
+        )
+    end = float(sigmas[-1])
+    ours = res.x / ((1 + end) if flow else math.sqrt(1 + end * end))
+    assert res.nfe == nfe == pipe.scheduler.nfe
+    torch.testing.assert_close(ours, pipeline_final, rtol=1e-4, atol=1e-4 * float(ours.abs().max()))
+
+
+def test_adapter_tiles_conditioning_and_matches_per_prompt_calls():
+    """A batch of 5 samples uses prompts 0,1,0,1,0: each row equals the single-prompt adapter's answer."""
+    pipe, kw = _build("sdxl")
+    both = pipeline_denoiser(pipe, PROMPTS, guidance_scale=3.0, **kw)
+    second = pipeline_denoiser(pipe, PROMPTS[1], guidance_scale=3.0, **kw)
+    x = 5.0 * torch.randn((5, *both.latent_shape))
+    sigma = torch.tensor(4.2)
+    with torch.no_grad():
+        d_both, d_second = both(x, sigma), second(x[[1, 3]], sigma)
+    torch.testing.assert_close(d_both[[1, 3]], d_second, rtol=1e-5, atol=1e-5)
+    # rows with the same prompt and the same input agree; different prompts differ
+    y = x[:1].expand(5, *x.shape[1:]).contiguous()
+    with torch.no_grad():
+        d = both(y, sigma)
+    torch.testing.assert_close(d[0], d[2])
+    assert not torch.allclose(d[0], d[1])
+
+
+def test_gradient_reaches_every_coefficient_through_a_network():
+    """AdaSDE's time scale `a` only enters through the model's timestep: it must still learn."""
+    from sadakit.adasde.distill import teacher_trajectory, trajectory_loss
+
+    pipe, kw = _build("sd")
+    adapter = pipeline_denoiser(pipe, PROMPTS, guidance_scale=4.0, **kw)
+    smin, smax = adapter.sigma_range
+    cfg = DistillConfig(nfe=5, sigma_min=smin, sigma_max=smax, teacher_factor=2)
+    sigmas = make_sigmas(cfg.steps, smin, smax)
+    x = smax * adapter.sample_noise(4, torch.Generator().manual_seed(1))
+    teacher = teacher_trajectory(adapter, x, sigmas, cfg.teacher_factor)
+    raw = init_raw_coefficients(cfg.steps, cfg.gamma_init, cfg.gamma_max).requires_grad_(True)
+    with adapter.frozen():
+        trajectory_loss(adapter, x, sigmas, raw, teacher, cfg, torch.Generator().manual_seed(2)).backward()
+        assert all(p.grad is None for p in adapter.module.parameters())
+    assert all(p.requires_grad for p in adapter.module.parameters())
+    grad = raw.grad
+    # step 0 has no churn (gamma_0 = 0) and, with the analytic first step, no first evaluation
+    for column, name in enumerate(("gamma", "r", "a", "c")):
+        rows = grad[1:, column] if name == "gamma" else grad[:, column]
+        assert rows.abs().max() > 0, f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize("kind", ["musicldm", "flux"])
+def test_distill_through_pipeline_then_sample(kind, tmp_path):
+    pipe, kw = _build(kind)
+    flow = kind == "flux"
+    before = [p.requires_grad for p in pipe.components["unet" if not flow else "transformer"].parameters()]
+    cfg = DistillConfig(nfe=6 if flow else 5, analytic_first_step=not flow, iterations=4, batch_size=4,
+                        teacher_factor=2, checkpoint_every=2, lr=0.2)
+    path = tmp_path / f"{kind}.safetensors"
+    res = distill_pipeline(pipe, PROMPTS, cfg, guidance_scale=3.0, model=f"tiny-{kind}", call_kwargs=kw,
+                           output=path, progress=False)
+    assert len(res.losses) == 4 and all(math.isfinite(v) for v in res.losses)
+    assert [p.requires_grad for p in pipe.components["unet" if not flow else "transformer"].parameters()] == before
+    cf = load_coefficients(path)
+    assert cf.meta.model == f"tiny-{kind}" and cf.meta.guidance_scale == 3.0
+    assert cf.meta.prediction_type == ("flow" if flow else "epsilon")
+    assert not torch.equal(cf.raw, init_raw_coefficients(cfg.steps, cfg.gamma_init, cfg.gamma_max))
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler, model=f"tiny-{kind}", guidance_scale=3.0)
+
+    def run(seed: int) -> torch.Tensor:
+        out = pipe(prompt=PROMPTS, guidance_scale=3.0, num_inference_steps=cfg.nfe, output_type="latent",
+                   generator=torch.Generator().manual_seed(seed), **kw)
+        return _final_latents(out)
+
+    a, b, c = run(0), run(0), run(1)
+    assert pipe.scheduler.nfe == cfg.nfe
+    assert torch.isfinite(a).all() and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_flow_pipeline_refuses_the_analytic_first_step():
+    pipe, kw = _build("flux")
+    with pytest.raises(ValueError, match="analytic_first_step=False"):
+        distill_pipeline(pipe, PROMPTS, DistillConfig(nfe=5), call_kwargs=kw)
+
+
+def test_adapter_refusals_leave_the_pipeline_usable():
+    pipe, kw = _build("sd")
+    with pytest.raises(ValueError, match="'latents' is set by the adapter"):
+        pipeline_denoiser(pipe, PROMPTS, latents=torch.zeros(1), **kw)
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        pipeline_denoiser(pipe, [], **kw)
+    sadakit.accelerate(pipe)
+    with pytest.raises(UnsupportedPipelineError, match="sadakit.remove"):
+        pipeline_denoiser(pipe, PROMPTS, **kw)
+    sadakit.remove(pipe)
+    control = tp.tiny_sd_controlnet_pipeline()
+    with pytest.raises(UnsupportedPipelineError, match="ControlNet"):
+        pipeline_denoiser(control, PROMPTS, image=torch.zeros(1, 3, 64, 64), **kw)
+
+
+def test_capture_leaves_the_pipeline_as_it_was():
+    pipe, kw = _build("sd")
+
+    def run() -> torch.Tensor:
+        return pipe(prompt=PROMPTS, num_inference_steps=3, output_type="latent",
+                    generator=torch.Generator().manual_seed(5), **kw).images
+
+    before = run()
+    hooks_before = len(pipe.unet._forward_pre_hooks)
+    pipeline_denoiser(pipe, PROMPTS, guidance_scale=6.0, **kw)
+    assert len(pipe.unet._forward_pre_hooks) == hooks_before
+    assert torch.equal(run(), before)
