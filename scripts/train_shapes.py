@@ -155,19 +155,37 @@ def train_classifier(steps: int, batch: int, seed: int) -> dict:
     return info
 
 
-def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma loss weight for eps prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+def v_loss_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample weight of the v-prediction MSE: ``(min(SNR, gamma) + 1) / (SNR + 1)``.
+
+    ``|v_hat - v|^2 = (SNR + 1) |x0_hat - x0|^2``, so this is an x0-error weight of
+    ``min(SNR, gamma) + 1``: capped at high SNR like min-SNR-gamma (Hang et al. 2023), but at
+    least 1 at high noise. The plain min-SNR rule for v, ``min(SNR, gamma) / (SNR + 1)``, is
+    ~SNR there and exactly 0 at zero terminal SNR, i.e. it would not train the step where the
+    layout (the position asked for in the prompt) is decided.
+    """
     a = alphas_cumprod[t]
     snr = a / (1 - a)
-    return torch.clamp(snr, max=gamma) / snr
+    return (torch.clamp(snr, max=gamma) + 1) / (snr + 1)
 
 
-def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, resume: bool = False) -> dict:
+def load_vae():
+    """The fine-tuned VAE: from the work directory if the vae/decoder stages ran in this
+    session, otherwise the one shipped in the pipeline (the UNet only needs its encoder)."""
     from diffusers import AutoencoderKL
 
+    for source in (WORK / "vae", S.SHAPES_DIR / "vae"):
+        if (source / "config.json").is_file():
+            log(f"VAE from {source}")
+            return AutoencoderKL.from_pretrained(source).eval()
+    raise FileNotFoundError(f"no trained VAE in {WORK / 'vae'} or {S.SHAPES_DIR / 'vae'}: run --stage vae first")
+
+
+def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, resume: bool = False,
+               save_every: int = 500, eval_every: int = 0, eval_prompts: int = 16) -> dict:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 20)
-    vae = AutoencoderKL.from_pretrained(WORK / "vae").eval()
+    vae = load_vae()
     sf = vae.config.scaling_factor
     # A bank of encoded latents (posterior samples re-drawn from stored mean/std each step).
     t0 = time.time()
@@ -216,6 +234,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
 
     t0 = time.time()
     running = None
+    curve: list[dict] = []
     for step in range(steps):
         idx = torch.randint(len(means), (batch,), generator=g)
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * sf
@@ -228,11 +247,14 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         noise = torch.randn(z0.shape, generator=g)
         # DDPM forward process. Not EulerDiscreteScheduler.add_noise: that one returns the
         # unscaled x0 + sigma * noise form Euler samples in, not what the UNet sees.
+        # alphas_cumprod[999] is 2**-24 (zero terminal SNR, as the Euler sampler sees it): the
+        # input at t=999 is noise only, so position can come from nowhere but the prompt.
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * z0  # v-prediction
         pred = unet(zt, t, hidden).sample
-        w = min_snr_weight(alphas_cumprod, t)
-        loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        w = v_loss_weight(alphas_cumprod, t)
+        loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -247,10 +269,19 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         if step % 50 == 0 or step == steps - 1:
             rate = (time.time() - t0) / (step + 1)
             log(f"unet step {step} loss {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
-        if (step + 1) % 500 == 0 or step == steps - 1:
+        if (step + 1) % save_every == 0 or step == steps - 1:
             save_pipeline(vae, ema_te, ema_unet)
+        if eval_every and ((step + 1) % eval_every == 0 or step == steps - 1):
+            # learning curve of adherence on the fixed prompt subset (seed 0), EMA weights
+            t_eval = time.time()
+            pipe = S.assemble_pipeline(vae, ema_te, ema_unet)
+            pipe.set_progress_bar_config(disable=True)
+            res = S.evaluate_adherence(pipe, n_prompts=eval_prompts, seeds=(0,))
+            curve.append({"step": step + 1, "seconds": time.time() - t0, **res.as_dict()})
+            log(f"unet step {step + 1} adherence {res.as_dict()} ({time.time() - t_eval:.0f}s)")
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
-            "bank_size": len(means), "resumed": resume}
+            "bank_size": len(means), "resumed": resume, "prediction_type": scheduler.config.prediction_type,
+            "zero_terminal_snr": scheduler.config.rescale_betas_zero_snr, "adherence_curve": curve}
     log(f"unet done {info}")
     return info
 
@@ -271,9 +302,65 @@ def evaluate(n_prompts: int | None, seeds: tuple[int, ...]) -> dict:
     return info
 
 
+def noise_leak(seeds: tuple[int, ...], model_dir: Path | None = None) -> dict:
+    """Does the model place the shape where the prompt says, or where the initial noise
+    happens to look like a shape?
+
+    On a schedule without zero terminal SNR the training input at t=999 still contains
+    ``sqrt(alpha_bar) * z0``; a model that learned to read the position from that leak
+    follows the low frequencies of the initial noise at inference. Two tests:
+
+    * correlation: project each initial noise onto the four position templates (mean
+      training latent of each quadrant minus the overall mean) and compare the argmax with
+      the position the classifier reads from the generation;
+    * intervention: flip every initial noise left-right and count how often the generated
+      horizontal position flips with it (the prompt did not change).
+    """
+    from diffusers import AutoencoderKL
+
+    t0 = time.time()
+    pipe = S.load_shapes_pipeline(model_dir)
+    classifier = S.load_classifier()
+    vae: AutoencoderKL = pipe.vae
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        labels, x = data_shapes.sample_batch(2048, g)
+        z0 = vae.encode(x * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+    templates = torch.stack([z0[labels[:, 2] == q].mean(0) for q in range(len(data_shapes.POSITIONS))])
+    templates = templates - templates.mean(0, keepdim=True)
+    prompts = S.eval_prompts(None)
+    target = torch.tensor([data_shapes.parse_prompt(p).position for p in prompts])
+    shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    rows = []
+    for seed in seeds:
+        noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(1000 * seed + i))
+                           for i in range(len(prompts))])
+        from_noise = torch.einsum("nchw,qchw->nq", noise, templates).argmax(1)
+        out = {}
+        for name, latents in (("plain", noise), ("flipped", noise.flip(-1))):
+            images = pipe(prompts, num_inference_steps=S.DEFAULT_STEPS, guidance_scale=S.DEFAULT_GUIDANCE,
+                          latents=latents.clone(), output_type="pt").images
+            out[name] = classifier.predict(S.images_to_tensor(images))[:, 2]
+        rows.append((target, from_noise, out["plain"], out["flipped"]))
+    target, from_noise, plain, flipped = (torch.cat(c) for c in zip(*rows))
+    # positions are (top left, top right, bottom left, bottom right): column = index % 2
+    info = {
+        "n": len(target),
+        "position_matches_prompt": (plain == target).float().mean().item(),
+        "position_matches_noise_template": (plain == from_noise).float().mean().item(),
+        "noise_template_matches_prompt": (from_noise == target).float().mean().item(),
+        "flip_noise_flips_column": ((plain % 2) != (flipped % 2)).float().mean().item(),
+        "flipped_position_matches_prompt": (flipped == target).float().mean().item(),
+        "seeds": list(seeds),
+        "seconds": time.time() - t0,
+    }
+    log(f"noise leak {info}")
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("all", "vae", "decoder", "classifier", "unet", "install-vae", "eval"),
+    ap.add_argument("--stage", choices=("all", "vae", "decoder", "classifier", "unet", "install-vae", "eval", "leak"),
                     default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -285,7 +372,12 @@ def main() -> None:
     ap.add_argument("--unet-lr", type=float, default=2e-3)
     ap.add_argument("--resume", action="store_true", help="unet stage: continue from the saved weights")
     ap.add_argument("--bank-size", type=int, default=8192)
+    ap.add_argument("--save-every", type=int, default=500, help="unet stage: save the EMA pipeline every N steps")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="unet stage: adherence of the EMA weights on --eval-prompts prompts every N steps (0: off)")
+    ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--eval-seeds", type=int, default=2)
+    ap.add_argument("--tag", default="", help="leak stage: suffix of its train_log.json key (e.g. 'before')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -302,7 +394,8 @@ def main() -> None:
     if args.stage in ("all", "unet"):
         key = "unet_resumed" if args.resume else "unet"
         seed = args.seed + 1 if args.resume else args.seed  # fresh batches when continuing
-        record[key] = train_unet(args.unet_steps, args.unet_batch, seed, args.unet_lr, args.bank_size, args.resume)
+        record[key] = train_unet(args.unet_steps, args.unet_batch, seed, args.unet_lr, args.bank_size, args.resume,
+                                 args.save_every, args.eval_every, args.eval_prompts)
     if args.stage == "install-vae":
         # the decoder was fine-tuned while the UNet trained: put the final VAE in the pipeline
         from diffusers import AutoencoderKL
@@ -310,6 +403,8 @@ def main() -> None:
         AutoencoderKL.from_pretrained(WORK / "vae").save_pretrained(S.SHAPES_DIR / "vae", safe_serialization=True)
     if args.stage in ("all", "eval"):
         record["adherence"] = evaluate(None, tuple(range(args.eval_seeds)))
+    if args.stage == "leak":
+        record["noise_leak" + (f"_{args.tag}" if args.tag else "")] = noise_leak(tuple(range(args.eval_seeds)))
     # merge with what earlier (or concurrently run) stages recorded
     merged = json.loads(log_file.read_text()) if log_file.exists() else {}
     merged.setdefault("stage_seconds", {})[args.stage] = time.time() - started

@@ -3,7 +3,7 @@
 Why this exists: SADA's fidelity numbers only mean something on a network that has learned
 a data distribution. This module defines a small but real ``StableDiffusionPipeline``
 (AutoencoderKL, CLIP text encoder with a local byte-level tokenizer, UNet2DConditionModel
-with cross-attention at two resolutions, scaled-linear eps schedule) that
+with cross-attention at two resolutions, zero-terminal-SNR v-prediction schedule) that
 ``scripts/train_shapes.py`` trains on :mod:`sadakit.bundled.data_shapes`, and an independent
 CNN classifier that reads shape, colour and position back from generated images, so prompt
 adherence is measured rather than eyeballed.
@@ -118,14 +118,25 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_scheduler() -> EulerDiscreteScheduler:
-    """The SD training schedule (scaled-linear betas 0.00085-0.012, eps) with Euler sampling."""
+    """Zero-terminal-SNR schedule with v-prediction and "trailing" Euler steps.
+
+    Why (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"):
+    SD's scaled-linear betas end at alpha_bar ~0.0047, so the training input at t=999 still
+    holds 6.8% of the clean latent. On an 8x8 latent that leak shows where the shape is, the
+    first model learned to read position from it, and at inference (pure noise) placed
+    shapes wherever the noise's low frequencies pointed (position adherence 25%, following
+    the noise 73% of the time). Rescaled betas make t=999 pure noise (diffusers stores
+    alpha_bar[-1] = 2**-24 so the first Euler sigma is finite), v-prediction stays
+    well-defined there, and "trailing" spacing makes sampling start at t=999.
+    """
     return EulerDiscreteScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        timestep_spacing="leading",
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
         steps_offset=1,
     )
 
