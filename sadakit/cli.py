@@ -57,24 +57,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from sadakit.bench import DEFAULT_METHODS, markdown, run_bench, write_outputs
-    from sadakit.loading import default_call_kwargs, load_pipeline
+    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
+    prompts = args.prompts or default_prompts(args.pipeline) or list(DEFAULT_PROMPTS)
     call_kwargs = default_call_kwargs(args.pipeline)
     if args.height:
         call_kwargs["height"] = args.height
     if args.width:
         call_kwargs["width"] = args.width
     result = run_bench(
-        pipe, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
+        pipe, prompts=prompts, seeds=args.seeds, steps=args.steps,
         methods=args.methods or DEFAULT_METHODS, repeats=args.repeats, call_kwargs=call_kwargs,
-        adasde_file=args.adasde_file, pipeline_name=args.pipeline,
+        adasde_file=args.adasde_file, pipeline_name=args.pipeline, sweep=args.sweep,
+        scorer=quality_scorer(args.pipeline),
     )
     if PartialState().is_main_process:
         paths = write_outputs(result, Path(args.out))
         print(markdown(result))
         print("\nwritten: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+DEFAULT_PROMPTS = ("a red square on the left", "a blue circle at the top")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -107,13 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
-    bench.add_argument("--pipeline", required=True, help="hub id, local directory, or tiny:<family>[:medium]")
-    bench.add_argument("--prompts", nargs="+", default=["a red square on the left", "a blue circle at the top"])
+    bench.add_argument("--pipeline", required=True,
+                       help="hub id, local directory, bundled:shapes, or tiny:<family>[:medium]")
+    bench.add_argument("--prompts", nargs="+", default=None,
+                       help="default: 8 of the bundled model's evaluation prompts for bundled:shapes, else two short prompts")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--methods", nargs="+", default=None,
-                       help="method[:knob] list; default: every method (inapplicable ones are listed with the reason)")
+                       help="method[:knob] list, or a knob sweep method:k1,k2,k3 (e.g. fbcache:0.2,0.4,0.6); "
+                            "default: every method (inapplicable ones are listed with the reason)")
+    bench.add_argument("--sweep", action="store_true",
+                       help="methods given without a knob run their default knob sweep (sadakit.bench.SWEEPS)")
+    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--adasde-file", default=None, help="AdaSDE coefficient file for the 'adasde' method")
     bench.add_argument("--height", type=int, default=None)
     bench.add_argument("--width", type=int, default=None)

@@ -2,6 +2,8 @@
 
 ``tiny:<family>[:medium]`` builds the random-weight test pipelines of ``sadakit.testing``
 (``tiny:sdxl``, ``tiny:sd``, ``tiny:sd-v``, ``tiny:flux``, ``tiny:musicldm``, ...).
+``bundled:shapes`` loads the trained shapes model shipped in ``sadakit.bundled`` (through the
+real ``from_pretrained``), the one offline pipeline whose outputs mean something.
 Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users with weights
 (and network or a local copy) get the real loading path.
 """
@@ -9,7 +11,7 @@ Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,9 +27,19 @@ TINY_BUILDERS = {
 }
 
 
+BUNDLED = ("shapes",)
+
+
 def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) -> Any:
     """A ready pipeline for ``name`` (see module docstring); raises with the allowed names."""
-    if name.startswith("tiny:"):
+    if name.startswith("bundled:"):
+        which = name.split(":", 1)[1]
+        if which not in BUNDLED:
+            raise ValueError(f"unknown bundled pipeline {name!r}; allowed: " + ", ".join(f"bundled:{b}" for b in BUNDLED))
+        from .bundled import load_shapes_pipeline
+
+        pipe = load_shapes_pipeline(torch_dtype=getattr(torch, dtype))
+    elif name.startswith("tiny:"):
         parts = name.split(":")
         family = parts[1] if len(parts) > 1 else ""
         size = parts[2] if len(parts) > 2 else "tiny"
@@ -53,6 +65,10 @@ def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) 
 
 def default_call_kwargs(name: str) -> dict:
     """Call arguments that keep the offline pipelines small (sizes, short text sequences)."""
+    if name == "bundled:shapes":
+        from .bundled import DEFAULT_GUIDANCE
+
+        return {"guidance_scale": DEFAULT_GUIDANCE}
     if not name.startswith("tiny:"):
         return {}
     family = name.split(":")[1]
@@ -64,3 +80,34 @@ def default_call_kwargs(name: str) -> dict:
     if family.startswith("flux"):
         kwargs["max_sequence_length"] = 32
     return kwargs
+
+
+def default_prompts(name: str, n: int = 8) -> list[str] | None:
+    """Prompts a pipeline was trained on (the bundled shapes model's evaluation set), else None."""
+    if name == "bundled:shapes":
+        from .bundled import eval_prompts
+
+        return eval_prompts(n)
+    return None
+
+
+def quality_scorer(name: str) -> Callable[[torch.Tensor, str], dict[str, float]] | None:
+    """An absolute quality score for a pipeline's output, when one exists offline.
+
+    ``bundled:shapes``: the shipped classifier's prompt adherence — ``adherence`` (shape, colour
+    and position all right) and ``adherence_attr`` (fraction of the three attributes right).
+    Why: PSNR against the baseline says how much a method changed the picture, not whether the
+    picture still shows what was asked for.
+    """
+    if name != "bundled:shapes":
+        return None
+    from .bundled import load_classifier, prompt_adherence
+
+    classifier = load_classifier()
+
+    def score(images: torch.Tensor, prompt: str) -> dict[str, float]:
+        with torch.no_grad():
+            result = prompt_adherence(images, [prompt] * images.shape[0], classifier)
+        return {"adherence": result.all_correct, "adherence_attr": (result.shape + result.colour + result.position) / 3}
+
+    return score

@@ -77,3 +77,153 @@ def test_a_peer_that_breaks_is_reported_not_fatal(sdxl, monkeypatch):
     assert "peer exploded" in result.not_applicable["broken"]
     assert {r.method for r in result.cases} == {"baseline", "fewer-steps:0.5"}
     assert "forward" not in sdxl.unet.__dict__
+
+
+# --------------------------------------------------------------- diffusers caches on tiny Flux
+
+@pytest.fixture(scope="module")
+def flux():
+    from sadakit.testing import tiny_flux_pipeline
+
+    return tiny_flux_pipeline()
+
+
+FLUX_KWARGS = {"height": 64, "width": 64, "max_sequence_length": 32, "num_inference_steps": 8}
+PROMPTS = ["a red square", "a blue circle"]
+
+
+def _generate(pipe, prompt):
+    import torch
+
+    from sadakit.bench.runner import call_pipeline
+
+    return call_pipeline(pipe, {**FLUX_KWARGS, "prompt": prompt, "generator": torch.Generator().manual_seed(0)})
+
+
+def _flops(pipe, prompt):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _generate(pipe, prompt)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("spec", ["fbcache:0.6", "taylorseer:2", "pab:2", "fastercache:2", "magcache:0.5"])
+def test_diffusers_cache_applies_runs_and_restores_exactly(flux, spec):
+    import torch
+
+    from sadakit.bench.runner import pipeline_fingerprint
+
+    before = [_generate(flux, p) for p in PROMPTS]
+    base_flops = _flops(flux, PROMPTS[0])
+    fingerprint = pipeline_fingerprint(flux)
+    method = parse_method(spec)
+    assert method.not_applicable(flux) is None
+    method.prepare(flux, {**FLUX_KWARGS, "prompt": PROMPTS[0], "generator": torch.Generator().manual_seed(1)})
+    method.apply(flux)
+    try:
+        cached = [_generate(flux, p) for p in PROMPTS]  # two generations: state resets between them
+        cached_flops = _flops(flux, PROMPTS[0])
+    finally:
+        method.remove(flux)
+    assert all(torch.isfinite(c).all() for c in cached)
+    assert cached_flops < base_flops, f"{spec} skipped nothing"
+    assert not all(torch.equal(a, b) for a, b in zip(before, cached))
+    assert pipeline_fingerprint(flux) == fingerprint
+    after = [_generate(flux, p) for p in PROMPTS]
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), f"{spec} changed the pipeline after removal"
+
+
+def test_fbcache_and_magcache_run_after_cache_dit(flux):
+    """Regression: cache-dit's disable re-adds the block lists at the end of ``_modules``; FBCache
+    then took a single block as its head and failed ('NoneType' object is not subscriptable)."""
+    pytest.importorskip("cache_dit")
+    order = list(flux.transformer._modules)
+    result = run_bench(flux, prompts=PROMPTS, seeds=[0], steps=6, methods=["cache-dit:0.6", "fbcache:0.5", "magcache:0.3"],
+                       repeats=1, call_kwargs={"height": 64, "width": 64, "max_sequence_length": 32}, progress=False)
+    assert result.not_applicable == {}
+    assert {r.method for r in result.cases} == {"baseline", "cache-dit:0.6", "fbcache:0.5", "magcache:0.3"}
+    assert list(flux.transformer._modules) == order
+    assert "forward" not in flux.transformer.__dict__
+
+
+def test_a_method_that_leaves_a_hook_stops_the_bench(sdxl, monkeypatch):
+    from sadakit.bench import methods
+    from sadakit.bench.runner import PipelineNotRestoredError
+
+    class Leaky(methods.Method):
+        def apply(self, pipe):
+            self._state["handle"] = pipe.unet.conv_in.register_forward_hook(lambda *a: None)
+
+    monkeypatch.setitem(methods.METHODS, "leaky", Leaky)
+    try:
+        with pytest.raises(PipelineNotRestoredError, match=r"leaky did not restore the pipeline .*unet\.conv_in: forward hooks"):
+            run_bench(sdxl, prompts=["a red square"], seeds=[0], steps=3, methods=["fewer-steps", "leaky"], repeats=1,
+                      call_kwargs={"height": 64, "width": 64}, progress=False)
+    finally:
+        sdxl.unet.conv_in._forward_hooks.clear()
+
+
+# --------------------------------------------------------------- knob sweeps
+
+def test_sweep_specs_expand_and_validate():
+    from sadakit.bench import SWEEPS, expand_specs
+
+    assert expand_specs(["fbcache:0.2,0.4", "sada", "fewer-steps:0.50,0.5"]) == ["fbcache:0.2", "fbcache:0.4", "sada", "fewer-steps:0.5"]
+    assert expand_specs(["deepcache", "sada-criterion"], sweep=True) == [f"deepcache:{k:g}" for k in SWEEPS["deepcache"]] + ["sada-criterion"]
+    assert expand_specs(["deepcache:4"], sweep=True) == ["deepcache:4"]  # an explicit knob wins
+    for bad, match in [("fbcache:0.2,,0.4", "empty knob"), ("fbcache:", "nothing after"), ("fbcache:0.2,x", "number"),
+                       ("sada-criterion:3", "no knob"), ("warp:1,2", "allowed")]:
+        with pytest.raises(ValueError, match=match):
+            expand_specs([bad])
+    with pytest.raises(ValueError, match="sweep"):
+        parse_method("fbcache:0.2,0.4")
+
+
+def test_sweep_run_gives_one_row_per_knob_and_a_curve(sdxl, tmp_path):
+    from sadakit.bench.output import _plot_curves
+
+    result = run_bench(sdxl, prompts=["a red square"], seeds=[0], steps=8, methods=["fewer-steps:0.75,0.5", "deepcache:2,4"],
+                       repeats=1, call_kwargs={"height": 64, "width": 64}, progress=False)
+    rows = {r["method"]: r for r in summarize(result)}
+    assert set(rows) == {"baseline", "fewer-steps:0.75", "fewer-steps:0.5", "deepcache:2", "deepcache:4"}
+    assert rows["fewer-steps:0.5"]["denoiser_forwards"] < rows["fewer-steps:0.75"]["denoiser_forwards"] < 8
+    assert rows["deepcache:4"]["flops_ratio"] < rows["deepcache:2"]["flops_ratio"] < 1.0
+    curves = _plot_curves(summarize(result), "psnr_db")
+    assert sorted(curves) == ["deepcache", "fewer-steps"] and all(len(c) == 2 for c in curves.values())
+    assert write_outputs(result, tmp_path)["plot"].stat().st_size > 0
+
+
+# --------------------------------------------------------------- peak memory, bundled model
+
+def test_peak_memory_on_cpu_sees_an_allocation():
+    import sys
+
+    import torch
+
+    from sadakit.bench.runner import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(16 * 2**20)  # 64 MiB, freed before the context ends
+        del block
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM is Linux-only")
+    assert mem.method == "vmhwm"
+    assert 60 <= mem.peak_mb < 400
+
+
+def test_bench_on_the_bundled_model_has_adherence_columns():
+    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
+
+    pipe = load_pipeline("bundled:shapes")
+    prompts = default_prompts("bundled:shapes", 2)
+    result = run_bench(pipe, prompts=prompts, seeds=[0], steps=6, methods=["fewer-steps:0.5", "fbcache"], repeats=1,
+                       call_kwargs=default_call_kwargs("bundled:shapes"), progress=False, scorer=quality_scorer("bundled:shapes"))
+    rows = {r["method"]: r for r in summarize(result)}
+    assert set(rows) == {"baseline", "fewer-steps:0.5"} and "fbcache" in result.not_applicable
+    for row in rows.values():
+        assert 0.0 <= row["adherence"] <= 1.0 and row["adherence"] <= row["adherence_attr"] <= 1.0
+    assert "| adherence |" in markdown(result).replace("| adherence | adherence_attr", "| adherence |")
+    with pytest.raises(ValueError, match="bundled:shapes"):
+        load_pipeline("bundled:cats")

@@ -1,6 +1,8 @@
 """The accelerators ``sadakit bench`` compares, each as apply / remove around the same pipeline.
 
-A method spec is ``name`` or ``name:knob`` (``fbcache:0.5``, ``deepcache:3``, ``fewer-steps:0.5``).
+A method spec is ``name`` or ``name:knob`` (``fbcache:0.5``, ``deepcache:3``, ``fewer-steps:0.5``),
+or a knob sweep ``name:k1,k2,...`` (``fbcache:0.2,0.4,0.6``) that expands to one method per knob,
+so the table and the plot show each peer's speed-vs-fidelity curve instead of one point.
 A method that cannot serve a pipeline says why in ``not_applicable``; the bench lists it with
 that reason instead of dropping it.
 """
@@ -33,6 +35,20 @@ def _missing(module: str, extra: str = "peers") -> str | None:
     return None
 
 
+def drop_restored_forwards(root: Any) -> None:
+    """Delete instance-level ``forward`` attributes that are just the module's own class forward.
+
+    diffusers' ``HookRegistry.remove_hook`` and DeepCache's ``disable`` "restore" a module by
+    assigning its bound class forward as an instance attribute; behaviour is the same, but the
+    module is not as it was (and a later patcher that saves/restores ``forward`` sees it).
+    """
+    for module in root.modules():
+        bound = module.__dict__.get("forward")
+        if bound is not None and getattr(bound, "__func__", None) is type(module).forward \
+                and getattr(bound, "__self__", None) is module:
+            del module.__dict__["forward"]
+
+
 @dataclass
 class Method:
     """One accelerator with its knob."""
@@ -47,6 +63,9 @@ class Method:
 
     def not_applicable(self, pipe: Any) -> str | None:
         return None
+
+    def prepare(self, pipe: Any, kwargs: dict) -> None:
+        """One untimed set-up generation before the bench (only MagCache's calibration uses it)."""
 
     def apply(self, pipe: Any) -> None:
         pass
@@ -130,7 +149,18 @@ class AdaSDE(Method):
 
 
 class DiffusersCache(Method):
-    """diffusers' built-in cache hooks (``CacheMixin.enable_cache``) on transformer pipelines."""
+    """diffusers' built-in cache hooks (``CacheMixin.enable_cache``) on transformer pipelines.
+
+    FasterCache's block hook skips attention from its first call whenever the current timestep
+    lies inside ``spatial_attention_timestep_skip_range``, and on a guidance-distilled model it
+    then reads an empty cache (``TypeError: 'NoneType' object is not subscriptable``). The range
+    must leave the first step outside it; we use diffusers' documented ``(-1, 681)`` (Flux's
+    first timestep is 1000), so the first ~third of the steps fill the cache.
+    """
+
+    def _timestep(self) -> float:
+        t = self._state["pipe"].current_timestep
+        return 0.0 if t is None else float(t)
 
     def _config(self):
         import diffusers
@@ -143,23 +173,64 @@ class DiffusersCache(Method):
             return diffusers.PyramidAttentionBroadcastConfig(
                 spatial_attention_block_skip_range=int(self.knob or 2),
                 spatial_attention_timestep_skip_range=(-1, 1001),
-                current_timestep_callback=lambda: self._state["pipe"]._current_timestep or 0,
+                current_timestep_callback=self._timestep,
             )
         if self.name == "fastercache":
             return diffusers.FasterCacheConfig(
                 spatial_attention_block_skip_range=int(self.knob or 2),
-                spatial_attention_timestep_skip_range=(-1, 1001),
-                current_timestep_callback=lambda: self._state["pipe"]._current_timestep or 0,
-                is_guidance_distilled=True,
+                spatial_attention_timestep_skip_range=(-1, 681),
+                current_timestep_callback=self._timestep,
+                attention_weight_callback=lambda _module: 0.5,
+                is_guidance_distilled=True,  # Flux runs one (guidance-embedded) branch per call
                 tensor_format="BCHW",
+            )
+        if self.name == "magcache":
+            if "ratios" not in self._state:
+                raise RuntimeError("MagCache has no magnitude ratios yet: prepare() calibrates them first")
+            return diffusers.MagCacheConfig(
+                threshold=self.knob if self.knob is not None else 0.06,
+                num_inference_steps=self._state["steps"], mag_ratios=self._state["ratios"],
             )
         raise ValueError(f"unknown diffusers cache {self.name!r}")
 
     def not_applicable(self, pipe: Any) -> str | None:
         denoiser = getattr(pipe, "transformer", None)
         if denoiser is None or not hasattr(denoiser, "enable_cache"):
-            return f"diffusers' cache hooks need a CacheMixin transformer; {type(pipe).__name__} has a UNet"
+            denoiser_kind = "a UNet" if hasattr(pipe, "unet") else "no transformer"
+            return f"diffusers' cache hooks need a CacheMixin transformer; {type(pipe).__name__} has {denoiser_kind}"
+        if _family(pipe) != "flux":
+            return (f"the bench configures diffusers' caches for Flux-style DiTs (timestep callback, tensor "
+                    f"layout); {type(pipe).__name__} is not one")
         return None
+
+    def prepare(self, pipe: Any, kwargs: dict) -> None:
+        """MagCache needs per-model magnitude ratios: one calibration generation (no skipping)."""
+        if self.name != "magcache":
+            return
+        import diffusers
+
+        steps = int(kwargs["num_inference_steps"])
+        ratios: list[float] = []
+        pipe.transformer.enable_cache(diffusers.MagCacheConfig(calibrate=True, num_inference_steps=steps))
+        try:
+            hooks = [h for m in pipe.transformer.modules() for h in getattr(getattr(m, "_diffusers_hook", None), "hooks", {}).values()
+                     if hasattr(h, "_perform_calibration_step")]
+            if not hooks:
+                raise RuntimeError("diffusers' MagCache exposes no calibration hook (API changed?)")
+            for hook in hooks:
+                original = hook._perform_calibration_step
+
+                def record(state, residual, _original=original):
+                    _original(state, residual)
+                    ratios.append(state.calibration_ratios[-1])
+
+                hook._perform_calibration_step = record
+            call_pipeline_quietly(pipe, kwargs)
+        finally:
+            pipe.transformer.disable_cache()
+        if len(ratios) != steps:
+            raise RuntimeError(f"MagCache calibration recorded {len(ratios)} ratios for {steps} steps")
+        self._state.update(steps=steps, ratios=ratios)
 
     def apply(self, pipe: Any) -> None:
         self._state["pipe"] = pipe
@@ -167,6 +238,12 @@ class DiffusersCache(Method):
 
     def remove(self, pipe: Any) -> None:
         pipe.transformer.disable_cache()
+        drop_restored_forwards(pipe.transformer)
+
+
+def call_pipeline_quietly(pipe: Any, kwargs: dict) -> None:
+    """One generation whose output is not needed (calibration); images stay tensors."""
+    pipe(output_type="latent", **kwargs)
 
 
 class DeepCache(Method):
@@ -189,12 +266,7 @@ class DeepCache(Method):
         helper = self._state.pop("helper", None)
         if helper is not None:
             helper.disable()
-            # DeepCache "restores" by assigning the bound methods back as instance attributes;
-            # drop them so the modules are exactly as before (class forward, no instance override)
-            for module in pipe.unet.modules():
-                bound = module.__dict__.get("forward")
-                if bound is not None and getattr(bound, "__func__", None) is type(module).forward:
-                    del module.__dict__["forward"]
+            drop_restored_forwards(pipe.unet)
 
 
 class ToMeSD(Method):
@@ -217,7 +289,15 @@ class ToMeSD(Method):
 
 
 class CacheDiT(Method):
-    """cache-dit's DBCache on DiT pipelines (Fn=1 compute block, residual-diff threshold)."""
+    """cache-dit's DBCache on DiT pipelines (Fn=1 compute block, residual-diff threshold).
+
+    ``cache_dit.disable_cache`` leaves the transformer changed: its own forward stays as an
+    instance attribute (``_is_patched``) and the block lists are deleted and re-added, which
+    moves them to the end of ``_modules``. diffusers' FirstBlockCache/MagCache take the first
+    block of ``named_children()`` as their head block, so after cache-dit they hooked a single
+    block as head and failed on the double blocks (``head_block_output`` None). ``remove``
+    restores the child order and drops the leftovers.
+    """
 
     def not_applicable(self, pipe: Any) -> str | None:
         if _family(pipe) != "flux":
@@ -227,6 +307,9 @@ class CacheDiT(Method):
     def apply(self, pipe: Any) -> None:
         import cache_dit
 
+        transformer = pipe.transformer
+        self._state["order"] = list(transformer._modules)
+        self._state["attrs"] = {k: transformer.__dict__[k] for k in ("forward", "_is_patched") if k in transformer.__dict__}
         cache_dit.enable_cache(
             pipe,
             cache_config=cache_dit.DBCacheConfig(
@@ -239,6 +322,20 @@ class CacheDiT(Method):
         import cache_dit
 
         cache_dit.disable_cache(pipe)
+        transformer = pipe.transformer
+        order = self._state.pop("order", None)
+        if order is not None and list(transformer._modules) != order:
+            modules = transformer._modules
+            reordered = {name: modules[name] for name in order if name in modules}
+            reordered.update({name: m for name, m in modules.items() if name not in reordered})
+            modules.clear()
+            modules.update(reordered)
+        saved = self._state.pop("attrs", {})
+        for name in ("forward", "_is_patched"):  # cache-dit's patched forward stays after disable
+            if name in saved:
+                transformer.__dict__[name] = saved[name]
+            else:
+                transformer.__dict__.pop(name, None)
 
 
 METHODS: dict[str, Callable[..., Method]] = {
@@ -251,6 +348,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "taylorseer": DiffusersCache,
     "pab": DiffusersCache,
     "fastercache": DiffusersCache,
+    "magcache": DiffusersCache,
     "deepcache": DeepCache,
     "tomesd": ToMeSD,
     "cache-dit": CacheDiT,
@@ -258,8 +356,24 @@ METHODS: dict[str, Callable[..., Method]] = {
 
 DEFAULT_METHODS = [
     "fewer-steps:0.5", "sada", "sada-criterion", "adasde", "fbcache:0.5", "taylorseer:3", "pab:2",
-    "fastercache:2", "deepcache:3", "tomesd:0.5", "cache-dit:0.6",
+    "fastercache:2", "magcache:0.06", "deepcache:3", "tomesd:0.5", "cache-dit:0.6",
 ]
+
+# Knobs for ``--sweep``: from mild to aggressive, so each peer draws a speed-vs-fidelity curve.
+# (Default thresholds of the residual-based caches never trigger on random weights, see
+# FIELD-NOTES, hence the wide ranges.)
+SWEEPS: dict[str, list[float]] = {
+    "fewer-steps": [0.75, 0.5, 0.3],
+    "sada": [2, 3, 4],
+    "fbcache": [0.2, 0.4, 0.6],
+    "taylorseer": [2, 3, 5],
+    "pab": [2, 3, 4],
+    "fastercache": [2, 3, 4],
+    "magcache": [0.06, 0.12, 0.24],
+    "deepcache": [2, 3, 5],
+    "tomesd": [0.3, 0.5, 0.7],
+    "cache-dit": [0.3, 0.6, 0.9],
+}
 
 
 def parse_method(spec: str, adasde_file: str | None = None) -> Method:
@@ -267,11 +381,39 @@ def parse_method(spec: str, adasde_file: str | None = None) -> Method:
     name, _, knob = spec.partition(":")
     if name not in METHODS:
         raise ValueError(f"unknown bench method {name!r}; allowed: {', '.join(METHODS)}")
+    if "," in knob:
+        raise ValueError(f"bench method {spec!r} is a sweep; expand it with expand_specs first")
     try:
         value = float(knob) if knob else None
     except ValueError:
         raise ValueError(f"bench method {spec!r}: the knob after ':' must be a number") from None
+    if name in ("baseline", "sada-criterion", "adasde") and value is not None:
+        raise ValueError(f"bench method {name!r} has no knob (got {spec!r})")
     method = METHODS[name](name=name, knob=value)
     if isinstance(method, AdaSDE):
         method.coefficient_file = adasde_file
     return method
+
+
+def expand_specs(specs: list[str], sweep: bool = False) -> list[str]:
+    """Expand ``name:k1,k2`` into one spec per knob; with ``sweep``, a bare ``name`` takes
+    the knobs of :data:`SWEEPS`. Duplicates are dropped, order kept; bad knobs fail here."""
+    out: list[str] = []
+    for spec in specs:
+        name, sep, knobs = spec.partition(":")
+        if sep and not knobs:
+            raise ValueError(f"bench method {spec!r}: nothing after ':'")
+        if knobs:
+            values = [k.strip() for k in knobs.split(",")]
+            if any(not v for v in values):
+                raise ValueError(f"bench method {spec!r}: empty knob in the list")
+            expanded = [f"{name}:{v}" for v in values]
+        elif sweep and name in SWEEPS:
+            expanded = [f"{name}:{v:g}" for v in SWEEPS[name]]
+        else:
+            expanded = [name]
+        for item in expanded:
+            label = parse_method(item).label  # validates; "0.50" and "0.5" are one method
+            if label not in out:
+                out.append(label)
+    return out

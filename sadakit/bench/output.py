@@ -18,8 +18,16 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(finite) if finite else vals[0]
 
 
+MEAN_PREFIXES = ("adherence",)  # absolute per-case scores in [0, 1]: the table shows the mean
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def summarize(result: BenchResult) -> list[dict]:
-    """One row per method: medians over cases."""
+    """One row per method: medians over cases (means for adherence scores)."""
     by_method: dict[str, list[CaseResult]] = {}
     for r in result.cases:
         by_method.setdefault(r.method, []).append(r)
@@ -36,7 +44,7 @@ def summarize(result: BenchResult) -> list[dict]:
                 "denoiser_forwards": _median([r.denoiser_forwards for r in rs]),
                 "flops_ratio": (flops / base_flops) if flops and base_flops else None,
                 "peak_mem_mb": _median([r.peak_mem_mb for r in rs]),
-                **{k: _median([r.fidelity.get(k) for r in rs]) for k in keys},
+                **{k: (_mean if k.startswith(MEAN_PREFIXES) else _median)([r.fidelity.get(k) for r in rs]) for k in keys},
             }
         )
     return rows
@@ -87,7 +95,26 @@ def write_outputs(result: BenchResult, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def _split_label(label: str) -> tuple[str, float | None]:
+    name, _, knob = label.partition(":")
+    return name, float(knob) if knob else None
+
+
+def _plot_curves(rows: list[dict], key: str) -> dict[str, list[tuple[float | None, float, float]]]:
+    """Method name -> [(knob, speed-up, fidelity capped at 100)] sorted by speed-up."""
+    curves: dict[str, list[tuple[float | None, float, float]]] = {}
+    for r in rows:
+        if r["method"] == "baseline" or r.get(key) is None or r["speedup"] is None:
+            continue
+        name, knob = _split_label(r["method"])
+        curves.setdefault(name, []).append((knob, r["speedup"], min(r[key], 100.0)))
+    for points in curves.values():
+        points.sort(key=lambda p: p[1])
+    return curves
+
+
 def _plot(result: BenchResult, path: Path) -> Path | None:
+    """Speed-up vs fidelity; the knobs of one method are joined by a line (its trade-off curve)."""
     try:
         import matplotlib
 
@@ -99,16 +126,19 @@ def _plot(result: BenchResult, path: Path) -> Path | None:
     key = next((k for k in ("psnr_db", "log_mel_psnr") if any(k in r for r in rows)), None)
     if key is None:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        if r["method"] == "baseline" or r.get(key) is None or r["speedup"] is None:
-            continue
-        y = min(r[key], 100.0)
-        ax.scatter(r["speedup"], y)
-        ax.annotate(r["method"], (r["speedup"], y), fontsize=8)
+    curves = _plot_curves(rows, key)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in sorted(curves.items()):
+        xs, ys = [p[1] for p in points], [p[2] for p in points]
+        ax.plot(xs, ys, marker="o", linestyle="-" if len(points) > 1 else "none", label=name)
+        for knob, x, y in points:
+            if knob is not None:
+                ax.annotate(f"{knob:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    ax.axvline(1.0, color="grey", linewidth=0.5)
     ax.set_xlabel("speed-up vs baseline (same run)")
     ax.set_ylabel(f"{key} vs baseline (capped at 100)")
-    ax.set_title(result.pipeline)
+    ax.set_title(f"{result.pipeline}, {result.steps} steps (labels: knob)")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
