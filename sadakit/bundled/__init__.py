@@ -12,10 +12,22 @@ fidelity number or a demo picture measured on them means something.
     pipe = load_shapes_pipeline()
     print(evaluate_adherence(pipe, n_prompts=12))
 
-Training: ``scripts/train_shapes.py``; numbers and commands: ``docs/bundled_models.md``.
+* ``notes-musicldm``: a ``MusicLDMPipeline`` (1.28 s at 16 kHz) trained on
+  :mod:`sadakit.bundled.data_notes` ("a soft note C4"); pitch adherence is measured by DSP.
+
+    from sadakit.bundled import load_notes_pipeline, evaluate_notes
+    pipe = load_notes_pipeline()
+    print(evaluate_notes(pipe))
+
+Training: ``scripts/train_shapes.py``, ``scripts/train_notes.py``; numbers and commands: ``docs/bundled_models.md``.
 """
 
 from ._files import MODELS_DIR, BundledModelError, check_model_dir
+from .notes import AUDIO_SECONDS as NOTES_AUDIO_SECONDS
+from .notes import DEFAULT_GUIDANCE as NOTES_DEFAULT_GUIDANCE
+from .notes import DEFAULT_STEPS as NOTES_DEFAULT_STEPS
+from .notes import NOTES_DIR, NotesAdherence, evaluate_notes, generate_notes, load_notes_pipeline, pitch_adherence
+from .notes import eval_prompts as notes_eval_prompts
 from .shapes import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -36,6 +48,11 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_STEPS",
     "MODELS_DIR",
+    "NOTES_AUDIO_SECONDS",
+    "NOTES_DEFAULT_GUIDANCE",
+    "NOTES_DEFAULT_STEPS",
+    "NOTES_DIR",
+    "NotesAdherence",
     "SHAPES_DIR",
     "AdherenceResult",
     "SADAComparison",
@@ -45,8 +62,13 @@ __all__ = [
     "check_model_dir",
     "eval_prompts",
     "evaluate_adherence",
+    "evaluate_notes",
     "generate",
+    "generate_notes",
     "load_classifier",
+    "load_notes_pipeline",
     "load_shapes_pipeline",
+    "notes_eval_prompts",
+    "pitch_adherence",
     "prompt_adherence",
 ]

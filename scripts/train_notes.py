@@ -1,0 +1,350 @@
+"""Train the bundled "notes" MusicLDM model (vocoder, mel VAE, CLAP-conditioned UNet).
+
+Stages (run all, or one at a time with ``--stage``; later stages read earlier outputs):
+
+1. ``vocoder``: SpeechT5HifiGan on ground-truth log-mels of synthesised notes, L1 log-mel
+   + multi-resolution STFT loss (no GAN: the data are clean harmonic tones).
+2. ``vae``: AutoencoderKL on log-mel "images" (1, 128 frames, 64 mels) -> (8, 32, 16),
+   L1 + small KL, scaling factor 1 / std of the latents.
+3. ``unet``: UNet2DConditionModel + CLAP text branch trained jointly (the CLAP embedding
+   is the UNet's class label, as in MusicLDM), eps-prediction with min-SNR-5 weighting,
+   10% empty prompts for classifier-free guidance, EMA weights; saved as a
+   ``MusicLDMPipeline`` (UNet stored in float16 to keep the package small).
+4. ``eval``: vocoder resynthesis quality, pitch/timbre adherence of the saved pipeline.
+
+Everything is seeded; run times are printed and written to ``train_log.json`` in the
+model directory. Usage::
+
+    python scripts/train_notes.py --stage all --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from sadakit.bundled import data_notes as D
+from sadakit.bundled import notes as N
+
+WORK = Path("/tmp/notes-train")
+SECONDS = N.AUDIO_SECONDS
+FRAMES = int(round(SECONDS * 100))
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def random_labels(n: int, g: torch.Generator) -> list[D.NoteLabel]:
+    idx = torch.randint(len(D.NOTES) * len(D.TIMBRES), (n,), generator=g).tolist()
+    return [D.NoteLabel(i // len(D.TIMBRES), i % len(D.TIMBRES)) for i in idx]
+
+
+def bank(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded clips: label index (note * 2 + timbre) and waveforms; cached as safetensors."""
+    path = WORK / f"bank_{n}_{seed}.safetensors"
+    if path.exists():
+        data = load_file(str(path))
+        return data["labels"], data["waves"]
+    t0 = time.time()
+    g = torch.Generator().manual_seed(seed)
+    labels = random_labels(n, g)
+    waves = torch.cat([D.synthesize(labels[i : i + 256], SECONDS, g) for i in range(0, n, 256)])
+    index = torch.tensor([l.note * len(D.TIMBRES) + l.timbre for l in labels])
+    save_file({"labels": index, "waves": waves.contiguous()}, str(path))
+    log(f"synthesised {n} clips in {time.time() - t0:.0f}s")
+    return index, waves
+
+
+def label_of(index: int) -> D.NoteLabel:
+    return D.NoteLabel(index // len(D.TIMBRES), index % len(D.TIMBRES))
+
+
+# ------------------------------------------------------------------------- vocoder
+
+
+def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes."""
+    total = pred.new_zeros(())
+    for n_fft in (256, 1024, 2048):
+        win = torch.hann_window(n_fft)
+        sp = torch.stft(pred, n_fft, n_fft // 4, window=win, return_complex=True).abs().clamp_min(1e-7)
+        st = torch.stft(target, n_fft, n_fft // 4, window=win, return_complex=True).abs().clamp_min(1e-7)
+        sc = torch.linalg.norm(st - sp) / torch.linalg.norm(st).clamp_min(1e-7)
+        total = total + sc + F.l1_loss(sp.log(), st.log())
+    return total / 3
+
+
+def train_vocoder(steps: int, batch: int, seed: int, channels: int, crop: int) -> dict:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    _, waves = bank(2048, seed)
+    mels = N.log_mel(waves)
+    vocoder = N.build_vocoder(channels)
+    with torch.no_grad():
+        vocoder.mean.copy_(mels.mean(dim=(0, 1)))
+        vocoder.scale.copy_(mels.std(dim=(0, 1)).clamp_min(1e-3))
+    vocoder.train()
+    opt = torch.optim.AdamW(vocoder.parameters(), lr=2e-3, betas=(0.8, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.03)
+    t0 = time.time()
+    running = None
+    for step in range(steps):
+        idx = torch.randint(len(waves), (batch,), generator=g)
+        start = torch.randint(0, FRAMES - crop + 1, (batch,), generator=g)
+        mel = torch.stack([mels[i, s : s + crop] for i, s in zip(idx.tolist(), start.tolist())])
+        wav = torch.stack([waves[i, s * N.HOP : (s + crop) * N.HOP] for i, s in zip(idx.tolist(), start.tolist())])
+        pred = vocoder(mel)
+        mel_loss = F.l1_loss(N.log_mel(pred), N.log_mel(wav))
+        loss = mel_loss + 2.0 * stft_loss(pred, wav)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        running = mel_loss.item() if running is None else 0.95 * running + 0.05 * mel_loss.item()
+        if step % 25 == 0 or step == steps - 1:
+            rate = (time.time() - t0) / (step + 1)
+            log(f"vocoder step {step} mel L1 {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+    vocoder.eval()
+    vocoder.save_pretrained(WORK / "vocoder")
+    info = {"steps": steps, "batch": batch, "crop_frames": crop, "channels": channels,
+            "seconds": time.time() - t0, "final_mel_l1": running, **vocoder_quality(vocoder)}
+    log(f"vocoder done {info}")
+    return info
+
+
+@torch.no_grad()
+def vocoder_quality(vocoder, n_per_prompt: int = 4) -> dict:
+    """Resynthesise held-out ground-truth clips from their log-mels: pitch and log-mel PSNR."""
+    from sadakit.metrics.audio import log_mel_psnr
+
+    g = torch.Generator().manual_seed(4321)
+    labels = [D.NoteLabel(n, t) for n in range(len(D.NOTES)) for t in range(2) for _ in range(n_per_prompt)]
+    waves = D.synthesize(labels, SECONDS, g)
+    out = vocoder(N.log_mel(waves))
+    prompts = [l.prompt for l in labels]
+    resyn = N.pitch_adherence(out, prompts)
+    truth = N.pitch_adherence(waves, prompts)
+    return {"resynthesis_pitch": resyn.pitch, "resynthesis_timbre": resyn.timbre,
+            "resynthesis_median_abs_semitones": resyn.median_abs_semitones,
+            "ground_truth_pitch": truth.pitch, "ground_truth_timbre": truth.timbre,
+            "resynthesis_log_mel_psnr_db": log_mel_psnr(out, waves, N.SAMPLE_RATE), "n": len(labels)}
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def train_vae(steps: int, batch: int, seed: int, crop: int) -> dict:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    _, waves = bank(2048, seed)
+    mels = N.log_mel(waves).unsqueeze(1)  # (n, 1, frames, mels)
+    vae = N.build_vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
+    t0 = time.time()
+    running = None
+    for step in range(steps):
+        idx = torch.randint(len(mels), (batch,), generator=g)
+        s = int(torch.randint(0, (FRAMES - crop) // 4 + 1, (1,), generator=g)) * 4
+        x = mels[idx, :, s : s + crop]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        l1 = F.l1_loss(rec, x)
+        loss = l1 + 1e-6 * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        running = l1.item() if running is None else 0.95 * running + 0.05 * l1.item()
+        if step % 25 == 0 or step == steps - 1:
+            rate = (time.time() - t0) / (step + 1)
+            log(f"vae step {step} L1 {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+    vae.eval()
+    with torch.no_grad():
+        _, test = bank(256, seed + 100)
+        x = N.log_mel(test).unsqueeze(1)
+        z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        test_l1 = F.l1_loss(rec, x).item()
+        std = float(z.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.save_pretrained(WORK / "vae")
+    info = {"steps": steps, "batch": batch, "crop_frames": crop, "seconds": time.time() - t0,
+            "heldout_l1_logmel": test_l1, "scaling_factor": 1.0 / std}
+    log(f"vae done {info}")
+    return info
+
+
+# ---------------------------------------------------------------------------- UNet
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weight for eps prediction (Hang et al. 2023)."""
+    a = alphas_cumprod[t]
+    snr = a / (1 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> dict:
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 3)
+    vae = AutoencoderKL.from_pretrained(WORK / "vae").eval()
+    sf = vae.config.scaling_factor
+    labels, waves = bank(bank_size, seed + 7)
+    t0 = time.time()
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(waves), 128):
+            post = vae.encode(N.log_mel(waves[i : i + 128]).unsqueeze(1)).latent_dist
+            means.append(post.mean)
+            stds.append(post.std)
+    means, stds = torch.cat(means), torch.cat(stds)
+    del waves
+    log(f"latent bank {tuple(means.shape)} in {time.time() - t0:.0f}s")
+
+    tokenizer = N.build_tokenizer()
+    text_encoder = N.build_text_encoder().train()
+    unet = N.build_unet().train()
+    alphas_cumprod = N.build_scheduler().alphas_cumprod
+    # unique prompts: index 0 is the empty prompt (CFG's unconditional branch)
+    n_classes = len(D.NOTES) * len(D.TIMBRES)
+    prompts = [""] + [label_of(i).prompt for i in range(n_classes)]
+    params = list(unet.parameters()) + list(text_encoder.text_model.parameters()) + list(text_encoder.text_projection.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    for p in list(ema_unet.parameters()) + list(ema_te.parameters()):
+        p.requires_grad_(False)
+    vocoder = SpeechT5HifiGan.from_pretrained(WORK / "vocoder").eval() if (WORK / "vocoder").exists() else None
+
+    t0 = time.time()
+    running = None
+    for step in range(steps):
+        idx = torch.randint(len(means), (batch,), generator=g)
+        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * sf
+        cond = labels[idx] + 1
+        cond[torch.rand(batch, generator=g) < 0.1] = 0
+        used, inverse = torch.unique(cond, return_inverse=True)
+        emb = N.text_embeddings(text_encoder, tokenizer, [prompts[i] for i in used.tolist()])[inverse]
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        pred = unet(zt, t, None, class_labels=emb).sample
+        loss = (min_snr_weight(alphas_cumprod, t) * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(0.995, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            rate = (time.time() - t0) / (step + 1)
+            log(f"unet step {step} loss {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+        if vocoder is not None and ((step + 1) % 400 == 0 or step == steps - 1):
+            save_pipeline(vae, ema_te, ema_unet, vocoder)
+    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
+            "bank_size": len(means)}
+    log(f"unet done {info}")
+    return info
+
+
+def save_pipeline(vae, text_encoder, unet, vocoder) -> None:
+    """Save as a MusicLDMPipeline; the UNet goes to disk in float16 (half the bytes; it is
+    loaded back as float32 by ``load_notes_pipeline``)."""
+    unet16 = copy.deepcopy(unet).half()
+    pipe = N.assemble_pipeline(vae, text_encoder, unet16, vocoder)
+    pipe.save_pretrained(N.NOTES_DIR, safe_serialization=True)
+    log(f"saved pipeline to {N.NOTES_DIR}")
+
+
+# ---------------------------------------------------------------------------- eval
+
+
+def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
+    t0 = time.time()
+    pipe = N.load_notes_pipeline()
+    info: dict = {"vocoder": vocoder_quality(pipe.vocoder), "steps": N.DEFAULT_STEPS, "seeds": list(seeds)}
+    # VAE + vocoder round trip on ground truth: the ceiling for generated audio
+    with torch.no_grad():
+        labels = [l for l in range(16) for _ in range(4)]
+        waves = D.synthesize([label_of(i) for i in labels], SECONDS, torch.Generator().manual_seed(999))
+        vae = pipe.vae
+        rec = vae.decode(vae.encode(N.log_mel(waves).unsqueeze(1)).latent_dist.mean).sample
+        out = pipe.mel_spectrogram_to_waveform(rec)
+        info["vae_vocoder_roundtrip"] = N.pitch_adherence(out, [label_of(i).prompt for i in labels]).as_dict()
+    for guidance in guidances:
+        res = N.evaluate_notes(pipe, seeds=seeds, guidance_scale=guidance)
+        info[f"adherence_guidance_{guidance:g}"] = res.as_dict()
+        log(f"guidance {guidance}: {res}")
+    info["seconds"] = time.time() - t0
+    log(f"eval {info}")
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=("all", "vocoder", "vae", "unet", "install-vocoder", "eval"), default="all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vocoder-steps", type=int, default=1000)
+    ap.add_argument("--vocoder-crop", type=int, default=32)
+    ap.add_argument("--vocoder-channels", type=int, default=96)
+    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--unet-steps", type=int, default=900)
+    ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--unet-lr", type=float, default=2e-3)
+    ap.add_argument("--bank-size", type=int, default=4096)
+    ap.add_argument("--eval-seeds", type=int, default=2)
+    ap.add_argument("--eval-guidance", type=float, nargs="+", default=[N.DEFAULT_GUIDANCE])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    WORK.mkdir(parents=True, exist_ok=True)
+    N.NOTES_DIR.mkdir(parents=True, exist_ok=True)
+    log_file = N.NOTES_DIR / "train_log.json"
+    record: dict = {"threads": args.threads}
+    started = time.time()
+    if args.stage in ("all", "vocoder"):
+        record["vocoder"] = train_vocoder(args.vocoder_steps, 16, args.seed, args.vocoder_channels, crop=args.vocoder_crop)
+    if args.stage in ("all", "vae"):
+        record["vae"] = train_vae(args.vae_steps, 16, args.seed, crop=64)
+    if args.stage in ("all", "unet"):
+        record["unet"] = train_unet(args.unet_steps, args.unet_batch, args.seed, args.unet_lr, args.bank_size)
+    if args.stage == "install-vocoder":
+        # the vocoder finished after the UNet's last save: put it into the pipeline
+        from transformers import SpeechT5HifiGan
+
+        SpeechT5HifiGan.from_pretrained(WORK / "vocoder").save_pretrained(N.NOTES_DIR / "vocoder")
+    if args.stage in ("all", "eval"):
+        record["eval"] = evaluate(tuple(range(args.eval_seeds)), tuple(args.eval_guidance))
+    merged = json.loads(log_file.read_text()) if log_file.exists() else {}
+    merged.setdefault("stage_seconds", {})[args.stage] = time.time() - started
+    merged.update(record)
+    log_file.write_text(json.dumps(merged, indent=2))
+    log(f"total {time.time() - started:.0f}s; log in {log_file}")
+
+
+if __name__ == "__main__":
+    main()
