@@ -179,3 +179,14 @@ def test_capture_leaves_the_pipeline_as_it_was():
     pipeline_denoiser(pipe, PROMPTS, guidance_scale=6.0, **kw)
     assert len(pipe.unet._forward_pre_hooks) == hooks_before
     assert torch.equal(run(), before)
+
+
+def test_flux_ids_stay_whole_when_their_length_equals_the_batch():
+    """4 prompts and 4 image tokens: img_ids is (4, 3) but not per-row; tiling must leave it alone."""
+    pipe = tp.tiny_flux_pipeline()
+    adapter = pipeline_denoiser(pipe, ["a", "b", "c", "d"], height=32, width=32, max_sequence_length=32)
+    assert adapter._bound.arguments["img_ids"].shape[0] == adapter.model_batch == 4
+    x = torch.randn((4, *adapter.latent_shape))
+    with torch.no_grad():
+        full, part = adapter(x, torch.tensor(2.0)), adapter(x[:3], torch.tensor(2.0))
+    torch.testing.assert_close(part, full[:3], rtol=1e-5, atol=1e-5)

@@ -11,8 +11,8 @@ is the denoiser and how its call names the latent and the timestep.
 
 Conventions read from the captured call (diffusers' own): under CFG the denoiser batch is
 ``[unconditional; conditional]`` and the guided output is ``u + g (c - u)``; tensors whose
-first dimension is that batch are per-row conditioning and are tiled to any sample batch
-(sample ``j`` uses prompt ``j mod P``). Conversions between the VE state and the model's
+first dimension is that batch are per-row conditioning (except the plugin's
+``unbatched_args``) and are tiled to any sample batch (sample ``j`` uses prompt ``j mod P``). Conversions between the VE state and the model's
 chart come from :class:`sadakit.adasde.chart.ModelChart`, shared with the scheduler.
 """
 
@@ -31,9 +31,6 @@ from ..registry import find_plugin
 from .chart import ModelChart
 from .distill import DistillConfig, DistillResult, distill
 
-#: Per-call arguments whose first dimension is *not* the batch even when the sizes agree
-#: (Flux's positional ids are (tokens, 3)).
-UNBATCHED_ARGUMENTS = frozenset({"img_ids", "txt_ids"})
 #: Default VE range for flow-matching models (tau from ~0.002 to 0.99): sigma = tau / (1 - tau)
 #: is infinite at tau = 1, so the grid starts just below it.
 FLOW_SIGMA_RANGE = (0.002, 99.0)
@@ -74,6 +71,7 @@ class PipelineDenoiser:
         guidance_scale: float | None,
         timestep_scale: float,
         model: str,
+        unbatched_args: frozenset[str] = frozenset(),
     ) -> None:
         self.pipe = pipe
         self.module = module
@@ -84,6 +82,7 @@ class PipelineDenoiser:
         self.prompts = prompts
         self.model = model
         self.timestep_scale = timestep_scale
+        self.unbatched_args = unbatched_args
         sample = bound.arguments[sample_arg]
         self.model_batch = int(sample.shape[0])
         self.cfg = self.model_batch == 2 * prompts
@@ -146,7 +145,7 @@ class PipelineDenoiser:
             return {k: self._tile(k, v, rows) for k, v in value.items()}
         if (
             torch.is_tensor(value)
-            and name not in UNBATCHED_ARGUMENTS
+            and name not in self.unbatched_args
             and value.ndim >= 1
             and value.shape[0] == self.model_batch
         ):
@@ -285,7 +284,7 @@ def pipeline_denoiser(
     return PipelineDenoiser(
         pipe, spec.module, bound, sample_arg=spec.sample_arg, timestep_arg=spec.timestep_arg,
         output_field=spec.output_field, chart=chart, prompts=len(prompts), guidance_scale=guidance,
-        timestep_scale=scale, model=model or _model_name(pipe),
+        timestep_scale=scale, model=model or _model_name(pipe), unbatched_args=spec.unbatched_args,
     )
 
 

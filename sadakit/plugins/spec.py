@@ -27,6 +27,10 @@ class DenoiserSpec:
     latent_to_grid: LatentToGrid = channels_first_grid
     #: Name of the output field when the module returns a diffusers ``BaseOutput``.
     output_field: str = "sample"
+    #: Keyword arguments that are never per-row even when their first dimension happens to
+    #: equal the batch (Flux's ``img_ids`` / ``txt_ids`` are (tokens, 3)): running some rows
+    #: of a call, or replaying it for another batch, must leave them whole.
+    unbatched_args: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,5 @@ class ControlSpec:
     to_denoiser_sample: Callable[[torch.Tensor, Any, dict], torch.Tensor] | None = None
     #: denoiser rows whose results the control call's rows feed, given the denoiser batch size
     control_rows: Callable[[int, int], list[int]] | None = None
+    #: as :attr:`DenoiserSpec.unbatched_args`
+    unbatched_args: frozenset[str] = frozenset()

@@ -7,21 +7,23 @@ from typing import Any
 import torch
 
 
-def select_rows(value: Any, rows: torch.Tensor, batch_size: int) -> Any:
+def select_rows(value: Any, rows: torch.Tensor, batch_size: int, skip: frozenset[str] = frozenset()) -> Any:
     """Index every tensor whose first dimension is the batch, recursively through containers.
 
-    Tensors of another leading size (0-d timesteps, Flux position ids) pass unchanged.
+    Tensors of another leading size (0-d timesteps) pass unchanged, and so do the entries of
+    any mapping whose key is in ``skip``: the plugin's unbatched arguments (Flux's position
+    ids), whose leading size can equal the batch by coincidence.
     """
     if isinstance(value, torch.Tensor):
         if value.dim() >= 1 and value.shape[0] == batch_size:
             return value.index_select(0, rows.to(value.device))
         return value
     if isinstance(value, dict):
-        return {k: select_rows(v, rows, batch_size) for k, v in value.items()}
+        return {k: v if k in skip else select_rows(v, rows, batch_size, skip) for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(select_rows(v, rows, batch_size) for v in value)
+        return tuple(select_rows(v, rows, batch_size, skip) for v in value)
     if isinstance(value, list):
-        return [select_rows(v, rows, batch_size) for v in value]
+        return [select_rows(v, rows, batch_size, skip) for v in value]
     return value
 
 

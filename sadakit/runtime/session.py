@@ -353,7 +353,8 @@ class SADASession:
             return map_tensors(template, torch.zeros_like)
         rows = torch.tensor(run_rows, dtype=torch.long, device=sample.device)
         self.current.control_calls_run += 1
-        out = original_forward(*select_rows(args, rows, bc), **select_rows(kwargs, rows, bc))
+        skip = spec.unbatched_args
+        out = original_forward(*select_rows(args, rows, bc), **select_rows(kwargs, rows, bc, skip))
         return scatter_rows(out, rows, bc)
 
     def _extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor, order: int) -> torch.Tensor:
@@ -390,7 +391,7 @@ class SADASession:
                     output = self._forward_measured(original_forward, args, kwargs, x_model)
                 else:
                     sub_args = select_rows(args, rows, b)
-                    sub_kwargs = select_rows(kwargs, rows, b)
+                    sub_kwargs = select_rows(kwargs, rows, b, self.denoiser.unbatched_args)
                     output = original_forward(*sub_args, **sub_kwargs)
             finally:
                 self.token_plan = None

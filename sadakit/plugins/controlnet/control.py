@@ -100,6 +100,7 @@ def flux_control_spec(pipe: Any) -> ControlSpec:
         sample_arg="hidden_states",
         timestep_arg="timestep",
         to_denoiser_sample=flux_denoiser_sample,
+        unbatched_args=frozenset({"img_ids", "txt_ids"}),  # (tokens, 3), as for the Flux transformer
     )
 
 

@@ -82,6 +82,10 @@ def flux_parameterization(pipe: Any) -> FlowParameterization:
     return FlowParameterization(timestep_scale=1.0)
 
 
+#: Flux's positional ids are (tokens, 3): never sliced by rows, whatever the batch size.
+FLUX_UNBATCHED_ARGS = frozenset({"img_ids", "txt_ids"})
+
+
 def flux_denoiser(pipe: Any) -> DenoiserSpec:
     return DenoiserSpec(
         module=pipe.transformer,
@@ -89,6 +93,7 @@ def flux_denoiser(pipe: Any) -> DenoiserSpec:
         timestep_arg="timestep",
         latent_to_grid=packed_latent_to_grid,
         output_field="sample",
+        unbatched_args=FLUX_UNBATCHED_ARGS,
     )
 
 
