@@ -38,18 +38,20 @@ SOLVERS = {
 }
 
 
-def coefficient_path(nfe: int, gamma_max: float, root: Path = COEFF_DIR) -> Path:
-    return root / (f"nfe{nfe}.safetensors" if gamma_max > 0 else f"nfe{nfe}-gamma0.safetensors")
+def coefficient_path(nfe: int, gamma_max: float, solver: str = "adasde", root: Path = COEFF_DIR) -> Path:
+    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (learned churn + Euler), ``...-gamma0``."""
+    stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
+    return root / (f"{stem}.safetensors" if gamma_max > 0 else f"{stem}-gamma0.safetensors")
 
 
-def ensure_coefficients(pipe, nfe: int, gamma_max: float, args: argparse.Namespace) -> Path:
-    path = coefficient_path(nfe, gamma_max, Path(args.coeff_dir))
+def ensure_coefficients(pipe, nfe: int, gamma_max: float, solver: str, args: argparse.Namespace) -> Path:
+    path = coefficient_path(nfe, gamma_max, solver, Path(args.coeff_dir))
     if path.exists() and not args.fresh:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     prompts = [label.prompt for label in data_shapes.all_labels()]
     cfg = DistillConfig(
-        nfe=nfe, gamma_max=gamma_max, iterations=args.iterations, batch_size=args.batch,
+        nfe=nfe, solver=solver, gamma_max=gamma_max, iterations=args.iterations, batch_size=args.batch,
         teacher_factor=args.teacher_factor, checkpoint_every=10, seed=args.seed,
     )
     t0 = time.perf_counter()
@@ -60,7 +62,7 @@ def ensure_coefficients(pipe, nfe: int, gamma_max: float, args: argparse.Namespa
     ckpt = path.with_name(path.stem + ".ckpt.safetensors")
     ckpt.unlink(missing_ok=True)  # the shipped file is the result; the checkpoint only served resuming
     print(
-        f"[distill] NFE={nfe} gamma_max={gamma_max}: loss {res.initial_loss:.4g} -> {res.losses[-1]:.4g} in "
+        f"[distill] {solver} NFE={nfe} gamma_max={gamma_max}: loss {res.initial_loss:.4g} -> {res.losses[-1]:.4g} in "
         f"{time.perf_counter() - t0:.0f} s ({cfg.iterations} it x {cfg.batch_size} samples, teacher x{cfg.teacher_factor})",
         file=sys.stderr, flush=True,
     )
@@ -94,14 +96,22 @@ def run_rows(args: argparse.Namespace) -> list[dict]:
         for label, cls_name in SOLVERS.items():
             pipe.scheduler = getattr(diffusers, cls_name).from_config(base_scheduler.config)
             measure(label, nfe)
-        for gamma_max, label in ((args.gamma_max, "adasde"), (0.0, "adasde gamma=0")):
-            if gamma_max == 0.0 and not args.ablation:
-                continue
-            pipe.scheduler = base_scheduler
-            path = ensure_coefficients(pipe, nfe, gamma_max, args)
-            pipe.scheduler = AdaSDEScheduler.from_file(path, base_scheduler, model=MODEL_ID, guidance_scale=DEFAULT_GUIDANCE)
-            measure(label, nfe)
-            rows[-1]["distill_seconds"] = load_coefficients(path).meta.training.get("seconds")
+        for solver in args.solvers:
+            name = "adasde" if solver == "adasde" else f"learned churn + {solver}"
+            for gamma_max, label in ((args.gamma_max, name), (0.0, f"{name}, gamma=0")):
+                if gamma_max == 0.0 and not args.ablation:
+                    continue
+                pipe.scheduler = base_scheduler
+                try:
+                    path = ensure_coefficients(pipe, nfe, gamma_max, solver, args)
+                except ValueError as err:  # e.g. an NFE this solver form cannot reach
+                    print(f"  skip {label} NFE={nfe}: {err}", file=sys.stderr)
+                    continue
+                pipe.scheduler = AdaSDEScheduler.from_file(
+                    path, base_scheduler, model=MODEL_ID, guidance_scale=DEFAULT_GUIDANCE
+                )
+                measure(label, nfe)
+                rows[-1]["distill_seconds"] = load_coefficients(path).meta.training.get("seconds")
         pipe.scheduler = base_scheduler
     return rows
 
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-factor", type=int, default=4)
     p.add_argument("--gamma-max", type=float, default=0.3)
     p.add_argument("--ablation", action="store_true", help="also distil and run the gamma = 0 ablation")
+    p.add_argument("--solvers", nargs="+", default=["adasde", "euler"], choices=["adasde", "euler", "heun", "midpoint"],
+                   help="AdaSDE's own step and/or the learned churn in front of a base solver")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--coeff-dir", default=str(COEFF_DIR), help="where coefficient files are cached")
     p.add_argument("--progress", action="store_true")
