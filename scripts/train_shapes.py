@@ -169,6 +169,21 @@ def v_loss_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 
     return (torch.clamp(snr, max=gamma) + 1) / (snr + 1)
 
 
+def sample_timesteps(n: int, num_train: int, high_noise_frac: float, g: torch.Generator) -> torch.Tensor:
+    """Uniform timesteps, except that a fraction ``high_noise_frac`` is drawn from the last 15%
+    (t >= 850). Why: on the 8x8 latent a quadrant mean (64 values) still shows where the shape
+    is down to t ~850 (its SNR is 1.1 at t=800, 0.19 at 900, 0 at 999), so only those steps
+    teach the model to take the position from the prompt; uniform sampling gives them 15%
+    of the batch."""
+    t = torch.randint(0, num_train, (n,), generator=g)
+    if high_noise_frac <= 0:
+        return t  # no extra draws: same random stream as plain uniform sampling
+    high = torch.rand(n, generator=g) < high_noise_frac
+    start = int(0.85 * num_train)
+    t[high] = torch.randint(start, num_train, (int(high.sum()),), generator=g)
+    return t
+
+
 def load_vae():
     """The fine-tuned VAE: from the work directory if the vae/decoder stages ran in this
     session, otherwise the one shipped in the pipeline (the UNet only needs its encoder)."""
@@ -182,7 +197,8 @@ def load_vae():
 
 
 def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, resume: bool = False,
-               save_every: int = 500, eval_every: int = 0, eval_prompts: int = 16) -> dict:
+               save_every: int = 500, eval_every: int = 0, eval_prompts: int = 16,
+               high_noise_frac: float = 0.0, stop_after: int | None = None) -> dict:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 20)
     vae = load_vae()
@@ -243,7 +259,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         # encode only the unique prompts used in this batch
         used, inverse = torch.unique(cond, return_inverse=True)
         hidden = text_encoder(ids[used]).last_hidden_state[inverse]
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=g)
+        t = sample_timesteps(batch, scheduler.config.num_train_timesteps, high_noise_frac, g)
         noise = torch.randn(z0.shape, generator=g)
         # DDPM forward process. Not EulerDiscreteScheduler.add_noise: that one returns the
         # unscaled x0 + sigma * noise form Euler samples in, not what the UNet sees.
@@ -269,9 +285,10 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         if step % 50 == 0 or step == steps - 1:
             rate = (time.time() - t0) / (step + 1)
             log(f"unet step {step} loss {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
-        if (step + 1) % save_every == 0 or step == steps - 1:
+        last = step == steps - 1 or step + 1 == stop_after
+        if (step + 1) % save_every == 0 or last:
             save_pipeline(vae, ema_te, ema_unet)
-        if eval_every and ((step + 1) % eval_every == 0 or step == steps - 1):
+        if eval_every and ((step + 1) % eval_every == 0 or last):
             # learning curve of adherence on the fixed prompt subset (seed 0), EMA weights
             t_eval = time.time()
             pipe = S.assemble_pipeline(vae, ema_te, ema_unet)
@@ -279,8 +296,11 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
             res = S.evaluate_adherence(pipe, n_prompts=eval_prompts, seeds=(0,))
             curve.append({"step": step + 1, "seconds": time.time() - t0, **res.as_dict()})
             log(f"unet step {step + 1} adherence {res.as_dict()} ({time.time() - t_eval:.0f}s)")
+        if step + 1 == stop_after:
+            break
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
-            "bank_size": len(means), "resumed": resume, "prediction_type": scheduler.config.prediction_type,
+            "bank_size": len(means), "resumed": resume, "high_noise_frac": high_noise_frac,
+            "stopped_after": stop_after, "prediction_type": scheduler.config.prediction_type,
             "zero_terminal_snr": scheduler.config.rescale_betas_zero_snr, "adherence_curve": curve}
     log(f"unet done {info}")
     return info
@@ -376,6 +396,10 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=0,
                     help="unet stage: adherence of the EMA weights on --eval-prompts prompts every N steps (0: off)")
     ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="unet stage: stop (and save) after this many steps of the --unet-steps LR schedule")
+    ap.add_argument("--high-noise-frac", type=float, default=0.0,
+                    help="unet stage: fraction of timesteps drawn from t >= 850, where only the prompt tells position")
     ap.add_argument("--eval-seeds", type=int, default=2)
     ap.add_argument("--tag", default="", help="leak stage: suffix of its train_log.json key (e.g. 'before')")
     args = ap.parse_args()
@@ -395,7 +419,7 @@ def main() -> None:
         key = "unet_resumed" if args.resume else "unet"
         seed = args.seed + 1 if args.resume else args.seed  # fresh batches when continuing
         record[key] = train_unet(args.unet_steps, args.unet_batch, seed, args.unet_lr, args.bank_size, args.resume,
-                                 args.save_every, args.eval_every, args.eval_prompts)
+                                 args.save_every, args.eval_every, args.eval_prompts, args.high_noise_frac, args.stop_after)
     if args.stage == "install-vae":
         # the decoder was fine-tuned while the UNet trained: put the final VAE in the pipeline
         from diffusers import AutoencoderKL
