@@ -57,7 +57,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from sadakit.bench import DEFAULT_METHODS, markdown, run_bench, write_outputs
-    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
+    from sadakit.loading import control_image_kwargs, default_call_kwargs, default_prompts, load_pipeline, quality_scorer
 
     if args.threads:
         import torch
@@ -66,6 +66,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     prompts = args.prompts or default_prompts(args.pipeline) or list(DEFAULT_PROMPTS)
     call_kwargs = default_call_kwargs(args.pipeline)
+    if args.control_image:
+        call_kwargs.update(control_image_kwargs(pipe, args.control_image))
     if args.height:
         call_kwargs["height"] = args.height
     if args.width:
@@ -130,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="methods given without a knob run their default knob sweep (sadakit.bench.SWEEPS)")
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--adasde-file", default=None, help="AdaSDE coefficient file for the 'adasde' method")
+    bench.add_argument("--control-image", default=None,
+                       help="condition image file for ControlNet pipelines (tiny ControlNets use a built-in one)")
     bench.add_argument("--height", type=int, default=None)
     bench.add_argument("--width", type=int, default=None)
     bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

@@ -79,7 +79,25 @@ def default_call_kwargs(name: str) -> dict:
     kwargs: dict = {"height": side, "width": side}
     if family.startswith("flux"):
         kwargs["max_sequence_length"] = 32
+    if family.endswith("controlnet"):  # a fixed control map (square, stripe, ramp) of the output size
+        from .testing.pipelines import control_probe
+
+        kwargs["control_image" if family.startswith("flux") else "image"] = control_probe(3, side, side)
     return kwargs
+
+
+def control_image_kwargs(pipe: Any, path: str) -> dict:
+    """``--control-image``: the file as the ControlNet condition, under the argument name the
+    pipeline expects (``control_image`` for Flux, ``image`` for SD/SDXL)."""
+    import inspect
+
+    from PIL import Image
+
+    params = inspect.signature(type(pipe).__call__).parameters
+    name = "control_image" if "control_image" in params else "image" if "controlnet" in getattr(pipe, "components", {}) else None
+    if name is None:
+        raise ValueError(f"--control-image given, but {type(pipe).__name__} is not a ControlNet pipeline")
+    return {name: Image.open(path).convert("RGB")}
 
 
 def default_prompts(name: str, n: int = 8) -> list[str] | None:

@@ -227,3 +227,31 @@ def test_bench_on_the_bundled_model_has_adherence_columns():
     assert "| adherence |" in markdown(result).replace("| adherence | adherence_attr", "| adherence |")
     with pytest.raises(ValueError, match="bundled:shapes"):
         load_pipeline("bundled:cats")
+
+
+# --------------------------------------------------------------- ControlNet and audio pipelines
+
+def test_bench_on_flux_controlnet_reports_caches_that_need_cache_context():
+    from sadakit.loading import default_call_kwargs, load_pipeline
+
+    pipe = load_pipeline("tiny:flux-controlnet")
+    kwargs = default_call_kwargs("tiny:flux-controlnet")
+    assert kwargs["control_image"].shape[-2:] == (64, 64)
+    result = run_bench(pipe, prompts=["a red square"], seeds=[0], steps=6, methods=["fbcache:0.5", "pab:2", "sada"],
+                       repeats=1, call_kwargs=kwargs, progress=False)
+    assert "cache_context" in result.not_applicable["fbcache:0.5"]
+    rows = {r["method"]: r for r in summarize(result)}
+    assert set(rows) == {"baseline", "pab:2", "sada"}
+    assert rows["pab:2"]["flops_ratio"] < 1.0  # the timestep pre-hook works without pipe.current_timestep
+
+
+def test_bench_on_musicldm_reports_audio_metrics():
+    from sadakit.loading import default_call_kwargs, load_pipeline
+
+    pipe = load_pipeline("tiny:musicldm")
+    result = run_bench(pipe, prompts=["a calm piano"], seeds=[0], steps=4, methods=["fewer-steps:0.5", "deepcache"],
+                       repeats=1, call_kwargs=default_call_kwargs("tiny:musicldm"), progress=False)
+    rows = {r["method"]: r for r in summarize(result)}
+    assert rows["baseline"]["log_mel_psnr"] == float("inf")
+    assert 0 < rows["fewer-steps:0.5"]["log_mel_psnr"] < 200 and rows["fewer-steps:0.5"]["denoiser_forwards"] == 2
+    assert "MusicLDMPipeline is not one" in result.not_applicable["deepcache"]

@@ -158,9 +158,20 @@ class DiffusersCache(Method):
     first timestep is 1000), so the first ~third of the steps fill the cache.
     """
 
+    # caches whose hooks read a state the pipeline selects with ``transformer.cache_context``
+    NEEDS_CACHE_CONTEXT = ("fbcache", "taylorseer")
+
     def _timestep(self) -> float:
-        t = self._state["pipe"].current_timestep
-        return 0.0 if t is None else float(t)
+        """The current timestep on diffusers' 0-1000 scale, as the transformer last received it
+        (recorded by a pre-hook: not every pipeline keeps ``current_timestep``, e.g. Flux ControlNet)."""
+        t = self._state.get("timestep")
+        return 1000.0 if t is None else float(t)
+
+    def _record_timestep(self, module: Any, args: tuple, kwargs: dict) -> None:
+        t = kwargs.get("timestep")
+        if t is not None:
+            # Flux pipelines pass t / 1000 (the transformer multiplies by 1000 again)
+            self._state["timestep"] = float(t.flatten()[0]) * (1000.0 if _family(self._state["pipe"]).startswith("flux") else 1.0)
 
     def _config(self):
         import diffusers
@@ -198,9 +209,14 @@ class DiffusersCache(Method):
         if denoiser is None or not hasattr(denoiser, "enable_cache"):
             denoiser_kind = "a UNet" if hasattr(pipe, "unet") else "no transformer"
             return f"diffusers' cache hooks need a CacheMixin transformer; {type(pipe).__name__} has {denoiser_kind}"
-        if _family(pipe) != "flux":
+        if _family(pipe) not in ("flux", "flux-controlnet"):
             return (f"the bench configures diffusers' caches for Flux-style DiTs (timestep callback, tensor "
                     f"layout); {type(pipe).__name__} is not one")
+        if self.name in self.NEEDS_CACHE_CONTEXT and not _sets_cache_context(pipe):
+            import diffusers
+
+            return (f"{type(pipe).__name__}.__call__ (diffusers {diffusers.__version__}) never enters "
+                    f"transformer.cache_context(), which this cache's hooks need for their state")
         return None
 
     def prepare(self, pipe: Any, kwargs: dict) -> None:
@@ -233,12 +249,28 @@ class DiffusersCache(Method):
         self._state.update(steps=steps, ratios=ratios)
 
     def apply(self, pipe: Any) -> None:
-        self._state["pipe"] = pipe
+        self._state.update(pipe=pipe, timestep=None)
+        self._state["handle"] = pipe.transformer.register_forward_pre_hook(self._record_timestep, with_kwargs=True)
         pipe.transformer.enable_cache(self._config())
 
     def remove(self, pipe: Any) -> None:
-        pipe.transformer.disable_cache()
+        handle = self._state.pop("handle", None)
+        if handle is not None:
+            handle.remove()
+        if pipe.transformer.is_cache_enabled:
+            pipe.transformer.disable_cache()
         drop_restored_forwards(pipe.transformer)
+
+
+def _sets_cache_context(pipe: Any) -> bool:
+    """Whether the pipeline's ``__call__`` selects the cache state (FirstBlockCache and TaylorSeer
+    raise "No cache context is set" otherwise)."""
+    import inspect
+
+    try:
+        return "cache_context" in inspect.getsource(type(pipe).__call__)
+    except (OSError, TypeError):  # no source: assume it does, a failure is still reported
+        return True
 
 
 def call_pipeline_quietly(pipe: Any, kwargs: dict) -> None:

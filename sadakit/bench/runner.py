@@ -413,6 +413,12 @@ def run_bench(
         except Exception as err:
             failures[m.label] = f"failed on this pipeline (set-up): {type(err).__name__}: {err}"
             usable.remove(m)
+    if type(pipe).__name__ == "MusicLDMPipeline":
+        from ..plugins.audio import fix_musicldm
+
+        if fix_musicldm(pipe):  # else diffusers 0.42.1 cannot encode a prompt under transformers 5
+            notices.append("MusicLDM: sadakit.plugins.audio.fix_musicldm applied (transformers 5 CLAP "
+                           "text features), for the baseline and every method alike")
     reference = pipeline_fingerprint(pipe)
     mine: list[CaseResult] = []
     interrupted = False
