@@ -66,6 +66,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     prompts = args.prompts or default_prompts(args.pipeline) or list(DEFAULT_PROMPTS)
     call_kwargs = default_call_kwargs(args.pipeline)
+    if args.images_per_prompt > 1:
+        call_kwargs["num_images_per_prompt"] = args.images_per_prompt
     if args.control_image:
         call_kwargs.update(control_image_kwargs(pipe, args.control_image))
     if args.height:
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--images-per-prompt", type=int, default=1,
+                       help="batch per generation (small models are overhead-bound at batch 1)")
     bench.add_argument("--methods", nargs="+", default=None,
                        help="method[:knob] list, or a knob sweep method:k1,k2,k3 (e.g. fbcache:0.2,0.4,0.6); "
                             "default: every method (inapplicable ones are listed with the reason)")

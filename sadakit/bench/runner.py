@@ -292,20 +292,17 @@ def _timed(pipe: Any, method: Method, kwargs: dict, reference: tuple | None = No
 
 
 def _flops_and_memory(pipe: Any, method: Method, kwargs: dict, device: torch.device, memory: str) -> tuple[float | None, float | None, int, dict]:
+    """FLOPs, peak memory, denoiser forwards and the method's report, from one (untimed) generation;
+    the flop counter's bookkeeping is small next to the activations, so one run serves both."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = ForwardCounter(denoiser_of(pipe))
     method.apply(pipe)
     try:
         flops = FlopCounterMode(display=False)
-        with flops:
+        with PeakMemory(device, memory) as mem, flops:
             call_pipeline(pipe, method.call_kwargs(kwargs))
-        forwards_flops = counter.count
-        counter.count = 0
-        with PeakMemory(device, memory) as mem:
-            call_pipeline(pipe, method.call_kwargs(kwargs))
-        extra = method.report(pipe)
-        return float(flops.get_total_flops()), mem.peak_mb, counter.count or forwards_flops, extra
+        return float(flops.get_total_flops()), mem.peak_mb, counter.count, method.report(pipe)
     finally:
         method.remove(pipe)
         counter.close()
