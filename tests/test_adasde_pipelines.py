@@ -190,3 +190,31 @@ def test_flux_ids_stay_whole_when_their_length_equals_the_batch():
     with torch.no_grad():
         full, part = adapter(x, torch.tensor(2.0)), adapter(x[:3], torch.tensor(2.0))
     torch.testing.assert_close(part, full[:3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "scaled_linear"},
+        {"beta_schedule": "linear", "beta_start": 0.0015, "beta_end": 0.0195},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "scaled_linear", "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"},
+    ],
+)
+def test_model_chart_inverts_the_diffusers_schedule(config):
+    """The chart's sigma -> timestep map gives back the timesteps of diffusers' own Euler grid."""
+    from diffusers import EulerDiscreteScheduler
+
+    from sadakit.adasde.chart import ModelChart
+
+    sched = EulerDiscreteScheduler(**config, timestep_spacing="trailing")
+    sched.set_timesteps(int(torch.randint(7, 40, ())))
+    chart = ModelChart.from_scheduler(sched)
+    ab = sched.alphas_cumprod.double()
+    # diffusers keeps alphas_cumprod in float32: 1 - ab loses ~1e-3 relative where ab ~ 0.9999
+    torch.testing.assert_close(torch.exp(torch.as_tensor(chart.log_sigmas)), ((1 - ab) / ab).sqrt(), rtol=2e-3, atol=0)
+    sigmas = sched.sigmas[:-1].double()  # the last one is 0
+    want = sched.timesteps.double()
+    got = torch.tensor([chart.timestep(float(s)) for s in sigmas], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+    torch.testing.assert_close(chart.timestep_tensor(sigmas), want, rtol=0, atol=2e-3)

@@ -87,7 +87,7 @@ class ModelChart:
                 )
             if alphas_cumprod is None:
                 raise ValueError("a VP model chart needs the alphas_cumprod the model was trained with")
-            ab = alphas_cumprod.to(torch.float64).clamp(ZERO_SNR_FLOOR, 1.0)
+            ab = alphas_cumprod.to(torch.float64).clamp(1e-30, 1.0)  # finite log sigma even at ab = 0
             self.log_sigmas = (0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab)).numpy()
         self.flow_matching = flow_matching
         self.prediction_type = "flow" if flow_matching else prediction_type
