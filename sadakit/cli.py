@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pipeline", required=True,
                        help="hub id, local directory, bundled:shapes, or tiny:<family>[:medium]")
     bench.add_argument("--prompts", nargs="+", default=None,
-                       help="default: 8 of the bundled model's evaluation prompts for bundled:shapes, else two short prompts")
+                       help="default: 4 of the bundled model's evaluation prompts for bundled:shapes, else two short prompts")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--repeats", type=int, default=3)

@@ -100,7 +100,7 @@ def control_image_kwargs(pipe: Any, path: str) -> dict:
     return {name: Image.open(path).convert("RGB")}
 
 
-def default_prompts(name: str, n: int = 8) -> list[str] | None:
+def default_prompts(name: str, n: int = 4) -> list[str] | None:
     """Prompts a pipeline was trained on (the bundled shapes model's evaluation set), else None."""
     if name == "bundled:shapes":
         from .bundled import eval_prompts

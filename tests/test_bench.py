@@ -249,9 +249,10 @@ def test_bench_on_musicldm_reports_audio_metrics():
     from sadakit.loading import default_call_kwargs, load_pipeline
 
     pipe = load_pipeline("tiny:musicldm")
-    result = run_bench(pipe, prompts=["a calm piano"], seeds=[0], steps=4, methods=["fewer-steps:0.5", "deepcache"],
+    result = run_bench(pipe, prompts=["a calm piano"], seeds=[0], steps=4, methods=["fewer-steps:0.5", "deepcache:2", "fbcache"],
                        repeats=1, call_kwargs=default_call_kwargs("tiny:musicldm"), progress=False)
     rows = {r["method"]: r for r in summarize(result)}
     assert rows["baseline"]["log_mel_psnr"] == float("inf")
     assert 0 < rows["fewer-steps:0.5"]["log_mel_psnr"] < 200 and rows["fewer-steps:0.5"]["denoiser_forwards"] == 2
-    assert "MusicLDMPipeline is not one" in result.not_applicable["deepcache"]
+    assert rows["deepcache:2"]["flops_ratio"] < 1.0  # a UNet2DConditionModel: DeepCache applies to audio too
+    assert "MusicLDMPipeline has a UNet" in result.not_applicable["fbcache"]

@@ -282,8 +282,10 @@ class DeepCache(Method):
     """DeepCache (Ma et al., 2024) on SD/SDXL UNets: reuse deep UNet features every N steps."""
 
     def not_applicable(self, pipe: Any) -> str | None:
-        if _family(pipe) not in ("unet-image", "unet-controlnet"):
-            return f"DeepCache's helper patches Stable Diffusion UNets; {type(pipe).__name__} is not one"
+        from diffusers import UNet2DConditionModel
+
+        if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
+            return f"DeepCache's helper patches a UNet2DConditionModel; {type(pipe).__name__} has none"
         return _missing("DeepCache")
 
     def apply(self, pipe: Any) -> None:
@@ -305,8 +307,9 @@ class ToMeSD(Method):
     """Token Merging for SD (Bolya & Hoffman, 2023)."""
 
     def not_applicable(self, pipe: Any) -> str | None:
-        if _family(pipe) != "unet-image":
-            return f"tomesd patches Stable Diffusion UNet transformer blocks; {type(pipe).__name__} is not supported"
+        unet = getattr(pipe, "unet", None)
+        if unet is None or not any(type(m).__name__ == "BasicTransformerBlock" for m in unet.modules()):
+            return f"tomesd merges tokens in a UNet's BasicTransformerBlocks; {type(pipe).__name__} has none"
         return _missing("tomesd")
 
     def apply(self, pipe: Any) -> None:
@@ -332,8 +335,8 @@ class CacheDiT(Method):
     """
 
     def not_applicable(self, pipe: Any) -> str | None:
-        if _family(pipe) != "flux":
-            return f"cache-dit serves DiT pipelines; {type(pipe).__name__} is not one"
+        if _family(pipe) not in ("flux", "flux-controlnet"):
+            return f"the bench sets cache-dit up for Flux transformers; {type(pipe).__name__} has none"
         return _missing("cache_dit")
 
     def apply(self, pipe: Any) -> None:
