@@ -106,12 +106,17 @@ def test_gradient_reaches_every_coefficient_through_a_network():
     sigmas = make_sigmas(cfg.steps, smin, smax)
     x = smax * adapter.sample_noise(4, torch.Generator().manual_seed(1))
     teacher = teacher_trajectory(adapter, x, sigmas, cfg.teacher_factor)
-    raw = init_raw_coefficients(cfg.steps, cfg.gamma_init, cfg.gamma_max).requires_grad_(True)
-    with adapter.frozen():
-        trajectory_loss(adapter, x, sigmas, raw, teacher, cfg, torch.Generator().manual_seed(2)).backward()
-        assert all(p.grad is None for p in adapter.module.parameters())
-    assert all(p.requires_grad for p in adapter.module.parameters())
-    grad = raw.grad
+    grads = []
+    for checkpointed in (False, True):  # recomputing activations must not change the gradient
+        adapter.checkpoint_calls = checkpointed
+        raw = init_raw_coefficients(cfg.steps, cfg.gamma_init, cfg.gamma_max).requires_grad_(True)
+        with adapter.frozen():
+            trajectory_loss(adapter, x, sigmas, raw, teacher, cfg, torch.Generator().manual_seed(2)).backward()
+            assert all(p.grad is None for p in adapter.module.parameters())
+        assert all(p.requires_grad for p in adapter.module.parameters())
+        grads.append(raw.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    grad = grads[0]
     # step 0 has no churn (gamma_0 = 0) and, with the analytic first step, no first evaluation
     for column, name in enumerate(("gamma", "r", "a", "c")):
         rows = grad[1:, column] if name == "gamma" else grad[:, column]

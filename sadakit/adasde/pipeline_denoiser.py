@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from ..errors import UnsupportedPipelineError
 from ..registry import find_plugin
@@ -83,6 +84,9 @@ class PipelineDenoiser:
         self.model = model
         self.timestep_scale = timestep_scale
         self.unbatched_args = unbatched_args
+        #: recompute each call's activations in the backward pass instead of keeping them:
+        #: a student rollout otherwise holds the activations of every call at once
+        self.checkpoint_calls = False
         sample = bound.arguments[sample_arg]
         self.model_batch = int(sample.shape[0])
         self.cfg = self.model_batch == 2 * prompts
@@ -166,11 +170,17 @@ class PipelineDenoiser:
         call = inspect.BoundArguments(self._bound.signature, self._bound.arguments.copy())
         for name, value in list(call.arguments.items()):
             call.arguments[name] = self._tile(name, value, rows)
-        call.arguments[self.sample_arg] = model_x
-        call.arguments[self.timestep_arg] = timestep
-        out = self.module(*call.args, **call.kwargs)
-        out = out[0] if isinstance(out, (tuple, list)) else getattr(out, self.output_field)
-        out = out.to(torch.float32)
+
+        def forward(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            call.arguments[self.sample_arg] = sample
+            call.arguments[self.timestep_arg] = t
+            out = self.module(*call.args, **call.kwargs)
+            return (out[0] if isinstance(out, (tuple, list)) else getattr(out, self.output_field)).to(torch.float32)
+
+        if self.checkpoint_calls and torch.is_grad_enabled():
+            out = torch.utils.checkpoint.checkpoint(forward, model_x, timestep, use_reentrant=False)
+        else:
+            out = forward(model_x, timestep)
         if self.cfg:
             uncond, cond = out.chunk(2)
             out = uncond + self.guidance_scale * (cond - uncond)
@@ -306,6 +316,7 @@ def distill_pipeline(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     call_kwargs: dict[str, Any] | None = None,
+    checkpoint_calls: bool = False,
     **distill_kwargs: Any,
 ) -> DistillResult:
     """Distil AdaSDE coefficients for ``pipe`` under its own conditioning.
@@ -314,11 +325,13 @@ def distill_pipeline(
     ``config``'s ``sigma_min``/``sigma_max`` are replaced by it unless passed here. Flow models
     need ``config.analytic_first_step=False``. ``distill_kwargs`` go to :func:`distill`
     (``output``, ``log_path``, ``resume``, ``feature_loss``, ...). The denoiser's weights are
-    excluded from autograd during the run and restored afterwards.
+    excluded from autograd during the run and restored afterwards. ``checkpoint_calls=True``
+    trades one extra forward per student call for not keeping its activations (large models).
     """
     import attrs
 
     adapter = pipeline_denoiser(pipe, prompt, guidance_scale=guidance_scale, model=model, **(call_kwargs or {}))
+    adapter.checkpoint_calls = checkpoint_calls
     if adapter.chart.flow_matching and config.analytic_first_step:
         raise ValueError(
             f"{type(pipe).__name__} is a flow-matching pipeline: its first model call cannot be moved to the "
