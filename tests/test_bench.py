@@ -256,3 +256,18 @@ def test_bench_on_musicldm_reports_audio_metrics():
     assert 0 < rows["fewer-steps:0.5"]["log_mel_psnr"] < 200 and rows["fewer-steps:0.5"]["denoiser_forwards"] == 2
     assert rows["deepcache:2"]["flops_ratio"] < 1.0  # a UNet2DConditionModel: DeepCache applies to audio too
     assert "MusicLDMPipeline has a UNet" in result.not_applicable["fbcache"]
+
+
+def test_adasde_row_runs_at_the_files_nfe(sdxl, tmp_path):
+    from sadakit.adasde import DistillConfig, distill_pipeline
+
+    path = tmp_path / "c.safetensors"
+    kw = {"height": 64, "width": 64}
+    distill_pipeline(sdxl, ["a red square"], DistillConfig(nfe=3, iterations=1, batch_size=2, teacher_factor=2),
+                     guidance_scale=5.0, call_kwargs=kw, output=path, progress=False)
+    result = run_bench(sdxl, prompts=["a red square"], seeds=[0], steps=10, methods=["adasde"], repeats=1,
+                       call_kwargs=kw, adasde_file=str(path), progress=False)
+    rows = {r["method"]: r for r in summarize(result)}
+    assert result.not_applicable == {}
+    assert rows["adasde"]["denoiser_forwards"] == 3 and rows["baseline"]["denoiser_forwards"] == 10
+    assert rows["adasde"]["flops_ratio"] < 0.5

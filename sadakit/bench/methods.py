@@ -122,7 +122,11 @@ class SADA(Method):
 
 
 class AdaSDE(Method):
-    """A learned AdaSDE scheduler from a coefficient file (``adasde`` needs ``--adasde-file``)."""
+    """A learned AdaSDE scheduler from a coefficient file (``adasde`` needs ``--adasde-file``).
+
+    The file fixes the number of network evaluations, so the pipeline is called with the file's
+    NFE instead of ``--steps`` (the row's denoiser forwards show it).
+    """
 
     coefficient_file: str | None = None
 
@@ -142,6 +146,10 @@ class AdaSDE(Method):
 
         self._state["scheduler"] = pipe.scheduler
         pipe.scheduler = AdaSDEScheduler.from_file(self.coefficient_file, self._state["scheduler"])
+        self._state["nfe"] = int(pipe.scheduler.meta.nfe)
+
+    def call_kwargs(self, kwargs: dict) -> dict:
+        return {**kwargs, "num_inference_steps": self._state["nfe"]}
 
     def remove(self, pipe: Any) -> None:
         if "scheduler" in self._state:

@@ -311,8 +311,11 @@ def _flops_and_memory(pipe: Any, method: Method, kwargs: dict, device: torch.dev
 def bench_case(
     pipe: Any, case: Case, methods: list[Method], base_kwargs: dict, repeats: int, notices: list[str],
     failures: dict[str, str], reference: tuple | None = None, memory: str | None = None, scorer: Scorer | None = None,
+    tick: Callable[[str], None] | None = None,
 ) -> list[CaseResult]:
-    """All methods on one (prompt, seed): interleaved timing, then FLOPs/memory, then fidelity."""
+    """All methods on one (prompt, seed): interleaved timing, then FLOPs/memory, then fidelity.
+    ``tick(label)`` is called after every generation (progress)."""
+    tick = tick or (lambda label: None)
     device = denoiser_of(pipe).device
     memory = memory or memory_method(device)
 
@@ -330,6 +333,7 @@ def bench_case(
     for m in list(everyone):  # warm-up, also the output used for fidelity (runs are deterministic per seed)
         try:
             outputs[m.label], _ = _timed(pipe, m, kwargs_for(), reference)
+            tick(f"{m.label} warm-up")
         except Exception as err:  # a peer that breaks on this pipeline is reported, not fatal
             failed(m, err)
     times: dict[str, list[float]] = {m.label: [] for m in everyone}
@@ -337,6 +341,7 @@ def bench_case(
         for m in list(everyone):
             try:
                 _, seconds = _timed(pipe, m, kwargs_for(), reference)
+                tick(m.label)
             except Exception as err:
                 failed(m, err)
                 continue
@@ -346,6 +351,7 @@ def bench_case(
     for m in list(everyone):
         try:
             flops, peak, forwards, extra = _flops_and_memory(pipe, m, kwargs_for(), device, memory)
+            tick(f"{m.label} FLOPs/memory")
         except Exception as err:
             failed(m, err)
             continue
@@ -420,13 +426,26 @@ def run_bench(
     mine: list[CaseResult] = []
     interrupted = False
     with state.split_between_processes(cases) as my_cases:
-        bar = tqdm(my_cases, desc=f"bench [{state.process_index}]", disable=not (progress and state.is_main_process))
+        # one step per generation: warm-up, repeats and the FLOPs/memory run of every method
+        per_case = (len(usable) + 1) * (repeats + 2)
+        bar = tqdm(total=len(my_cases) * per_case, desc=f"bench [{state.process_index}]", unit="gen",
+                   disable=not (progress and state.is_main_process))
+
+        def tick(label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
         try:
-            for case in bar:
+            for n, case in enumerate(my_cases):
+                bar.set_description(f"bench [{state.process_index}] case {n + 1}/{len(my_cases)}")
                 mine.extend(bench_case(pipe, case, usable, base_kwargs, repeats, notices, failures,
-                                       reference=reference, memory=memory, scorer=scorer))
+                                       reference=reference, memory=memory, scorer=scorer, tick=tick))
+                bar.n = (n + 1) * per_case  # methods that failed skipped some steps
+                bar.refresh()
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            bar.close()
     gathered = gather_object(mine) if state.num_processes > 1 else mine
     if state.num_processes > 1:
         for part in gather_object([failures]):
