@@ -192,7 +192,11 @@ def test_sweep_run_gives_one_row_per_knob_and_a_curve(sdxl, tmp_path):
     assert rows["deepcache:4"]["flops_ratio"] < rows["deepcache:2"]["flops_ratio"] < 1.0
     curves = _plot_curves(summarize(result), "psnr_db")
     assert sorted(curves) == ["deepcache", "fewer-steps"] and all(len(c) == 2 for c in curves.values())
-    assert write_outputs(result, tmp_path)["plot"].stat().st_size > 0
+    paths = write_outputs(result, tmp_path)
+    assert paths["plot"].stat().st_size > 0
+    from sadakit.bench import load_result
+
+    assert summarize(load_result(paths["json"])) == summarize(result)  # a run can be re-plotted from its JSON
 
 
 # --------------------------------------------------------------- peak memory, bundled model

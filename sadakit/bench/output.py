@@ -114,7 +114,8 @@ def _plot_curves(rows: list[dict], key: str) -> dict[str, list[tuple[float | Non
 
 
 def _plot(result: BenchResult, path: Path) -> Path | None:
-    """Speed-up vs fidelity; the knobs of one method are joined by a line (its trade-off curve)."""
+    """Fidelity against wall-time speed-up (left) and against FLOPs saved (right, free of timing
+    noise); the knobs of one method are joined by a line (its trade-off curve)."""
     try:
         import matplotlib
 
@@ -126,20 +127,30 @@ def _plot(result: BenchResult, path: Path) -> Path | None:
     key = next((k for k in ("psnr_db", "log_mel_psnr") if any(k in r for r in rows)), None)
     if key is None:
         return None
-    curves = _plot_curves(rows, key)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in sorted(curves.items()):
-        xs, ys = [p[1] for p in points], [p[2] for p in points]
-        ax.plot(xs, ys, marker="o", linestyle="-" if len(points) > 1 else "none", label=name)
-        for knob, x, y in points:
-            if knob is not None:
-                ax.annotate(f"{knob:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-    ax.axvline(1.0, color="grey", linewidth=0.5)
-    ax.set_xlabel("speed-up vs baseline (same run)")
-    ax.set_ylabel(f"{key} vs baseline (capped at 100)")
-    ax.set_title(f"{result.pipeline}, {result.steps} steps (labels: knob)")
-    ax.legend(fontsize=7, loc="best")
+    by_flops = [{**r, "speedup": 1.0 / r["flops_ratio"] if r.get("flops_ratio") else None} for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, data, xlabel in ((axes[0], rows, "wall-time speed-up vs baseline (same run)"),
+                             (axes[1], by_flops, "baseline FLOPs / method FLOPs")):
+        for name, points in sorted(_plot_curves(data, key).items()):
+            xs, ys = [p[1] for p in points], [p[2] for p in points]
+            ax.plot(xs, ys, marker="o", linestyle="-" if len(points) > 1 else "none", label=name)
+            for knob, x, y in points:
+                if knob is not None:
+                    ax.annotate(f"{knob:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.axvline(1.0, color="grey", linewidth=0.5)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(f"{key} vs baseline (capped at 100)")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{result.pipeline}, {result.steps} steps (point labels: knob)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def load_result(path: Path) -> BenchResult:
+    """A ``bench.json`` back as a :class:`BenchResult` (to re-plot or re-tabulate a run)."""
+    payload = json.loads(Path(path).read_text())
+    payload.pop("summary", None)
+    cases = [CaseResult(**c) for c in payload.pop("cases")]
+    return BenchResult(cases=cases, **payload)
