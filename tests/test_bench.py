@@ -56,10 +56,19 @@ def _deterministic(data):
                   for c in data["cases"])
 
 
+def _free_port() -> int:
+    """A port nobody listens on now (a fixed one clashes when two test runs share the machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_match_one(tmp_path):
     one = _cli(tmp_path, "one", [sys.executable, "-m", "sadakit"])
     two = _cli(tmp_path, "two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                 "--master_port", "29517", "-m", "sadakit"])
+                                 "--master_port", str(_free_port()), "-m", "sadakit"])
     assert one["processes"] == 1 and two["processes"] == 2
     assert _deterministic(one) == _deterministic(two)
 
