@@ -74,7 +74,7 @@ class Method:
         pass
 
     def call_kwargs(self, kwargs: dict) -> dict:
-        """Changes to the pipeline call (only the fewer-steps baseline uses this)."""
+        """Changes to the pipeline call (fewer steps; AdaSDE runs at its file's NFE)."""
         return kwargs
 
     def report(self, pipe: Any) -> dict:
