@@ -56,7 +56,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from sadakit.bench import DEFAULT_METHODS, markdown, run_bench, write_outputs
+    from sadakit.bench import default_methods, markdown, run_bench, write_outputs
     from sadakit.loading import control_image_kwargs, default_call_kwargs, default_prompts, load_pipeline, quality_scorer
 
     if args.threads:
@@ -76,7 +76,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         call_kwargs["width"] = args.width
     result = run_bench(
         pipe, prompts=prompts, seeds=args.seeds, steps=args.steps,
-        methods=args.methods or DEFAULT_METHODS, repeats=args.repeats, call_kwargs=call_kwargs,
+        methods=args.methods or default_methods(args.sweep), repeats=args.repeats, call_kwargs=call_kwargs,
         adasde_file=args.adasde_file, pipeline_name=args.pipeline, sweep=args.sweep,
         scorer=quality_scorer(args.pipeline),
     )
@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="method[:knob] list, or a knob sweep method:k1,k2,k3 (e.g. fbcache:0.2,0.4,0.6); "
                             "default: every method (inapplicable ones are listed with the reason)")
     bench.add_argument("--sweep", action="store_true",
-                       help="methods given without a knob run their default knob sweep (sadakit.bench.SWEEPS)")
+                       help="methods given without a knob run their default knob sweep (sadakit.bench.SWEEPS); "
+                            "without --methods, every method does")
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--adasde-file", default=None, help="AdaSDE coefficient file for the 'adasde' method")
     bench.add_argument("--control-image", default=None,

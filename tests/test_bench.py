@@ -188,6 +188,11 @@ def test_sweep_specs_expand_and_validate():
             expand_specs([bad])
     with pytest.raises(ValueError, match="sweep"):
         parse_method("fbcache:0.2,0.4")
+    from sadakit.bench import default_methods
+
+    swept = expand_specs(default_methods(sweep=True), sweep=True)  # `sadakit bench --sweep` without --methods
+    assert {f"fbcache:{k:g}" for k in SWEEPS["fbcache"]} <= set(swept) and "sada-criterion" in swept
+    assert expand_specs(default_methods()) == default_methods()
 
 
 def test_sweep_run_gives_one_row_per_knob_and_a_curve(sdxl, tmp_path):

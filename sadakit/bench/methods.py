@@ -419,6 +419,14 @@ SWEEPS: dict[str, list[float]] = {
 }
 
 
+def default_methods(sweep: bool = False) -> list[str]:
+    """Every method at its default knob, or (``sweep``) every method by bare name, so that
+    :func:`expand_specs` gives each its :data:`SWEEPS` knobs."""
+    if not sweep:
+        return list(DEFAULT_METHODS)
+    return list(dict.fromkeys(spec.partition(":")[0] for spec in DEFAULT_METHODS))
+
+
 def parse_method(spec: str, adasde_file: str | None = None) -> Method:
     """``name`` or ``name:knob`` -> Method; unknown names list the allowed ones."""
     name, _, knob = spec.partition(":")
