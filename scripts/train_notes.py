@@ -6,11 +6,14 @@ Stages (run all, or one at a time with ``--stage``; later stages read earlier ou
    + multi-resolution STFT loss (no GAN: the data are clean harmonic tones).
 2. ``vae``: AutoencoderKL on log-mel "images" (1, 128 frames, 64 mels) -> (8, 32, 16),
    L1 + small KL, scaling factor 1 / std of the latents.
-3. ``unet``: UNet2DConditionModel + CLAP text branch trained jointly (the CLAP embedding
-   is the UNet's class label, as in MusicLDM), eps-prediction with min-SNR-5 weighting,
-   10% empty prompts for classifier-free guidance, EMA weights; saved as a
-   ``MusicLDMPipeline`` (UNet stored in float16 to keep the package small).
-4. ``eval``: vocoder resynthesis quality, pitch/timbre adherence of the saved pipeline.
+3. ``text``: CLAP text branch pre-trained so prompts get distinct embeddings (note and
+   timbre heads on the normalised embedding); the UNet stage then keeps it frozen.
+4. ``unet``: UNet2DConditionModel (the CLAP embedding is its class label, as in MusicLDM),
+   v-prediction on a zero-terminal-SNR schedule, 10% empty prompts for classifier-free
+   guidance, EMA weights; saved as a ``MusicLDMPipeline`` (UNet stored in float16 to keep
+   the package small). ``--resume`` continues from the saved UNet.
+5. ``eval``: vocoder resynthesis quality, pitch (audio and mel domain) and timbre adherence
+   of the saved pipeline; ``bench``: SADA vs baseline (interleaved, medians).
 
 Everything is seeded; run times are printed and written to ``train_log.json`` in the
 model directory. Usage::
@@ -37,6 +40,7 @@ from sadakit.bundled import notes as N
 WORK = Path("/tmp/notes-train")
 SECONDS = N.AUDIO_SECONDS
 FRAMES = int(round(SECONDS * 100))
+VOCODER_LOSS_FLOOR = math.log(1e-2)
 
 
 def log(msg: str) -> None:
@@ -76,10 +80,11 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     total = pred.new_zeros(())
     for n_fft in (256, 1024, 2048):
         win = torch.hann_window(n_fft)
-        sp = torch.stft(pred, n_fft, n_fft // 4, window=win, return_complex=True).abs().clamp_min(1e-7)
-        st = torch.stft(target, n_fft, n_fft // 4, window=win, return_complex=True).abs().clamp_min(1e-7)
+        sp = torch.stft(pred, n_fft, n_fft // 4, window=win, return_complex=True).abs()
+        st = torch.stft(target, n_fft, n_fft // 4, window=win, return_complex=True).abs()
         sc = torch.linalg.norm(st - sp) / torch.linalg.norm(st).clamp_min(1e-7)
-        total = total + sc + F.l1_loss(sp.log(), st.log())
+        # log floor 1e-2 (peaks are ~1e2): below it is silence, whose exact level does not matter
+        total = total + sc + F.l1_loss(sp.clamp_min(1e-2).log(), st.clamp_min(1e-2).log())
     return total / 3
 
 
@@ -103,7 +108,9 @@ def train_vocoder(steps: int, batch: int, seed: int, channels: int, crop: int) -
         mel = torch.stack([mels[i, s : s + crop] for i, s in zip(idx.tolist(), start.tolist())])
         wav = torch.stack([waves[i, s * N.HOP : (s + crop) * N.HOP] for i, s in zip(idx.tolist(), start.tolist())])
         pred = vocoder(mel)
-        mel_loss = F.l1_loss(N.log_mel(pred), N.log_mel(wav))
+        # log-mel L1 above a floor of 1e-2: with LOG_FLOOR (1e-5, 1e-7 of the peaks) the loss is
+        # dominated by silent bins, and a first run collapsed to near-silence (rms 0.005)
+        mel_loss = F.l1_loss(N.log_mel(pred).clamp_min(VOCODER_LOSS_FLOOR), N.log_mel(wav).clamp_min(VOCODER_LOSS_FLOOR))
         loss = mel_loss + 2.0 * stft_loss(pred, wav)
         opt.zero_grad()
         loss.backward()
@@ -114,6 +121,11 @@ def train_vocoder(steps: int, batch: int, seed: int, channels: int, crop: int) -
         if step % 25 == 0 or step == steps - 1:
             rate = (time.time() - t0) / (step + 1)
             log(f"vocoder step {step} mel L1 {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+        if (step + 1) % 200 == 0:
+            vocoder.eval()
+            q = vocoder_quality(vocoder, n_per_prompt=1)
+            vocoder.train()
+            log(f"vocoder step {step}: resynthesis pitch {q['resynthesis_pitch']:.2f}, log-mel PSNR {q['resynthesis_log_mel_psnr_db']:.1f} dB")
     vocoder.eval()
     vocoder.save_pretrained(WORK / "vocoder")
     info = {"steps": steps, "batch": batch, "crop_frames": crop, "channels": channels,
@@ -186,25 +198,79 @@ def train_vae(steps: int, batch: int, seed: int, crop: int) -> dict:
     return info
 
 
+# ------------------------------------------------------------------------- text
+
+
+def train_text(steps: int, seed: int) -> dict:
+    """Pre-train the CLAP text branch so that prompts get distinct embeddings.
+
+    Why: trained only through the UNet, the pooled, L2-normalised CLAP embedding of every
+    prompt stayed the same (measured: cosine similarity 0.9999996 between all 16 prompts
+    after 200 joint steps), so the UNet learned an unconditional model. Two linear heads
+    read the note (8 + none) and the timbre (2 + none) back from the normalised embedding
+    (cross-entropy at temperature 0.1), like a CLAP-style supervised objective; the empty
+    prompt is its own "none" class for classifier-free guidance.
+    """
+    torch.manual_seed(seed)
+    tokenizer = N.build_tokenizer()
+    text_encoder = N.build_text_encoder().train()
+    n_classes = len(D.NOTES) * len(D.TIMBRES)
+    prompts = [""] + [label_of(i).prompt for i in range(n_classes)]
+    note_target = torch.tensor([len(D.NOTES)] + [label_of(i).note for i in range(n_classes)])
+    timbre_target = torch.tensor([len(D.TIMBRES)] + [label_of(i).timbre for i in range(n_classes)])
+    note_head = torch.nn.Linear(N.TEXT_HIDDEN, len(D.NOTES) + 1)
+    timbre_head = torch.nn.Linear(N.TEXT_HIDDEN, len(D.TIMBRES) + 1)
+    params = (list(text_encoder.text_model.parameters()) + list(text_encoder.text_projection.parameters())
+              + list(note_head.parameters()) + list(timbre_head.parameters()))
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    t0 = time.time()
+    for step in range(steps):
+        emb = N.text_embeddings(text_encoder, tokenizer, prompts) / 0.1
+        loss = F.cross_entropy(note_head(emb), note_target) + F.cross_entropy(timbre_head(emb), timbre_target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"text step {step} loss {loss.item():.4f}")
+    text_encoder.eval()
+    with torch.no_grad():
+        emb = N.text_embeddings(text_encoder, tokenizer, prompts)
+        sim = (emb @ emb.T).fill_diagonal_(-1)
+    text_encoder.save_pretrained(WORK / "text_encoder")
+    info = {"steps": steps, "seconds": time.time() - t0, "final_loss": loss.item(),
+            "max_cosine_between_prompts": sim.max().item()}
+    log(f"text done {info}")
+    return info
+
+
 # ---------------------------------------------------------------------------- UNet
 
 
-def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma loss weight for eps prediction (Hang et al. 2023)."""
-    a = alphas_cumprod[t]
-    snr = a / (1 - a)
-    return torch.clamp(snr, max=gamma) / snr
-
-
-def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> dict:
-    from diffusers import AutoencoderKL
+def current_vocoder():
+    """The trained vocoder if its stage has finished, else an untrained one as a placeholder
+    (the vocoder trains concurrently; ``--stage install-vocoder`` puts the final one in)."""
     from transformers import SpeechT5HifiGan
+
+    if (WORK / "vocoder" / "model.safetensors").exists():
+        return SpeechT5HifiGan.from_pretrained(WORK / "vocoder").eval()
+    log("vocoder not trained yet: saving a placeholder, run --stage install-vocoder later")
+    return N.build_vocoder()
+
+
+def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, save_every: int = 200,
+               resume: bool = False) -> dict:
+    """With a pre-trained text branch (``--stage text``) the text encoder is frozen and the 17
+    prompt embeddings are computed once; otherwise it trains jointly. ``resume`` starts from
+    the UNet saved in the model directory (e.g. one trained while conditioning was dead:
+    its unconditional denoising is a good start)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import ClapModel
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 3)
     vae = AutoencoderKL.from_pretrained(WORK / "vae").eval()
     sf = vae.config.scaling_factor
-    labels, waves = bank(bank_size, seed + 7)
+    labels, waves = bank(bank_size, seed)  # the VAE's clips: cached, and no held-out need here
     t0 = time.time()
     means, stds = [], []
     with torch.no_grad():
@@ -217,13 +283,23 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> 
     log(f"latent bank {tuple(means.shape)} in {time.time() - t0:.0f}s")
 
     tokenizer = N.build_tokenizer()
-    text_encoder = N.build_text_encoder().train()
-    unet = N.build_unet().train()
+    frozen_text = (WORK / "text_encoder" / "model.safetensors").exists()
+    text_encoder = ClapModel.from_pretrained(WORK / "text_encoder") if frozen_text else N.build_text_encoder()
+    text_encoder.train(not frozen_text)
+    unet = UNet2DConditionModel.from_pretrained(N.NOTES_DIR / "unet", torch_dtype=torch.float32) if resume else N.build_unet()
+    unet.train()
+    log(f"text encoder {'pre-trained, frozen' if frozen_text else 'trained jointly'}; UNet {'resumed' if resume else 'new'}")
     alphas_cumprod = N.build_scheduler().alphas_cumprod
     # unique prompts: index 0 is the empty prompt (CFG's unconditional branch)
     n_classes = len(D.NOTES) * len(D.TIMBRES)
     prompts = [""] + [label_of(i).prompt for i in range(n_classes)]
-    params = list(unet.parameters()) + list(text_encoder.text_model.parameters()) + list(text_encoder.text_projection.parameters())
+    params = list(unet.parameters())
+    if frozen_text:
+        text_encoder.requires_grad_(False)
+        with torch.no_grad():
+            table = N.text_embeddings(text_encoder, tokenizer, prompts)
+    else:
+        params += list(text_encoder.text_model.parameters()) + list(text_encoder.text_projection.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -232,7 +308,6 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> 
     ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     for p in list(ema_unet.parameters()) + list(ema_te.parameters()):
         p.requires_grad_(False)
-    vocoder = SpeechT5HifiGan.from_pretrained(WORK / "vocoder").eval() if (WORK / "vocoder").exists() else None
 
     t0 = time.time()
     running = None
@@ -242,13 +317,18 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> 
         cond = labels[idx] + 1
         cond[torch.rand(batch, generator=g) < 0.1] = 0
         used, inverse = torch.unique(cond, return_inverse=True)
-        emb = N.text_embeddings(text_encoder, tokenizer, [prompts[i] for i in used.tolist()])[inverse]
+        if frozen_text:
+            emb = table[cond]
+        else:
+            emb = N.text_embeddings(text_encoder, tokenizer, [prompts[i] for i in used.tolist()])[inverse]
         t = torch.randint(0, 1000, (batch,), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, t, None, class_labels=emb).sample
-        loss = (min_snr_weight(alphas_cumprod, t) * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        # v-prediction (the scheduler's setting): v = sqrt(a) eps - sqrt(1 - a) x0, plain MSE
+        target = a.sqrt() * noise - (1 - a).sqrt() * z0
+        loss = F.mse_loss(pred, target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -263,10 +343,10 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int) -> 
         if step % 50 == 0 or step == steps - 1:
             rate = (time.time() - t0) / (step + 1)
             log(f"unet step {step} loss {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
-        if vocoder is not None and ((step + 1) % 400 == 0 or step == steps - 1):
-            save_pipeline(vae, ema_te, ema_unet, vocoder)
+        if (step + 1) % save_every == 0 or step == steps - 1:
+            save_pipeline(vae, ema_te, ema_unet, current_vocoder())
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
-            "bank_size": len(means)}
+            "bank_size": len(means), "resumed": resume, "text_encoder_frozen": frozen_text}
     log(f"unet done {info}")
     return info
 
@@ -283,6 +363,31 @@ def save_pipeline(vae, text_encoder, unet, vocoder) -> None:
 # ---------------------------------------------------------------------------- eval
 
 
+@torch.no_grad()
+def mel_level_adherence(pipe, seeds: tuple[int, ...], guidance: float, steps: int = N.DEFAULT_STEPS) -> dict:
+    """Diagnostic that leaves the vocoder out: generate latents, decode them to log-mels with
+    the VAE, and classify each clip's time-averaged log-mel spectrum by its correlation with
+    per-note templates (averages of ground-truth log-mels). Fraction whose note is right."""
+    prompts = N.eval_prompts()
+    labels = [D.NoteLabel(n, t) for n in range(len(D.NOTES)) for t in range(2) for _ in range(8)]
+    truth = N.log_mel(D.synthesize(labels, SECONDS, torch.Generator().manual_seed(555))).mean(1)
+    notes = torch.tensor([l.note for l in labels])
+    templates = torch.stack([truth[notes == k].mean(0) for k in range(len(D.NOTES))])
+
+    def z(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp_min(1e-6)
+
+    hits = []
+    for seed in seeds:
+        gens = [torch.Generator().manual_seed(1000 * seed + i) for i in range(len(prompts))]
+        latents = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, audio_length_in_s=SECONDS,
+                       generator=gens, output_type="latent").audios
+        mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample.squeeze(1).mean(1)
+        predicted = (z(mel) @ z(templates).T).argmax(1)
+        hits += (predicted == torch.tensor([N.parse_prompt(p).note for p in prompts])).tolist()
+    return {"n": len(hits), "note_correct": sum(hits) / len(hits)}
+
+
 def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
     t0 = time.time()
     pipe = N.load_notes_pipeline()
@@ -296,6 +401,8 @@ def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
         out = pipe.mel_spectrogram_to_waveform(rec)
         info["vae_vocoder_roundtrip"] = N.pitch_adherence(out, [label_of(i).prompt for i in labels]).as_dict()
     for guidance in guidances:
+        info[f"mel_level_guidance_{guidance:g}"] = mel_level_adherence(pipe, seeds, guidance)
+        log(f"mel level, guidance {guidance}: {info[f'mel_level_guidance_{guidance:g}']}")
         res = N.evaluate_notes(pipe, seeds=seeds, guidance_scale=guidance)
         info[f"adherence_guidance_{guidance:g}"] = res.as_dict()
         log(f"guidance {guidance}: {res}")
@@ -304,20 +411,41 @@ def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
     return info
 
 
+def bench(repeats: int) -> dict:
+    """SADA vs baseline on the 16 prompts in one batch (seed 0, default steps and guidance):
+    the default config and the criterion-only one, interleaved repeats, medians."""
+    import sadakit
+
+    pipe = N.load_notes_pipeline()
+    rows = []
+    for name, config in (("default", None), ("criterion_only", sadakit.SADAConfig.criterion_only())):
+        row = N.compare_notes_sada(pipe, config, name, repeats=repeats).row()
+        log(f"bench {row}")
+        rows.append(row)
+    info = {"repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
+    (N.NOTES_DIR / "bench_sada.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("all", "vocoder", "vae", "unet", "install-vocoder", "eval"), default="all")
+    ap.add_argument("--stage", choices=("all", "vocoder", "vae", "text", "unet", "install-vocoder", "eval", "bench"), default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vocoder-steps", type=int, default=1000)
+    ap.add_argument("--vocoder-batch", type=int, default=8)
     ap.add_argument("--vocoder-crop", type=int, default=32)
-    ap.add_argument("--vocoder-channels", type=int, default=96)
+    ap.add_argument("--vocoder-channels", type=int, default=128)
     ap.add_argument("--vae-steps", type=int, default=500)
-    ap.add_argument("--unet-steps", type=int, default=900)
+    ap.add_argument("--unet-steps", type=int, default=800)
+    ap.add_argument("--text-steps", type=int, default=300)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--resume", action="store_true", help="unet stage: start from the saved UNet")
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=2e-3)
-    ap.add_argument("--bank-size", type=int, default=4096)
+    ap.add_argument("--bank-size", type=int, default=2048)
     ap.add_argument("--eval-seeds", type=int, default=2)
+    ap.add_argument("--bench-repeats", type=int, default=3)
     ap.add_argument("--eval-guidance", type=float, nargs="+", default=[N.DEFAULT_GUIDANCE])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -327,11 +455,15 @@ def main() -> None:
     record: dict = {"threads": args.threads}
     started = time.time()
     if args.stage in ("all", "vocoder"):
-        record["vocoder"] = train_vocoder(args.vocoder_steps, 16, args.seed, args.vocoder_channels, crop=args.vocoder_crop)
+        record["vocoder"] = train_vocoder(args.vocoder_steps, args.vocoder_batch, args.seed, args.vocoder_channels, crop=args.vocoder_crop)
     if args.stage in ("all", "vae"):
         record["vae"] = train_vae(args.vae_steps, 16, args.seed, crop=64)
+    if args.stage in ("all", "text"):
+        record["text"] = train_text(args.text_steps, args.seed)
     if args.stage in ("all", "unet"):
-        record["unet"] = train_unet(args.unet_steps, args.unet_batch, args.seed, args.unet_lr, args.bank_size)
+        key = "unet_resumed" if args.resume else "unet"
+        record[key] = train_unet(args.unet_steps, args.unet_batch, args.seed + int(args.resume), args.unet_lr,
+                                 args.bank_size, save_every=args.save_every, resume=args.resume)
     if args.stage == "install-vocoder":
         # the vocoder finished after the UNet's last save: put it into the pipeline
         from transformers import SpeechT5HifiGan
@@ -339,6 +471,8 @@ def main() -> None:
         SpeechT5HifiGan.from_pretrained(WORK / "vocoder").save_pretrained(N.NOTES_DIR / "vocoder")
     if args.stage in ("all", "eval"):
         record["eval"] = evaluate(tuple(range(args.eval_seeds)), tuple(args.eval_guidance))
+    if args.stage == "bench":
+        record["bench"] = bench(args.bench_repeats)
     merged = json.loads(log_file.read_text()) if log_file.exists() else {}
     merged.setdefault("stage_seconds", {})[args.stage] = time.time() - started
     merged.update(record)
