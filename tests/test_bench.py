@@ -289,3 +289,25 @@ def test_adasde_row_runs_at_the_files_nfe(sdxl, tmp_path):
     assert result.not_applicable == {}
     assert rows["adasde"]["denoiser_forwards"] == 3 and rows["baseline"]["denoiser_forwards"] == 10
     assert rows["adasde"]["flops_ratio"] < 0.5
+
+
+def test_cache_dit_on_flux_controlnet_is_not_applicable_because_it_changes_the_output():
+    """The reason is measured, not assumed: with nothing cached, cache-dit's patched forward still
+    moves the ControlNet pipeline's output far away. If this starts failing, cache-dit was fixed:
+    drop the rule in ``CacheDiT.not_applicable``."""
+    pytest.importorskip("cache_dit")
+    import torch
+
+    from sadakit.bench.methods import CacheDiT
+    from sadakit.bench.runner import _timed, pipeline_fingerprint
+    from sadakit.loading import default_call_kwargs, load_pipeline
+    from sadakit.metrics.image import psnr
+
+    pipe = load_pipeline("tiny:flux-controlnet")
+    method = CacheDiT(name="cache-dit", knob=1e-5)
+    assert "does not reproduce FluxControlNetPipeline" in method.not_applicable(pipe)
+    kwargs = {"num_inference_steps": 6, "prompt": "a red square", **default_call_kwargs("tiny:flux-controlnet")}
+    reference = pipeline_fingerprint(pipe)
+    base, _ = _timed(pipe, parse_method("baseline"), {**kwargs, "generator": torch.Generator().manual_seed(0)})
+    cached, _ = _timed(pipe, method, {**kwargs, "generator": torch.Generator().manual_seed(0)}, reference)
+    assert psnr(cached, base) < 30.0

@@ -343,7 +343,12 @@ class CacheDiT(Method):
     """
 
     def not_applicable(self, pipe: Any) -> str | None:
-        if _family(pipe) not in ("flux", "flux-controlnet"):
+        if _family(pipe) == "flux-controlnet":
+            # measured: at residual_diff_threshold 1e-5 (nothing cached) the output is 21 dB from the
+            # baseline on tiny:flux-controlnet, 18 dB / SSIM 0.60 at 0.6 on the medium one
+            return ("cache-dit's patched Flux forward does not reproduce FluxControlNetPipeline: even with "
+                    "nothing cached its output departs from the baseline (21 dB PSNR), so its numbers would mislead")
+        if _family(pipe) != "flux":
             return f"the bench sets cache-dit up for Flux transformers; {type(pipe).__name__} has none"
         return _missing("cache_dit")
 
