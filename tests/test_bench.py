@@ -231,6 +231,22 @@ def test_peak_memory_on_cpu_sees_an_allocation():
     assert 60 <= mem.peak_mb < 400
 
 
+def test_peak_memory_fallback_samples_rss():
+    """The non-Linux path (psutil sampling), forced here: it sees an allocation held for a while."""
+    pytest.importorskip("psutil")
+    import time
+
+    import torch
+
+    from sadakit.bench.runner import PeakMemory
+
+    with PeakMemory(torch.device("cpu"), method="rss-sampled") as mem:
+        block = torch.ones(16 * 2**20)
+        time.sleep(0.1)  # several 5 ms samples while the 64 MiB are resident
+        del block
+    assert 50 <= mem.peak_mb < 400
+
+
 def test_bench_on_the_bundled_model_has_adherence_columns():
     from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
 
