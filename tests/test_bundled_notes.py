@@ -1,0 +1,210 @@
+"""The bundled notes model (MusicLDM) loads through ``from_pretrained``, generates audio with
+the prompted pitch, its vocoder resynthesises real notes, SADA keeps the pitch, and a damaged
+model directory fails with an error naming the file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import sadakit
+from sadakit.bundled import (
+    MODELS_DIR,
+    NOTES_DIR,
+    BundledModelError,
+    evaluate_notes,
+    generate_notes,
+    load_notes_pipeline,
+    notes_eval_prompts,
+    pitch_adherence,
+)
+from sadakit.bundled import data_notes
+from sadakit.bundled import notes as N
+from sadakit.bundled.notes import generate_notes_and_mels
+
+#: Pitch adherence target (fraction of clips within +-0.5 semitone of the prompted note).
+PITCH_TARGET = 0.9
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny models on a shared 2-core CPU (see tests/test_bundled.py)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_notes_pipeline()
+
+
+def test_loads_as_real_musicldm_pipeline(pipe) -> None:
+    from diffusers import MusicLDMPipeline
+    from transformers import ClapModel, SpeechT5HifiGan
+
+    from sadakit.plugins.audio.compat import is_musicldm_compat_applied
+
+    assert type(pipe) is MusicLDMPipeline
+    assert isinstance(pipe.text_encoder, ClapModel) and isinstance(pipe.vocoder, SpeechT5HifiGan)
+    assert pipe.unet.config.class_embed_type == "simple_projection"
+    assert pipe.unet.config.projection_class_embeddings_input_dim == pipe.text_encoder.config.projection_dim
+    assert pipe.unet.dtype == torch.float32  # stored in float16, loaded as float32
+    assert is_musicldm_compat_applied(pipe)
+    assert not any(m.training for m in (pipe.unet, pipe.text_encoder, pipe.vae, pipe.vocoder))
+
+
+def test_shipped_weights_are_small() -> None:
+    notes = sum(p.stat().st_size for p in NOTES_DIR.rglob("*.safetensors"))
+    everything = sum(p.stat().st_size for p in MODELS_DIR.rglob("*.safetensors"))
+    assert notes < 9 * 2**20, notes
+    assert everything < 25 * 2**20, everything
+
+
+def test_generates_audio_on_cpu(pipe) -> None:
+    audio = generate_notes(pipe, ["a soft note A4"], seed=0, num_inference_steps=4)
+    assert audio.shape == (1, int(N.AUDIO_SECONDS * N.SAMPLE_RATE))
+    assert torch.isfinite(audio).all() and audio.abs().max() <= 1.0
+
+
+@pytest.fixture(scope="module")
+def ground_truth() -> tuple[torch.Tensor, list[str]]:
+    labels = [data_notes.NoteLabel(n, t) for n in range(len(data_notes.NOTES)) for t in range(len(data_notes.TIMBRES))]
+    waves = data_notes.synthesize(labels, N.AUDIO_SECONDS, torch.Generator().manual_seed(77))
+    return waves, [l.prompt for l in labels]
+
+
+def test_adherence_measure_on_ground_truth(ground_truth) -> None:
+    """Pitch (audio and mel) and timbre measures are right on the synthesiser's own notes,
+    and reject a wrong pitch (the next note) and a wrong timbre label."""
+    waves, prompts = ground_truth
+    truth = pitch_adherence(waves, prompts, N.log_mel(waves))
+    assert truth.pitch == 1.0 and truth.timbre == 1.0 and truth.mel_pitch == 1.0, truth
+    assert N.mel_pitch_adherence(N.log_mel(waves), [p[:-2] + "C5" if p[-2:] != "C5" else p[:-2] + "C4" for p in prompts]) == 0.0
+    shifted = [p[:-2] + data_notes.NOTES[(data_notes.NOTES.index(p[-2:]) + 1) % 8] for p in prompts]
+    assert pitch_adherence(waves, shifted).pitch == 0.0
+    swapped = [p.replace("soft", "X").replace("bright", "soft").replace("X", "bright") for p in prompts]
+    assert pitch_adherence(waves, swapped).timbre < 0.2
+
+
+def comb_cap(prompts: list[str]) -> float:
+    """Best audio-domain pitch adherence a hop-160 convolutional vocoder can reach on steady
+    notes: its output for (near-)constant mel frames is periodic with the hop (160 samples),
+    so its spectrum lies on multiples of 100 Hz; a note passes only if such a multiple is
+    within the tolerance of it."""
+    f0 = torch.tensor([N.parse_prompt(p).frequency for p in prompts])
+    comb = (f0 / 100).round().clamp(min=1) * 100
+    return (data_notes.semitone_error(comb, f0).abs() <= N.PITCH_TOLERANCE).float().mean().item()
+
+
+def test_vocoder_resynthesises_ground_truth(pipe, ground_truth) -> None:
+    """The vocoder turns ground-truth log-mels into audible, note-like audio (not noise):
+    log-mel PSNR against the original, and pitch at the hop-periodicity limit."""
+    from sadakit.metrics.audio import log_mel_psnr
+
+    waves, prompts = ground_truth
+    with torch.no_grad():
+        audio = pipe.mel_spectrogram_to_waveform(N.log_mel(waves).unsqueeze(1))
+    assert log_mel_psnr(audio, waves, N.SAMPLE_RATE) > 15.0
+    result = pitch_adherence(audio, prompts)
+    assert result.rms_level > 0.02, result
+    measured = data_notes.measure_pitch(audio)
+    assert ((measured / 100).round() * 100 - measured).abs().max() < 2.0, measured  # on the 100 Hz comb
+    assert comb_cap(prompts) - 2 / len(prompts) <= result.pitch <= comb_cap(prompts), result
+
+
+@pytest.mark.xfail(reason="a hop-160 SpeechT5HifiGan renders steady notes on a 100 Hz comb: at most "
+                   "3 of the 8 notes can be within 0.5 semitone (see docs/bundled_models.md)", strict=True)
+def test_vocoder_pitch_within_half_a_semitone(pipe, ground_truth) -> None:
+    waves, prompts = ground_truth
+    with torch.no_grad():
+        audio = pipe.mel_spectrogram_to_waveform(N.log_mel(waves).unsqueeze(1))
+    assert pitch_adherence(audio, prompts).pitch >= PITCH_TARGET
+
+
+@pytest.fixture(scope="module")
+def baseline(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 16 prompts, seed 0, default steps and guidance: (audio, log-mels)."""
+    return generate_notes_and_mels(pipe, notes_eval_prompts(), seed=0)
+
+
+def test_mel_pitch_adherence_at_default_steps(baseline) -> None:
+    """The diffusion model's pitch, judged on the generated log-mel (before the vocoder)."""
+    audio, mels = baseline
+    result = pitch_adherence(audio, notes_eval_prompts(), mels)
+    assert result.mel_pitch >= PITCH_TARGET, result
+    assert result.rms_level > 0.02, result  # audible, not near-silence
+
+
+def test_audio_pitch_reaches_the_vocoder_limit(baseline) -> None:
+    audio, mels = baseline
+    prompts = notes_eval_prompts()
+    assert pitch_adherence(audio, prompts).pitch >= comb_cap(prompts) - 2 / len(prompts)
+
+
+def test_sada_skips_calls_and_keeps_the_pitch(pipe, baseline) -> None:
+    prompts = notes_eval_prompts()
+    sadakit.accelerate(pipe)
+    try:
+        audio, mels = generate_notes_and_mels(pipe, prompts, seed=0)
+        report = sadakit.report(pipe)
+    finally:
+        sadakit.remove(pipe)
+    assert report.denoiser_calls == N.DEFAULT_STEPS
+    assert report.network_calls < N.DEFAULT_STEPS
+    base = pitch_adherence(baseline[0], prompts, baseline[1])
+    sada = pitch_adherence(audio, prompts, mels)
+    assert sada.mel_pitch >= PITCH_TARGET, sada
+    assert sada.mel_pitch >= base.mel_pitch - 1 / len(prompts), (base, sada)
+    assert sada.pitch >= base.pitch - 1 / len(prompts), (base, sada)
+
+
+def test_evaluate_notes_counts_every_clip(pipe) -> None:
+    result = evaluate_notes(pipe, seeds=(0,), num_inference_steps=2)
+    assert result.n == len(notes_eval_prompts())
+
+
+def test_bad_prompt_is_rejected() -> None:
+    with pytest.raises(ValueError, match="not a notes prompt"):
+        pitch_adherence(torch.zeros(1, 100), ["a loud note H9"])
+
+
+def _copy(tmp_path: Path) -> Path:
+    target = tmp_path / "notes-musicldm"
+    shutil.copytree(NOTES_DIR, target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["vocoder/model.safetensors", "tokenizer/tokenizer.json", "unet/config.json"])
+def test_missing_file_is_named(tmp_path: Path, name: str) -> None:
+    broken = _copy(tmp_path)
+    (broken / name).unlink()
+    with pytest.raises(BundledModelError, match=name.split("/")[-1]):
+        load_notes_pipeline(broken)
+
+
+def test_truncated_weights_are_named(tmp_path: Path) -> None:
+    broken = _copy(tmp_path)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundledModelError, match="unet/diffusion_pytorch_model.safetensors"):
+        load_notes_pipeline(broken)
+
+
+def test_garbage_config_is_named(tmp_path: Path) -> None:
+    broken = _copy(tmp_path)
+    (broken / "vocoder" / "config.json").write_text("{not json")
+    with pytest.raises(BundledModelError, match="vocoder/config.json"):
+        load_notes_pipeline(broken)
+
+
+def test_every_pipeline_file_is_checked() -> None:
+    for name in N.PIPELINE_FILES:
+        assert (NOTES_DIR / name).is_file(), name
+    saved = {str(p.relative_to(NOTES_DIR)) for p in NOTES_DIR.rglob("*") if p.is_file()}
+    assert {s for s in saved if s.endswith((".safetensors", "config.json"))} <= set(N.PIPELINE_FILES)
