@@ -25,11 +25,11 @@ import torch
 from sadakit.adasde import AdaSDEScheduler, DistillConfig, distill_pipeline, load_coefficients
 from sadakit.bundled import DEFAULT_GUIDANCE, DEFAULT_STEPS, eval_prompts, generate, load_shapes_pipeline, prompt_adherence
 from sadakit.bundled import data_shapes
-from sadakit.bundled._files import MODELS_DIR
+from sadakit.bundled.shapes_adasde import SHAPES_ADASDE_DIR, SHAPES_MODEL_ID, shapes_adasde_path
 from sadakit.metrics.image import psnr
 
-COEFF_DIR = MODELS_DIR / "shapes-adasde"
-MODEL_ID = "sadakit/bundled/shapes-sd"
+COEFF_DIR = SHAPES_ADASDE_DIR
+MODEL_ID = SHAPES_MODEL_ID
 SOLVERS = {
     "euler": "EulerDiscreteScheduler",
     "dpm++2m": "DPMSolverMultistepScheduler",
@@ -38,14 +38,8 @@ SOLVERS = {
 }
 
 
-def coefficient_path(nfe: int, gamma_max: float, solver: str = "adasde", root: Path = COEFF_DIR) -> Path:
-    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (learned churn + Euler), ``...-gamma0``."""
-    stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
-    return root / (f"{stem}.safetensors" if gamma_max > 0 else f"{stem}-gamma0.safetensors")
-
-
 def ensure_coefficients(pipe, nfe: int, gamma_max: float, solver: str, args: argparse.Namespace) -> Path:
-    path = coefficient_path(nfe, gamma_max, solver, Path(args.coeff_dir))
+    path = shapes_adasde_path(nfe, solver, deterministic=gamma_max == 0, root=Path(args.coeff_dir))
     if path.exists() and not args.fresh:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +93,7 @@ def run_rows(args: argparse.Namespace) -> list[dict]:
         for solver in args.solvers:
             name = "adasde" if solver == "adasde" else f"learned churn + {solver}"
             for gamma_max, label in ((args.gamma_max, name), (0.0, f"{name}, gamma=0")):
-                if gamma_max == 0.0 and not args.ablation:
+                if gamma_max == 0.0 and not (args.ablation and solver == "adasde"):
                     continue
                 pipe.scheduler = base_scheduler
                 try:
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=24, help="distillation samples per iteration")
     p.add_argument("--teacher-factor", type=int, default=4)
     p.add_argument("--gamma-max", type=float, default=0.3)
-    p.add_argument("--ablation", action="store_true", help="also distil and run the gamma = 0 ablation")
+    p.add_argument("--ablation", action="store_true", help="also distil and run AdaSDE's gamma = 0 ablation")
     p.add_argument("--solvers", nargs="+", default=["adasde", "euler"], choices=["adasde", "euler", "heun", "midpoint"],
                    help="AdaSDE's own step and/or the learned churn in front of a base solver")
     p.add_argument("--fresh", action="store_true")

@@ -223,3 +223,31 @@ def test_model_chart_inverts_the_diffusers_schedule(config):
     got = torch.tensor([chart.timestep(float(s)) for s in sigmas], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
     torch.testing.assert_close(chart.timestep_tensor(sigmas), want, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("solver", ["adasde", "euler", "heun", "midpoint"])
+def test_same_seed_is_bit_identical_whatever_the_global_rng(solver, tmp_path):
+    """The first model call's input may not depend on noise the pipeline's generator did not draw
+    (regression: Euler after the analytic first step churned before its first call, with the
+    global RNG inside ``scale_model_input``)."""
+    from sadakit.core.adasde import count_nfe, steps_for_nfe
+
+    pipe, kw = _build("sd")
+    nfe = 5 if solver != "euler" else 4
+    steps = steps_for_nfe(nfe, solver, True)
+    assert count_nfe(steps, solver, True) == nfe
+    smin, smax = 0.0292, 14.6
+    raw = init_raw_coefficients(steps, 0.25)  # a real churn at every step after the first
+    path = tmp_path / f"{solver}.safetensors"
+    save_coefficients(path, raw, make_sigmas(steps, smin, smax), CoefficientMetadata(
+        model="tiny", nfe=nfe, solver=solver, analytic_first_step=True, sigma_min=smin, sigma_max=smax))
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler)
+
+    def run(global_seed: int, seed: int = 3) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        return pipe(prompt=PROMPTS, num_inference_steps=nfe, output_type="latent",
+                    generator=torch.Generator().manual_seed(seed), **kw).images
+
+    first = run(0)
+    assert torch.equal(run(12345), first)
+    assert not torch.equal(run(0, seed=4), first)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -326,10 +326,16 @@ def solver_plan(
     x = x.to(torch.float32)
     for n in range(steps):
         afs = analytic_first_step and n == 0
+        step = coeffs[n]
+        if n > 0 and count_nfe(n, solver, analytic_first_step) == 0:
+            # No churn before the first model call (Euler after the analytic first step): a
+            # pipeline hands its generator only to ``scheduler.step``, after that call, so the
+            # first call's input must be a deterministic function of the initial latents.
+            step = replace(step, gamma=torch.zeros_like(step.gamma))
         if solver == "adasde":
-            x = yield from adasde_plan(x, s[n], s[n + 1], coeffs[n], generator, afs)
+            x = yield from adasde_plan(x, s[n], s[n + 1], step, generator, afs)
         else:
-            x = yield from base_plan(solver, x, s[n], s[n + 1], coeffs[n].gamma, generator, afs)
+            x = yield from base_plan(solver, x, s[n], s[n + 1], step.gamma, generator, afs)
         if trajectory is not None:
             trajectory.append(x)
     return x
