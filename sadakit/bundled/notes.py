@@ -470,10 +470,11 @@ def compare_notes_sada(
 
 def spectrogram_picture(rows: list[torch.Tensor]) -> torch.Tensor:
     """``(3, H, W)`` image in [0, 1]: one row of log-mel spectrograms (low pitch at the
-    bottom, time to the right) per tensor of clips, clips side by side, 1 px separators."""
-    lo, hi = math.log(LOG_FLOOR), None
+    bottom, time to the right) per tensor of clips, clips side by side, 1 px separators;
+    the same colour scale for all rows, so baseline and SADA compare directly."""
     mels = [log_mel(r).transpose(-1, -2).flip(-2) for r in rows]  # (n, mels, frames)
-    hi = max(float(m.max()) for m in mels)
+    values = torch.cat([m.flatten() for m in mels])
+    lo, hi = float(values.quantile(0.3)), float(values.max())  # contrast: the quietest 30% is black
     lines = []
     for m in mels:
         img = ((m - lo) / (hi - lo)).clamp(0, 1)
