@@ -242,7 +242,11 @@ def test_peak_memory_fallback_samples_rss():
 
     with PeakMemory(torch.device("cpu"), method="rss-sampled") as mem:
         block = torch.ones(16 * 2**20)
-        time.sleep(0.1)  # several 5 ms samples while the 64 MiB are resident
+        # keep the 64 MiB resident until the 5 ms sampler has seen them (a loaded machine may
+        # not schedule the sampling thread within a fixed short sleep), at most 2 s
+        deadline = time.monotonic() + 2.0
+        while mem._peak - mem._base < 50 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.01)
         del block
     assert 50 <= mem.peak_mb < 400
 

@@ -173,8 +173,12 @@ class PeakMemory:
             _reset_vmhwm()
             self._base = _proc_status_kib("VmRSS") * 1024
         elif self.method == "rss-sampled":
+            import gc
+
             import psutil
 
+            gc.collect()
+            _malloc_trim()  # as for VmHWM: otherwise the run may reuse freed pages and show no growth
             self._proc = psutil.Process()
             self._base = self._proc.memory_info().rss
             self._peak = self._base
