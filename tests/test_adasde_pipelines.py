@@ -251,3 +251,23 @@ def test_same_seed_is_bit_identical_whatever_the_global_rng(solver, tmp_path):
     first = run(0)
     assert torch.equal(run(12345), first)
     assert not torch.equal(run(0, seed=4), first)
+
+
+def test_scheduler_runs_in_a_controlnet_pipeline(tmp_path):
+    """Coefficients distilled on the base pipeline load into its ControlNet pipeline: the
+    control branch is fed through the same (pure) ``scale_model_input``."""
+    pipe = tp.tiny_sd_controlnet_pipeline()
+    smin, smax = 0.0292, 14.6
+    path = tmp_path / "c.safetensors"
+    save_coefficients(path, init_raw_coefficients(3, 0.2), make_sigmas(3, smin, smax),
+                      CoefficientMetadata(model="tiny", nfe=5, sigma_min=smin, sigma_max=smax))
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler)
+    image = tp.control_probe()
+
+    def run(seed: int) -> torch.Tensor:
+        return pipe(prompt=PROMPTS, image=image, num_inference_steps=5, height=64, width=64, output_type="latent",
+                    generator=torch.Generator().manual_seed(seed)).images
+
+    a, b, c = run(0), run(0), run(1)
+    assert pipe.scheduler.nfe == 5 and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
