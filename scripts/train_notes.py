@@ -2,8 +2,9 @@
 
 Stages (run all, or one at a time with ``--stage``; later stages read earlier outputs):
 
-1. ``vocoder``: SpeechT5HifiGan on ground-truth log-mels of synthesised notes, L1 log-mel
-   + multi-resolution STFT loss (no GAN: the data are clean harmonic tones).
+1. ``vocoder``: :class:`~sadakit.bundled.harmonic_vocoder.HarmonicVocoder` on ground-truth
+   log-mels of synthesised notes: pitch head supervised with the exact f0, amplitudes through
+   the oscillator bank with log-mel L1 + multi-resolution STFT loss (no GAN: clean tones).
 2. ``vae``: AutoencoderKL on log-mel "images" (1, 128 frames, 64 mels) -> (8, 32, 16),
    L1 + small KL, scaling factor 1 / std of the latents.
 3. ``text``: CLAP text branch pre-trained so prompts get distinct embeddings (note and
@@ -37,7 +38,10 @@ from safetensors.torch import load_file, save_file
 from sadakit.bundled import data_notes as D
 from sadakit.bundled import notes as N
 
+#: Scratch directory (data banks, stage outputs) and the pipeline directory written to; both
+#: set from ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
 WORK = Path("/tmp/notes-train")
+OUT = N.NOTES_DIR
 SECONDS = N.AUDIO_SECONDS
 FRAMES = int(round(SECONDS * 100))
 VOCODER_LOSS_FLOOR = math.log(1e-2)
@@ -54,18 +58,27 @@ def random_labels(n: int, g: torch.Generator) -> list[D.NoteLabel]:
 
 def bank(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` seeded clips: label index (note * 2 + timbre) and waveforms; cached as safetensors."""
+    labels, waves, _ = bank_with_f0(n, seed)
+    return labels, waves
+
+
+def bank_with_f0(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`bank` plus each clip's exact fundamental (Hz); a cache without it is rebuilt
+    (same seed, same clips)."""
     path = WORK / f"bank_{n}_{seed}.safetensors"
     if path.exists():
         data = load_file(str(path))
-        return data["labels"], data["waves"]
+        if "f0" in data:
+            return data["labels"], data["waves"], data["f0"]
     t0 = time.time()
     g = torch.Generator().manual_seed(seed)
     labels = random_labels(n, g)
-    waves = torch.cat([D.synthesize(labels[i : i + 256], SECONDS, g) for i in range(0, n, 256)])
+    parts = [D.synthesize_with_f0(labels[i : i + 256], SECONDS, g) for i in range(0, n, 256)]
+    waves, f0 = torch.cat([w for w, _ in parts]), torch.cat([f for _, f in parts])
     index = torch.tensor([l.note * len(D.TIMBRES) + l.timbre for l in labels])
-    save_file({"labels": index, "waves": waves.contiguous()}, str(path))
+    save_file({"labels": index, "waves": waves.contiguous(), "f0": f0}, str(path))
     log(f"synthesised {n} clips in {time.time() - t0:.0f}s")
-    return index, waves
+    return index, waves, f0
 
 
 def label_of(index: int) -> D.NoteLabel:
@@ -88,48 +101,65 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return total / 3
 
 
-def train_vocoder(steps: int, batch: int, seed: int, channels: int, crop: int) -> dict:
+def voiced_frames(mel: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """``(B, T)`` mask of the frames whose linear mel energy is at least ``fraction`` of the
+    clip's loudest: where a fundamental exists to be learned (not the silence before onset)."""
+    energy = mel.exp().sum(-1)
+    return (energy >= fraction * energy.amax(-1, keepdim=True)).float()
+
+
+def train_vocoder(steps: int, batch: int, seed: int, crop: int) -> dict:
+    """Pitch head: L1 in semitones against the synthesiser's exact f0 on voiced frames.
+    Amplitude head: the oscillator bank driven by the *true* f0 (teacher forcing, so spectral
+    gradients never pass through a sine's frequency, which is a notoriously bad loss surface),
+    log-mel L1 + multi-resolution STFT loss against the original audio."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    _, waves = bank(2048, seed)
+    _, waves, f0 = bank_with_f0(2048, seed)
     mels = N.log_mel(waves)
-    vocoder = N.build_vocoder(channels)
+    vocoder = N.build_vocoder()
     with torch.no_grad():
         vocoder.mean.copy_(mels.mean(dim=(0, 1)))
         vocoder.scale.copy_(mels.std(dim=(0, 1)).clamp_min(1e-3))
     vocoder.train()
     opt = torch.optim.AdamW(vocoder.parameters(), lr=2e-3, betas=(0.8, 0.99), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.03)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     t0 = time.time()
-    running = None
+    running: dict[str, float] = {}
     for step in range(steps):
         idx = torch.randint(len(waves), (batch,), generator=g)
         start = torch.randint(0, FRAMES - crop + 1, (batch,), generator=g)
         mel = torch.stack([mels[i, s : s + crop] for i, s in zip(idx.tolist(), start.tolist())])
         wav = torch.stack([waves[i, s * N.HOP : (s + crop) * N.HOP] for i, s in zip(idx.tolist(), start.tolist())])
-        pred = vocoder(mel)
-        # log-mel L1 above a floor of 1e-2: with LOG_FLOOR (1e-5, 1e-7 of the peaks) the loss is
-        # dominated by silent bins, and a first run collapsed to near-silence (rms 0.005)
+        f0_pred, amplitudes = vocoder.controls(mel)
+        voiced = voiced_frames(mel)
+        semitones = 12 * torch.log2(f0_pred / f0[idx, None]).abs()
+        f0_loss = (semitones * voiced).sum() / voiced.sum().clamp_min(1)
+        pred = vocoder.synthesize(f0[idx, None].expand_as(f0_pred), amplitudes)
         mel_loss = F.l1_loss(N.log_mel(pred).clamp_min(VOCODER_LOSS_FLOOR), N.log_mel(wav).clamp_min(VOCODER_LOSS_FLOOR))
-        loss = mel_loss + 2.0 * stft_loss(pred, wav)
+        loss = mel_loss + 2.0 * stft_loss(pred, wav) + f0_loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 5.0)
         opt.step()
         sched.step()
-        running = mel_loss.item() if running is None else 0.95 * running + 0.05 * mel_loss.item()
-        if step % 25 == 0 or step == steps - 1:
+        for key, value in (("mel_l1", mel_loss.item()), ("f0_semitones", f0_loss.item())):
+            running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
+        if step % 50 == 0 or step == steps - 1:
             rate = (time.time() - t0) / (step + 1)
-            log(f"vocoder step {step} mel L1 {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
-        if (step + 1) % 200 == 0:
+            log(f"vocoder step {step} mel L1 {running['mel_l1']:.4f} f0 error {running['f0_semitones']:.3f} st "
+                f"({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+        if (step + 1) % 500 == 0 and step + 1 < steps:
             vocoder.eval()
             q = vocoder_quality(vocoder, n_per_prompt=1)
             vocoder.train()
-            log(f"vocoder step {step}: resynthesis pitch {q['resynthesis_pitch']:.2f}, log-mel PSNR {q['resynthesis_log_mel_psnr_db']:.1f} dB")
+            log(f"vocoder step {step}: resynthesis pitch {q['resynthesis_pitch']:.2f}, timbre {q['resynthesis_timbre']:.2f}, "
+                f"log-mel PSNR {q['resynthesis_log_mel_psnr_db']:.1f} dB")
     vocoder.eval()
     vocoder.save_pretrained(WORK / "vocoder")
-    info = {"steps": steps, "batch": batch, "crop_frames": crop, "channels": channels,
-            "seconds": time.time() - t0, "final_mel_l1": running, **vocoder_quality(vocoder)}
+    info = {"class": "HarmonicVocoder", "steps": steps, "batch": batch, "crop_frames": crop,
+            "parameters": sum(p.numel() for p in vocoder.parameters()), "seconds": time.time() - t0,
+            "final_mel_l1": running["mel_l1"], "final_f0_semitones": running["f0_semitones"], **vocoder_quality(vocoder)}
     log(f"vocoder done {info}")
     return info
 
@@ -249,10 +279,10 @@ def train_text(steps: int, seed: int) -> dict:
 def current_vocoder():
     """The trained vocoder if its stage has finished, else an untrained one as a placeholder
     (the vocoder trains concurrently; ``--stage install-vocoder`` puts the final one in)."""
-    from transformers import SpeechT5HifiGan
+    from sadakit.bundled.harmonic_vocoder import HarmonicVocoder
 
-    if (WORK / "vocoder" / "model.safetensors").exists():
-        return SpeechT5HifiGan.from_pretrained(WORK / "vocoder").eval()
+    if (WORK / "vocoder" / "diffusion_pytorch_model.safetensors").exists():
+        return HarmonicVocoder.from_pretrained(WORK / "vocoder").eval()
     log("vocoder not trained yet: saving a placeholder, run --stage install-vocoder later")
     return N.build_vocoder()
 
@@ -286,7 +316,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
     frozen_text = (WORK / "text_encoder" / "model.safetensors").exists()
     text_encoder = ClapModel.from_pretrained(WORK / "text_encoder") if frozen_text else N.build_text_encoder()
     text_encoder.train(not frozen_text)
-    unet = UNet2DConditionModel.from_pretrained(N.NOTES_DIR / "unet", torch_dtype=torch.float32) if resume else N.build_unet()
+    unet = UNet2DConditionModel.from_pretrained(OUT / "unet", torch_dtype=torch.float32) if resume else N.build_unet()
     unet.train()
     log(f"text encoder {'pre-trained, frozen' if frozen_text else 'trained jointly'}; UNet {'resumed' if resume else 'new'}")
     alphas_cumprod = N.build_scheduler().alphas_cumprod
@@ -356,8 +386,27 @@ def save_pipeline(vae, text_encoder, unet, vocoder) -> None:
     loaded back as float32 by ``load_notes_pipeline``)."""
     unet16 = copy.deepcopy(unet).half()
     pipe = N.assemble_pipeline(vae, text_encoder, unet16, vocoder)
-    pipe.save_pretrained(N.NOTES_DIR, safe_serialization=True)
-    log(f"saved pipeline to {N.NOTES_DIR}")
+    pipe.save_pretrained(OUT, safe_serialization=True)
+    log(f"saved pipeline to {OUT}")
+
+
+def install_vocoder() -> None:
+    """Re-save the pipeline in ``OUT`` with the vocoder from ``WORK`` (it trained after the
+    UNet's last save, or it replaces an older vocoder class): the old vocoder folder is removed
+    first so no stale weights stay next to the new ones."""
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import ClapModel
+
+    from sadakit.bundled.harmonic_vocoder import HarmonicVocoder
+
+    vae = AutoencoderKL.from_pretrained(OUT / "vae")
+    text_encoder = ClapModel.from_pretrained(OUT / "text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(OUT / "unet")
+    vocoder = HarmonicVocoder.from_pretrained(WORK / "vocoder")
+    shutil.rmtree(OUT / "vocoder", ignore_errors=True)
+    save_pipeline(vae, text_encoder, unet, vocoder)
 
 
 # ---------------------------------------------------------------------------- eval
@@ -365,7 +414,7 @@ def save_pipeline(vae, text_encoder, unet, vocoder) -> None:
 
 def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
     t0 = time.time()
-    pipe = N.load_notes_pipeline()
+    pipe = N.load_notes_pipeline(OUT)
     info: dict = {"vocoder": vocoder_quality(pipe.vocoder), "steps": N.DEFAULT_STEPS, "seeds": list(seeds)}
     # VAE + vocoder round trip on ground truth: the ceiling for generated audio
     with torch.no_grad():
@@ -389,26 +438,28 @@ def bench(repeats: int) -> dict:
     the default config and the criterion-only one, interleaved repeats, medians."""
     import sadakit
 
-    pipe = N.load_notes_pipeline()
+    pipe = N.load_notes_pipeline(OUT)
     rows = []
     for name, config in (("default", None), ("criterion_only", sadakit.SADAConfig.criterion_only())):
         row = N.compare_notes_sada(pipe, config, name, repeats=repeats).row()
         log(f"bench {row}")
         rows.append(row)
     info = {"repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
-    (N.NOTES_DIR / "bench_sada.json").write_text(json.dumps(info, indent=2))
+    (OUT / "bench_sada.json").write_text(json.dumps(info, indent=2))
     return info
 
 
 def main() -> None:
+    global WORK, OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=("all", "vocoder", "vae", "text", "unet", "install-vocoder", "eval", "bench"), default="all")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(WORK), help="scratch directory (data banks, stage outputs)")
+    ap.add_argument("--out", default=str(N.NOTES_DIR), help="pipeline directory (default: the shipped model)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--vocoder-steps", type=int, default=1000)
-    ap.add_argument("--vocoder-batch", type=int, default=8)
-    ap.add_argument("--vocoder-crop", type=int, default=32)
-    ap.add_argument("--vocoder-channels", type=int, default=128)
+    ap.add_argument("--vocoder-steps", type=int, default=1500)
+    ap.add_argument("--vocoder-batch", type=int, default=16)
+    ap.add_argument("--vocoder-crop", type=int, default=64)
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--unet-steps", type=int, default=800)
     ap.add_argument("--text-steps", type=int, default=300)
@@ -422,13 +473,14 @@ def main() -> None:
     ap.add_argument("--eval-guidance", type=float, nargs="+", default=[N.DEFAULT_GUIDANCE])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    WORK, OUT = Path(args.work), Path(args.out)
     WORK.mkdir(parents=True, exist_ok=True)
-    N.NOTES_DIR.mkdir(parents=True, exist_ok=True)
-    log_file = N.NOTES_DIR / "train_log.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+    log_file = OUT / "train_log.json"
     record: dict = {"threads": args.threads}
     started = time.time()
     if args.stage in ("all", "vocoder"):
-        record["vocoder"] = train_vocoder(args.vocoder_steps, args.vocoder_batch, args.seed, args.vocoder_channels, crop=args.vocoder_crop)
+        record["vocoder"] = train_vocoder(args.vocoder_steps, args.vocoder_batch, args.seed, crop=args.vocoder_crop)
     if args.stage in ("all", "vae"):
         record["vae"] = train_vae(args.vae_steps, 16, args.seed, crop=64)
     if args.stage in ("all", "text"):
@@ -439,9 +491,7 @@ def main() -> None:
                                  args.bank_size, save_every=args.save_every, resume=args.resume)
     if args.stage == "install-vocoder":
         # the vocoder finished after the UNet's last save: put it into the pipeline
-        from transformers import SpeechT5HifiGan
-
-        SpeechT5HifiGan.from_pretrained(WORK / "vocoder").save_pretrained(N.NOTES_DIR / "vocoder")
+        install_vocoder()
     if args.stage in ("all", "eval"):
         record["eval"] = evaluate(tuple(range(args.eval_seeds)), tuple(args.eval_guidance))
     if args.stage == "bench":

@@ -45,12 +45,14 @@ def pipe():
 
 def test_loads_as_real_musicldm_pipeline(pipe) -> None:
     from diffusers import MusicLDMPipeline
-    from transformers import ClapModel, SpeechT5HifiGan
+    from transformers import ClapModel
+
+    from sadakit.bundled.harmonic_vocoder import HarmonicVocoder
 
     from sadakit.plugins.audio.compat import is_musicldm_compat_applied
 
     assert type(pipe) is MusicLDMPipeline
-    assert isinstance(pipe.text_encoder, ClapModel) and isinstance(pipe.vocoder, SpeechT5HifiGan)
+    assert isinstance(pipe.text_encoder, ClapModel) and isinstance(pipe.vocoder, HarmonicVocoder)
     assert pipe.unet.config.class_embed_type == "simple_projection"
     assert pipe.unet.config.projection_class_embeddings_input_dim == pipe.text_encoder.config.projection_dim
     assert pipe.unet.dtype == torch.float32  # stored in float16, loaded as float32
@@ -91,39 +93,26 @@ def test_adherence_measure_on_ground_truth(ground_truth) -> None:
     assert pitch_adherence(waves, swapped).timbre < 0.2
 
 
-def comb_cap(prompts: list[str]) -> float:
-    """Best audio-domain pitch adherence a hop-160 convolutional vocoder can reach on steady
-    notes: its output for (near-)constant mel frames is periodic with the hop (160 samples),
-    so its spectrum lies on multiples of 100 Hz; a note passes only if such a multiple is
-    within the tolerance of it."""
-    f0 = torch.tensor([N.parse_prompt(p).frequency for p in prompts])
-    comb = (f0 / 100).round().clamp(min=1) * 100
-    return (data_notes.semitone_error(comb, f0).abs() <= N.PITCH_TOLERANCE).float().mean().item()
+def off_the_frame_rate_comb(measured_hz: torch.Tensor) -> float:
+    """Fraction of pitches more than 3 Hz from a multiple of 100 Hz (the mel frame rate): a
+    hop-strided convolutional vocoder puts every steady note on that comb (the shipped
+    ``SpeechT5HifiGan`` did, see tests/test_harmonic_vocoder.py); 5 of the 8 notes are off it."""
+    return (((measured_hz / 100).round() * 100 - measured_hz).abs() > 3.0).float().mean().item()
 
 
 def test_vocoder_resynthesises_ground_truth(pipe, ground_truth) -> None:
-    """The vocoder turns ground-truth log-mels into audible, note-like audio (not noise):
-    log-mel PSNR against the original, and pitch at the hop-periodicity limit."""
+    """The vocoder turns ground-truth log-mels into the notes they came from: log-mel PSNR
+    against the original, audible level, pitch and timbre adherence, pitches off the comb."""
     from sadakit.metrics.audio import log_mel_psnr
 
     waves, prompts = ground_truth
     with torch.no_grad():
         audio = pipe.mel_spectrogram_to_waveform(N.log_mel(waves).unsqueeze(1))
-    assert log_mel_psnr(audio, waves, N.SAMPLE_RATE) > 15.0
+    assert log_mel_psnr(audio, waves, N.SAMPLE_RATE) > 20.0
     result = pitch_adherence(audio, prompts)
-    assert result.rms_level > 0.02, result
-    measured = data_notes.measure_pitch(audio)
-    assert ((measured / 100).round() * 100 - measured).abs().max() < 2.0, measured  # on the 100 Hz comb
-    assert comb_cap(prompts) - 2 / len(prompts) <= result.pitch <= comb_cap(prompts), result
-
-
-@pytest.mark.xfail(reason="a hop-160 SpeechT5HifiGan renders steady notes on a 100 Hz comb: at most "
-                   "3 of the 8 notes can be within 0.5 semitone (see docs/bundled_models.md)", strict=True)
-def test_vocoder_pitch_within_half_a_semitone(pipe, ground_truth) -> None:
-    waves, prompts = ground_truth
-    with torch.no_grad():
-        audio = pipe.mel_spectrogram_to_waveform(N.log_mel(waves).unsqueeze(1))
-    assert pitch_adherence(audio, prompts).pitch >= PITCH_TARGET
+    assert result.rms_level > 0.05, result
+    assert result.pitch >= PITCH_TARGET and result.timbre >= PITCH_TARGET, result
+    assert off_the_frame_rate_comb(data_notes.measure_pitch(audio)) >= 0.5
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +129,11 @@ def test_mel_pitch_adherence_at_default_steps(baseline) -> None:
     assert result.rms_level > 0.02, result  # audible, not near-silence
 
 
-def test_audio_pitch_reaches_the_vocoder_limit(baseline) -> None:
-    audio, mels = baseline
-    prompts = notes_eval_prompts()
-    assert pitch_adherence(audio, prompts).pitch >= comb_cap(prompts) - 2 / len(prompts)
+def test_audio_pitch_adherence_at_default_steps(baseline) -> None:
+    """The prompted pitch in the audio itself, after the vocoder."""
+    audio, _ = baseline
+    result = pitch_adherence(audio, notes_eval_prompts())
+    assert result.pitch >= PITCH_TARGET, result
 
 
 def test_sada_skips_calls_and_keeps_the_pitch(pipe, baseline) -> None:
@@ -158,7 +148,7 @@ def test_sada_skips_calls_and_keeps_the_pitch(pipe, baseline) -> None:
     assert report.network_calls < N.DEFAULT_STEPS
     base = pitch_adherence(baseline[0], prompts, baseline[1])
     sada = pitch_adherence(audio, prompts, mels)
-    assert sada.mel_pitch >= PITCH_TARGET, sada
+    assert sada.mel_pitch >= PITCH_TARGET and sada.pitch >= PITCH_TARGET, sada
     assert sada.mel_pitch >= base.mel_pitch - 1 / len(prompts), (base, sada)
     assert sada.pitch >= base.pitch - 1 / len(prompts), (base, sada)
 
@@ -179,7 +169,7 @@ def _copy(tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("name", ["vocoder/model.safetensors", "tokenizer/tokenizer.json", "unet/config.json"])
+@pytest.mark.parametrize("name", ["vocoder/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json", "unet/config.json"])
 def test_missing_file_is_named(tmp_path: Path, name: str) -> None:
     broken = _copy(tmp_path)
     (broken / name).unlink()

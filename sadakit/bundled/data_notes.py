@@ -1,4 +1,4 @@
-"""Procedural "notes" dataset for the (planned) bundled MusicLDM model, and its pitch check.
+"""Procedural "notes" dataset for the bundled MusicLDM model, and its pitch check.
 
 Why: an audio model whose prompt names a pitch can be checked with DSP alone: the
 fundamental of a generated clip is measured and compared with the note the prompt asked
@@ -52,9 +52,16 @@ def synthesize(labels: list[NoteLabel], seconds: float, generator: torch.Generat
     "soft" has 1/k^2 harmonic amplitudes (nearly sine), "bright" 1/k (sawtooth-like) up to
     6 kHz. Onset (0-50 ms), decay rate, detune (+-10 cents) and level are jittered.
     """
+    return synthesize_with_f0(labels, seconds, generator)[0]
+
+
+def synthesize_with_f0(labels: list[NoteLabel], seconds: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`synthesize`, plus the exact (detuned) fundamental of each clip in Hz: the
+    supervision target of the vocoder's pitch head. Same random stream, same waveforms."""
     n_samples = int(round(seconds * SAMPLE_RATE))
     t = torch.arange(n_samples, dtype=torch.float64) / SAMPLE_RATE
     out = torch.zeros(len(labels), n_samples, dtype=torch.float64)
+    f0s = torch.zeros(len(labels), dtype=torch.float64)
     for i, label in enumerate(labels):
         r = torch.rand(5, generator=generator, dtype=torch.float64)
         f0 = label.frequency * 2 ** ((r[0].item() - 0.5) * 0.2 / 12)
@@ -70,7 +77,8 @@ def synthesize(labels: list[NoteLabel], seconds: float, generator: torch.Generat
             tone += torch.sin(2 * math.pi * k * f0 * tt) / k**power
         tone /= tone.abs().max().clamp(min=1e-9)
         out[i] = level * env * tone
-    return out.float()
+        f0s[i] = f0
+    return out.float(), f0s.float()
 
 
 def measure_pitch(waveforms: torch.Tensor, sample_rate: int = SAMPLE_RATE, low_hz: float = 80.0) -> torch.Tensor:
