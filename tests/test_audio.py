@@ -220,6 +220,18 @@ def test_metrics_identical_and_ordered_degradation():
         audio_metrics.snr(ref, ref[:, :100])
 
 
+def test_spectrogram_psnr_against_a_float64_reference():
+    """Per clip: 10 log10(range(reference)^2 / MSE), then the mean over clips."""
+    ref = torch.randn(3, 64, 40, dtype=torch.float64) * torch.rand(3, 1, 1, dtype=torch.float64) * 4
+    test = ref + 0.05 * torch.randn_like(ref)
+    expected = np.mean([10 * np.log10(float(r.max() - r.min()) ** 2 / float(((t - r) ** 2).mean()))
+                        for t, r in zip(test, ref)])
+    assert abs(audio_metrics.spectrogram_psnr(test.float(), ref.float()) - expected) < 1e-3
+    assert audio_metrics.spectrogram_psnr(ref, ref) == float("inf")
+    with pytest.raises(ValueError, match="differ in shape"):
+        audio_metrics.spectrogram_psnr(ref, ref[:, :, :10])
+
+
 def test_spectrogram_lpips_is_skipped_without_local_weights(caplog):
     pytest.importorskip("torchmetrics")
     try:

@@ -71,9 +71,17 @@ def log_mel(waveform: Any, sample_rate: int, n_mels: int = 64) -> torch.Tensor:
 def log_mel_psnr(test: Any, reference: Any, sample_rate: int, n_mels: int = 64) -> float:
     """PSNR (dB) of the test log-mel spectrogram, the peak being the reference's dynamic range."""
     a, b = _pair(test, reference)
-    la, lb = log_mel(a, sample_rate, n_mels), log_mel(b, sample_rate, n_mels)
+    return spectrogram_psnr(log_mel(a, sample_rate, n_mels), log_mel(b, sample_rate, n_mels))
+
+
+def spectrogram_psnr(test: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR (dB) of batched log spectrograms, each clip's peak being its reference's dynamic
+    range, averaged over clips. Also for the log-mels a pipeline generates *before* its
+    vocoder: that separates what an accelerator changed from what the vocoder amplified."""
+    if test.shape != reference.shape:
+        raise ValueError(f"test and reference spectrograms differ in shape: {tuple(test.shape)} vs {tuple(reference.shape)}")
     values = []
-    for x, y in zip(la, lb):
+    for x, y in zip(test.double(), reference.double()):
         mse = float(torch.mean((x - y) ** 2))
         peak = float(y.max() - y.min()) or 1.0
         values.append(float("inf") if mse == 0.0 else 10.0 * math.log10(peak**2 / mse))
