@@ -2,8 +2,8 @@
 
 ``tiny:<family>[:medium]`` builds the random-weight test pipelines of ``sadakit.testing``
 (``tiny:sdxl``, ``tiny:sd``, ``tiny:sd-v``, ``tiny:flux``, ``tiny:musicldm``, ...).
-``bundled:shapes`` loads the trained shapes model shipped in ``sadakit.bundled`` (through the
-real ``from_pretrained``), the one offline pipeline whose outputs mean something.
+``bundled:shapes`` and ``bundled:notes`` load the trained models shipped in ``sadakit.bundled``
+(through the real ``from_pretrained``), the offline pipelines whose outputs mean something.
 Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users with weights
 (and network or a local copy) get the real loading path.
 """
@@ -27,7 +27,7 @@ TINY_BUILDERS = {
 }
 
 
-BUNDLED = ("shapes",)
+BUNDLED = ("shapes", "notes")
 
 
 def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) -> Any:
@@ -36,9 +36,10 @@ def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) 
         which = name.split(":", 1)[1]
         if which not in BUNDLED:
             raise ValueError(f"unknown bundled pipeline {name!r}; allowed: " + ", ".join(f"bundled:{b}" for b in BUNDLED))
-        from .bundled import load_shapes_pipeline
+        from .bundled import load_notes_pipeline, load_shapes_pipeline
 
-        pipe = load_shapes_pipeline(torch_dtype=getattr(torch, dtype))
+        loader = load_shapes_pipeline if which == "shapes" else load_notes_pipeline
+        pipe = loader(torch_dtype=getattr(torch, dtype))
     elif name.startswith("tiny:"):
         parts = name.split(":")
         family = parts[1] if len(parts) > 1 else ""
@@ -69,6 +70,10 @@ def default_call_kwargs(name: str) -> dict:
         from .bundled import DEFAULT_GUIDANCE
 
         return {"guidance_scale": DEFAULT_GUIDANCE}
+    if name == "bundled:notes":
+        from .bundled import NOTES_AUDIO_SECONDS, NOTES_DEFAULT_GUIDANCE
+
+        return {"guidance_scale": NOTES_DEFAULT_GUIDANCE, "audio_length_in_s": NOTES_AUDIO_SECONDS}
     if not name.startswith("tiny:"):
         return {}
     family = name.split(":")[1]
@@ -100,13 +105,31 @@ def control_image_kwargs(pipe: Any, path: str) -> dict:
     return {name: Image.open(path).convert("RGB")}
 
 
-def default_prompts(name: str, n: int = 4) -> list[str] | None:
-    """Prompts a pipeline was trained on (the bundled shapes model's evaluation set), else None."""
+def default_prompts(name: str, n: int | None = 4) -> list[str] | None:
+    """Prompts a pipeline was trained on (the first ``n``, or all with ``None``, of a bundled
+    model's evaluation set), else None."""
     if name == "bundled:shapes":
         from .bundled import eval_prompts
 
         return eval_prompts(n)
+    if name == "bundled:notes":
+        from .bundled import notes_eval_prompts
+
+        return notes_eval_prompts()[:n]
     return None
+
+
+def default_model_name(name: str) -> str:
+    """The model name coefficient files are stored under: a bundled pipeline's model id (the one
+    its shipped AdaSDE files carry, so a file distilled from the command line loads with them),
+    else ``name`` itself."""
+    if name.startswith("bundled:"):
+        from .bundled.adasde_files import BUNDLED_ADASDE
+
+        spec = BUNDLED_ADASDE.get(name.split(":", 1)[1])
+        if spec is not None:
+            return spec.model_id
+    return name
 
 
 def quality_scorer(name: str) -> Callable[[torch.Tensor, str], dict[str, float]] | None:

@@ -8,8 +8,10 @@
     torchrun --nproc_per_node 2 -m sadakit.adasde distill ...     # data parallel
 
 ``--pipeline`` takes a hub id, a local directory or an offline name (``tiny:sdxl``,
-``bundled:shapes``, see ``sadakit.loading``) and distils under the pipeline's own prompts and
-guidance (``sadakit.adasde.pipeline_denoiser``). ``--factory module:function`` names a callable
+``bundled:shapes``, ``bundled:notes``, see ``sadakit.loading``) and distils under the pipeline's
+own prompts and guidance (``sadakit.adasde.pipeline_denoiser``). For the bundled models the
+prompts default to their evaluation set, the guidance to theirs and the model name to the one
+their shipped coefficient files carry. ``--factory module:function`` names a callable
 returning ``(denoiser, sample_noise, meta)`` with ``meta`` a dict of ``model``,
 ``prediction_type``, ``guidance_scale``, ``sigma_min``, ``sigma_max`` (a ``PipelineDenoiser``
 provides all three). ``main`` is what the project CLI mounts as its ``adasde`` command.
@@ -46,16 +48,19 @@ def _testbed_factory(name: str) -> tuple[Callable, Callable, dict[str, Any]]:
 
 
 def _pipeline_factory(args: argparse.Namespace) -> tuple[Callable, Callable, dict[str, Any]]:
-    from sadakit.loading import default_call_kwargs, load_pipeline
+    from sadakit.loading import default_call_kwargs, default_model_name, default_prompts, load_pipeline
 
     from .pipeline_denoiser import pipeline_denoiser
 
-    if not args.prompt:
+    prompts = args.prompt or default_prompts(args.pipeline, None)
+    if not prompts:
         raise SystemExit("--pipeline needs at least one --prompt (the conditioning the coefficients are fitted under)")
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
+    call_kwargs = default_call_kwargs(args.pipeline)
+    default_guidance = call_kwargs.pop("guidance_scale", None)  # passed once, as guidance_scale=
+    guidance = default_guidance if args.guidance is None else args.guidance
     adapter = pipeline_denoiser(
-        pipe, args.prompt, guidance_scale=args.guidance, model=args.model or args.pipeline,
-        **default_call_kwargs(args.pipeline),
+        pipe, prompts, guidance_scale=guidance, model=args.model or default_model_name(args.pipeline), **call_kwargs,
     )
     for p in adapter.module.parameters():  # only the coefficients learn
         p.requires_grad_(False)
@@ -116,10 +121,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--testbed", help="a sadakit.testbeds configuration name, e.g. gmm2d-8")
     src.add_argument("--factory", help="module:function returning (denoiser, sample_noise, meta)")
-    src.add_argument("--pipeline", help="hub id, local directory or offline name (tiny:sdxl, bundled:shapes)")
-    d.add_argument("--prompt", action="append", default=[], help="--pipeline: a prompt (repeat for several)")
-    d.add_argument("--guidance", type=float, default=None, help="--pipeline: guidance scale (default: the pipeline's)")
-    d.add_argument("--model", default=None, help="--pipeline: model name stored in the file (default: --pipeline)")
+    src.add_argument("--pipeline", help="hub id, local directory or offline name (tiny:sdxl, bundled:shapes, bundled:notes)")
+    d.add_argument("--prompt", action="append", default=[],
+                   help="--pipeline: a prompt (repeat for several; default for bundled:*: its evaluation prompts)")
+    d.add_argument("--guidance", type=float, default=None,
+                   help="--pipeline: guidance scale (default: the bundled model's, else the pipeline's)")
+    d.add_argument("--model", default=None,
+                   help="--pipeline: model name stored in the file (default: a bundled model's id, else --pipeline)")
     d.add_argument("--dtype", default="float32", help="--pipeline: torch dtype of the weights")
     d.add_argument("--device", default=None, help="--pipeline: device, e.g. cuda")
     d.add_argument("--nfe", type=int, default=5)

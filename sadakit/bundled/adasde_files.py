@@ -1,0 +1,105 @@
+"""Shipped AdaSDE coefficient files of the bundled models, and the schedulers built from them.
+
+Why one module for every bundled model: a coefficient file only fits the model, NFE and
+guidance it was distilled for, and the naming of the files, the integrity check and the
+refusals are the same whatever the model. Each bundled model is one :class:`BundledAdaSDE`
+(its directory, the model id the files were distilled under, its guidance and pipeline
+class); ``shapes_adasde`` and ``notes_adasde`` are thin entry points over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._files import MODELS_DIR, BundledModelError, check_model_dir
+
+#: AdaSDE's own step, or the learned churn in front of a base solver (the paper's plugin form).
+SOLVER_FORMS = ("adasde", "euler", "heun", "midpoint")
+
+
+@dataclass(frozen=True)
+class BundledAdaSDE:
+    """Where one bundled model's coefficient files live and what they were distilled under."""
+
+    name: str  # "shapes", "notes": the ``bundled:<name>`` pipeline
+    directory: Path
+    model_id: str  # stored in every file; ``from_file`` checks it
+    guidance_scale: float  # the guidance the files were distilled (and must be sampled) at
+    pipeline_class: str  # class name of the pipeline the files belong to
+
+    def path(self, nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None) -> Path:
+        """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation)."""
+        if solver not in SOLVER_FORMS:
+            raise ValueError(f"solver={solver!r} is not allowed; allowed: {', '.join(SOLVER_FORMS)}")
+        stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
+        return (root or self.directory) / (f"{stem}-gamma0.safetensors" if deterministic else f"{stem}.safetensors")
+
+    def available(self, root: Path | None = None) -> list[str]:
+        """File names of the shipped coefficient files (without checkpoints)."""
+        directory = root or self.directory
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.glob("*.safetensors") if not p.name.endswith(".ckpt.safetensors"))
+
+    def scheduler(
+        self,
+        pipe: Any,
+        nfe: int = 5,
+        solver: str = "euler",
+        deterministic: bool = False,
+        guidance_scale: float | None = None,
+        root: Path | None = None,
+    ) -> Any:
+        """An ``AdaSDEScheduler`` for this bundled pipeline from the shipped file.
+
+        ``pipe`` supplies the training schedule through its current scheduler (pass the
+        pipeline as loaded, not one already switched to AdaSDE). ``guidance_scale`` is the
+        guidance the caller will sample at (default: the model's); another value than the
+        file's is refused, as is a pipeline of another class. Call the pipeline with
+        ``num_inference_steps=nfe``.
+        """
+        from sadakit.adasde import AdaSDEScheduler
+
+        kind = type(pipe).__name__
+        if kind != self.pipeline_class:
+            raise ValueError(
+                f"the shipped {self.name} AdaSDE coefficients belong to the bundled {self.model_id} "
+                f"({self.pipeline_class}); got a {kind}"
+            )
+        path = self.path(nfe, solver, deterministic, root)
+        if not path.is_file():
+            shipped = ", ".join(self.available(root)) or "none"
+            raise BundledModelError(f"no shipped AdaSDE coefficients at {path}; shipped files: {shipped}")
+        check_model_dir(path.parent, (path.name,))
+        if isinstance(pipe.scheduler, AdaSDEScheduler):
+            raise ValueError("pipe.scheduler is already an AdaSDEScheduler; pass the pipeline with its own scheduler")
+        guidance = self.guidance_scale if guidance_scale is None else guidance_scale
+        return AdaSDEScheduler.from_file(path, pipe.scheduler, model=self.model_id, guidance_scale=guidance)
+
+
+def _shapes() -> BundledAdaSDE:
+    from .shapes import DEFAULT_GUIDANCE
+
+    return BundledAdaSDE("shapes", MODELS_DIR / "shapes-adasde", "sadakit/bundled/shapes-sd", DEFAULT_GUIDANCE,
+                         "StableDiffusionPipeline")
+
+
+def _notes() -> BundledAdaSDE:
+    from .notes import DEFAULT_GUIDANCE
+
+    return BundledAdaSDE("notes", MODELS_DIR / "notes-adasde", "sadakit/bundled/notes-musicldm", DEFAULT_GUIDANCE,
+                         "MusicLDMPipeline")
+
+
+SHAPES = _shapes()
+NOTES = _notes()
+BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES)}
+
+
+def bundled_adasde(name: str) -> BundledAdaSDE:
+    """The spec of ``name`` (``"shapes"`` or ``"notes"``); ValueError naming the allowed ones."""
+    if name not in BUNDLED_ADASDE:
+        raise ValueError(f"no bundled model {name!r} with AdaSDE coefficients; allowed: {', '.join(BUNDLED_ADASDE)}")
+    return BUNDLED_ADASDE[name]

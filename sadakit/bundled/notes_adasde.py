@@ -1,0 +1,41 @@
+"""AdaSDE coefficients distilled for the bundled notes model (MusicLDM), and the scheduler built from them.
+
+Why shipped: distilling through the notes pipeline takes minutes of CPU
+(``benchmarks/bench_adasde_bundled.py --model notes`` records how many). The files fit the
+notes model at guidance :data:`~sadakit.bundled.notes.DEFAULT_GUIDANCE` and the NFE in their
+name only; everything else is refused (:mod:`sadakit.bundled.adasde_files`).
+
+    pipe = load_notes_pipeline()
+    pipe.scheduler = notes_adasde_scheduler(pipe, nfe=5, solver="euler")
+    audio = generate_notes(pipe, prompts, num_inference_steps=5)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .adasde_files import NOTES
+
+__all__ = ["NOTES_ADASDE_DIR", "NOTES_MODEL_ID", "available_notes_adasde", "notes_adasde_path", "notes_adasde_scheduler"]
+
+NOTES_ADASDE_DIR = NOTES.directory
+#: The model name the shipped files were distilled under (checked when loading).
+NOTES_MODEL_ID = NOTES.model_id
+
+
+def notes_adasde_path(nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None) -> Path:
+    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation)."""
+    return NOTES.path(nfe, solver, deterministic, root or NOTES_ADASDE_DIR)
+
+
+def available_notes_adasde(root: Path | None = None) -> list[str]:
+    """File names of the shipped coefficient files (without checkpoints)."""
+    return NOTES.available(root or NOTES_ADASDE_DIR)
+
+
+def notes_adasde_scheduler(pipe: Any, nfe: int = 5, solver: str = "euler", deterministic: bool = False,
+                           guidance_scale: float | None = None) -> Any:
+    """An ``AdaSDEScheduler`` for the bundled notes pipeline from the shipped file
+    (:meth:`~sadakit.bundled.adasde_files.BundledAdaSDE.scheduler`)."""
+    return NOTES.scheduler(pipe, nfe, solver, deterministic, guidance_scale, root=NOTES_ADASDE_DIR)
