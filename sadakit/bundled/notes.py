@@ -420,6 +420,9 @@ class NotesSADAComparison:
     steps: int
     denoiser_calls: int
     network_calls: int
+    #: fraction of (call, batch row) pairs computed: SADA decides per sample, so a call can run
+    #: for some rows only ("M" in the report) and save time without lowering network_calls
+    computed_row_fraction: float
     baseline_seconds: float
     sada_seconds: float
     log_mel_psnr_db: float
@@ -439,6 +442,7 @@ class NotesSADAComparison:
         return {
             "config": self.config_name, "steps": self.steps, "n_clips": len(self.prompts),
             "denoiser_calls": self.denoiser_calls, "network_calls": self.network_calls,
+            "computed_row_fraction": self.computed_row_fraction,
             "baseline_s": self.baseline_seconds, "sada_s": self.sada_seconds, "speedup": self.speedup,
             "log_mel_psnr_db": self.log_mel_psnr_db, "generated_mel_psnr_db": self.generated_mel_psnr_db,
             "baseline_adherence": self.baseline_adherence.as_dict(), "sada_adherence": self.sada_adherence.as_dict(),
@@ -472,6 +476,7 @@ def compare_notes_sada(
     return NotesSADAComparison(
         config_name=config_name, steps=num_inference_steps,
         denoiser_calls=rep.denoiser_calls, network_calls=rep.network_calls,
+        computed_row_fraction=sum(rep.per_sample_computed) / max(1, rep.denoiser_calls * rep.batch_size),
         baseline_seconds=timing.baseline_s, sada_seconds=timing.accelerated_s,
         log_mel_psnr_db=log_mel_psnr(out, base, SAMPLE_RATE),
         generated_mel_psnr_db=spectrogram_psnr(out_mels, base_mels),
