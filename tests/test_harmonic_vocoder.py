@@ -102,6 +102,25 @@ def test_forward_is_batched_and_unbatched_like_speecht5_hifigan() -> None:
     torch.testing.assert_close(single, batched[1], atol=1e-4, rtol=0)
 
 
+def test_half_precision_model_keeps_float32_oscillators() -> None:
+    """A float16 vocoder (a pipeline loaded with ``torch_dtype=float16``) sounds like the
+    float32 one: only the network runs in half precision, not the phase arithmetic."""
+    vocoder = small_vocoder()
+    f0 = 150 + 800 * torch.rand(1, 50)  # the f0 head returns float32 in a half model too
+    amps = torch.rand(1, 50, 8).half().float()
+    mel = torch.randn(2, 12, 16)
+    with torch.no_grad():
+        full = vocoder.synthesize(f0, amps)
+        full_f0 = vocoder.controls(mel)[0]
+        vocoder.half()
+        half = vocoder.synthesize(f0, amps.half())
+        half_f0 = vocoder.controls(mel.half())[0]
+        assert vocoder(mel.half()).dtype == torch.float16
+    assert half.dtype == torch.float16 and half_f0.dtype == torch.float32
+    assert (half.float() - full).abs().max() < 2e-3 * amps.sum(-1).max()
+    assert data_notes.semitone_error(half_f0, full_f0).abs().max() < 0.1
+
+
 def test_wrong_input_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\(frames, 16\)"):
         small_vocoder()(torch.randn(10, 17))

@@ -78,7 +78,7 @@ class HarmonicVocoder(ModelMixin, ConfigMixin):
     # ---------------------------------------------------------------- analysis
 
     def controls(self, spectrogram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-frame fundamental (Hz, ``(B, T)``) and harmonic amplitudes (``(B, T, K)``).
+        """Per-frame fundamental (Hz, ``(B, T)``, float32) and harmonic amplitudes (``(B, T, K)``).
 
         The amplitudes are an overall loudness times a distribution over the harmonics
         (DDSP's parameterisation); harmonics at or above Nyquist get none, so nothing aliases.
@@ -89,7 +89,8 @@ class HarmonicVocoder(ModelMixin, ConfigMixin):
         for block in self.blocks:
             h = h + block(h)
         h = F.leaky_relu(h, 0.1)
-        f0 = cfg.f0_min * (cfg.f0_max / cfg.f0_min) ** torch.sigmoid(self.f0_head(h)[:, 0])
+        # float32 even in a half model: float16 steps 0.5 Hz at 512-1024 Hz, a phase drift
+        f0 = cfg.f0_min * (cfg.f0_max / cfg.f0_min) ** torch.sigmoid(self.f0_head(h)[:, 0].float())
         raw = self.amplitude_head(h).transpose(1, 2)  # (B, T, 1 + K)
         loudness = F.softplus(raw[..., 0])
         audible = self.harmonic_numbers * f0[..., None] < cfg.sampling_rate / 2
@@ -103,16 +104,18 @@ class HarmonicVocoder(ModelMixin, ConfigMixin):
 
         Controls are interpolated linearly between frame ``i`` (at sample ``i * hop``, where the
         centred STFT puts it) and frame ``i + 1``; the phase is accumulated in float64 (a clip
-        holds hundreds of cycles) and wrapped before the harmonics multiply it.
+        holds hundreds of cycles) and wrapped before the harmonics multiply it; the oscillators
+        run in float32 whatever the model's dtype.
         """
+        out_dtype = amplitudes.dtype
         hop = self.hop_length
-        f0_s = _upsample(f0[:, None, :], hop)[:, 0]  # (B, N)
-        amp_s = _upsample(amplitudes.transpose(1, 2), hop).transpose(1, 2)  # (B, N, K)
+        f0_s = _upsample(f0.float()[:, None, :], hop)[:, 0]  # (B, N)
+        amp_s = _upsample(amplitudes.float().transpose(1, 2), hop).transpose(1, 2)  # (B, N, K)
         cycles = torch.cumsum(f0_s.double() / self.config.sampling_rate, dim=-1)
-        phase = (cycles - torch.floor(cycles)).to(amp_s.dtype)  # in [0, 1)
-        harmonics = self.harmonic_numbers.to(amp_s.dtype)
+        phase = (cycles - torch.floor(cycles)).float()  # in [0, 1); float32 even for a half model:
+        harmonics = self.harmonic_numbers.float()  # 40 x a float16 phase would be off by 0.04 cycle
         amp_s = amp_s * (harmonics * f0_s[..., None] < self.config.sampling_rate / 2)
-        return (amp_s * torch.sin(2 * math.pi * phase[..., None] * harmonics)).sum(-1)
+        return (amp_s * torch.sin(2 * math.pi * phase[..., None] * harmonics)).sum(-1).to(out_dtype)
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
         if spectrogram.dim() not in (2, 3) or spectrogram.shape[-1] != self.config.model_in_dim:
