@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from sadakit.adasde import AdaSDEScheduler, DistillConfig, distill_pipeline, load_coefficients
+from sadakit.bench.runner import ForwardCounter
 from sadakit.bundled.adasde_files import BundledAdaSDE, bundled_adasde
 
 SOLVERS = {
@@ -139,20 +140,6 @@ def ensure_coefficients(model: BenchModel, pipe: Any, nfe: int, gamma_max: float
     return path
 
 
-class CallCounter:
-    """Counts the denoiser's forward calls (a forward hook), so the NFE column is measured."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.calls = 0
-        self._handle = module.register_forward_hook(self._count)
-
-    def _count(self, *_: Any) -> None:
-        self.calls += 1
-
-    def close(self) -> None:
-        self._handle.remove()
-
-
 def run_rows(model: BenchModel, args: argparse.Namespace) -> list[dict]:
     import diffusers
 
@@ -161,13 +148,13 @@ def run_rows(model: BenchModel, args: argparse.Namespace) -> list[dict]:
     base_scheduler = pipe.scheduler
     prompts = model.eval_prompts(args.prompts)
     pipeline_calls = math.ceil(len(prompts) / BATCH)
-    counter = CallCounter(pipe.unet)
+    counter = ForwardCounter(pipe.unet)  # the NFE column is measured, not assumed
 
     def timed(steps: int) -> tuple[Any, float, float]:
-        counter.calls = 0
+        counter.count = 0
         t0 = time.perf_counter()
         out = model.generate(pipe, prompts, args.seed, steps)
-        return out, time.perf_counter() - t0, counter.calls / pipeline_calls
+        return out, time.perf_counter() - t0, counter.count / pipeline_calls
 
     reference, ref_seconds, ref_calls = timed(model.default_steps)
     rows = [{"method": f"{model.baseline_solver} (default, {model.default_steps} steps)", "nfe": model.default_steps,
