@@ -14,6 +14,10 @@ import torch
 
 from .timing import time_pair
 
+#: The shipped notes coefficients the demo runs (docs/adasde.md, "notes model", says why these).
+NOTES_DEMO_NFE = 5
+NOTES_DEMO_SOLVER = "euler"
+
 
 @dataclass
 class DemoRow:
@@ -155,12 +159,30 @@ def bundled_part(out_dir: Path, quick: bool) -> DemoRow:
     )
 
 
-def bundled_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
-    """AdaSDE on the shapes model: 5 calls with the shipped learned-churn Euler coefficients
-    against the default 50 Euler steps (alternating runs, medians)."""
+def _alternate_schedulers(pipe, runs: dict, repeats: int) -> tuple[dict, dict[str, float]]:
+    """Run ``runs[name] = (scheduler, make_output)`` alternately ``repeats`` times on ``pipe``;
+    the last outputs and the median wall time of each. Why alternate: the machine is shared,
+    and interleaving spreads its load over both sides. ``pipe`` keeps the first scheduler."""
     import statistics
     import time
 
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs: dict = {}
+    try:
+        for _ in range(repeats):
+            for name, (scheduler, make_output) in runs.items():
+                pipe.scheduler = scheduler
+                started = time.perf_counter()
+                outputs[name] = make_output()
+                times[name].append(time.perf_counter() - started)
+    finally:
+        pipe.scheduler = next(iter(runs.values()))[0]
+    return outputs, {name: statistics.median(t) for name, t in times.items()}
+
+
+def bundled_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
+    """AdaSDE on the shapes model: 5 calls with the shipped learned-churn Euler coefficients
+    against the default 50 Euler steps (alternating runs, medians)."""
     from .bundled import DEFAULT_STEPS, eval_prompts, generate, load_shapes_pipeline, prompt_adherence
     from .bundled.shapes_adasde import available_shapes_adasde, shapes_adasde_path, shapes_adasde_scheduler
     from .metrics.image import psnr, ssim
@@ -172,18 +194,12 @@ def bundled_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
         return None
     pipe = load_shapes_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    base_scheduler = pipe.scheduler
-    adasde_scheduler = shapes_adasde_scheduler(pipe, nfe=nfe, solver=solver)
     prompts = eval_prompts(4 if quick else 16)
-    times: dict[str, list[float]] = {"baseline": [], "adasde": []}
-    images: dict[str, torch.Tensor] = {}
-    for _ in range(1 if quick else 3):
-        for name, scheduler, steps in (("baseline", base_scheduler, DEFAULT_STEPS), ("adasde", adasde_scheduler, nfe)):
-            pipe.scheduler = scheduler
-            started = time.perf_counter()
-            images[name] = generate(pipe, prompts, seed=0, num_inference_steps=steps)
-            times[name].append(time.perf_counter() - started)
-    pipe.scheduler = base_scheduler
+    images, seconds = _alternate_schedulers(pipe, {
+        "baseline": (pipe.scheduler, lambda: generate(pipe, prompts, seed=0, num_inference_steps=DEFAULT_STEPS)),
+        "adasde": (shapes_adasde_scheduler(pipe, nfe=nfe, solver=solver),
+                   lambda: generate(pipe, prompts, seed=0, num_inference_steps=nfe)),
+    }, repeats=1 if quick else 3)
     base, fast = images["baseline"], images["adasde"]
     grid = torch.cat([torch.cat(list(base[:8]), dim=-1), torch.cat(list(fast[:8]), dim=-1)], dim=-2)
     path = save_image(grid, out_dir / "shapes_baseline_top_adasde_bottom.png")
@@ -191,8 +207,8 @@ def bundled_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
         part=f"bundled shapes model, AdaSDE (learned churn + Euler, {nfe} calls) vs {DEFAULT_STEPS} Euler steps",
         steps=nfe,
         calls_computed=nfe,
-        baseline_s=statistics.median(times["baseline"]),
-        sada_s=statistics.median(times["adasde"]),
+        baseline_s=seconds["baseline"],
+        sada_s=seconds["adasde"],
         fidelity={
             "psnr_db": psnr(fast, base),
             "ssim": ssim(fast, base),
@@ -200,6 +216,63 @@ def bundled_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
             "adherence_adasde": prompt_adherence(fast, prompts).all_correct,
         },
         outputs=[str(path)],
+    )
+
+
+def bundled_notes_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
+    """AdaSDE on the notes model: NOTES_DEMO_NFE calls with the shipped coefficients against
+    the default 50 DDIM steps (alternating runs, medians), WAVs of both and the spectrograms."""
+    from .audio_io import write_wav
+    from .bench.runner import ForwardCounter
+    from .bundled import notes
+    from .bundled.notes_adasde import available_notes_adasde, notes_adasde_path, notes_adasde_scheduler
+    from .metrics.audio import log_mel_psnr
+    from .visual import save_image
+
+    nfe, solver = NOTES_DEMO_NFE, NOTES_DEMO_SOLVER
+    if notes_adasde_path(nfe, solver).name not in available_notes_adasde():
+        print(f"skipped notes AdaSDE part: no shipped coefficients {notes_adasde_path(nfe, solver)}", flush=True)
+        return None
+    pipe = notes.load_notes_pipeline()
+    prompts = notes.eval_prompts()[: 4 if quick else 8]
+    adasde = notes_adasde_scheduler(pipe, nfe=nfe, solver=solver)
+    counter, calls = ForwardCounter(pipe.unet), {"fast": 0}
+
+    def fast_run() -> tuple[torch.Tensor, torch.Tensor]:
+        counter.count = 0
+        out = notes.generate_notes_and_mels(pipe, prompts, 0, nfe, batch_size=len(prompts))
+        calls["fast"] = counter.count  # UNet calls of one pipeline call (one batch): measured
+        return out
+
+    try:
+        outputs, seconds = _alternate_schedulers(pipe, {
+            "baseline": (pipe.scheduler, lambda: notes.generate_notes_and_mels(pipe, prompts, 0, batch_size=len(prompts))),
+            "adasde": (adasde, fast_run),
+        }, repeats=1 if quick else 2)
+    finally:
+        counter.close()
+    (base, base_mels), (fast, fast_mels) = outputs["baseline"], outputs["adasde"]
+    rate = notes.SAMPLE_RATE
+    paths = write_wav(out_dir / "notes_baseline_ddim50.wav", base, rate)
+    paths += write_wav(out_dir / f"notes_adasde_{solver}_nfe{nfe}.wav", fast, rate)
+    picture = notes.spectrogram_picture([base[:8], fast[:8]])
+    paths.append(save_image(picture, out_dir / "notes_spectrograms_baseline_top_adasde_bottom.png"))
+    base_adh, fast_adh = notes.pitch_adherence(base, prompts, base_mels), notes.pitch_adherence(fast, prompts, fast_mels)
+    form = "AdaSDE" if solver == "adasde" else f"learned churn + {solver.capitalize()}"
+    return DemoRow(
+        part=f"bundled notes model, AdaSDE ({form}, {nfe} calls) vs {notes.DEFAULT_STEPS} DDIM steps",
+        steps=nfe,
+        calls_computed=calls["fast"],
+        baseline_s=seconds["baseline"],
+        sada_s=seconds["adasde"],
+        fidelity={
+            "log_mel_psnr_db": log_mel_psnr(fast, base, rate),
+            "pitch_adherence_baseline": base_adh.pitch,
+            "pitch_adherence_adasde": fast_adh.pitch,
+            "timbre_adherence_baseline": base_adh.timbre,
+            "timbre_adherence_adasde": fast_adh.timbre,
+        },
+        outputs=[str(p) for p in paths],
     )
 
 
@@ -230,6 +303,7 @@ def bundled_notes_part(out_dir: Path, quick: bool) -> DemoRow:
         sada_s=row["sada_s"],
         fidelity={
             "log_mel_psnr_db": row["log_mel_psnr_db"],
+            "generated_mel_psnr_db": row["generated_mel_psnr_db"],
             "mel_pitch_adherence_baseline": row["baseline_adherence"]["mel_pitch"],
             "mel_pitch_adherence_sada": row["sada_adherence"]["mel_pitch"],
             "audio_pitch_adherence_baseline": row["baseline_adherence"]["pitch"],
@@ -250,7 +324,7 @@ def print_table(rows: list[DemoRow]) -> None:
 def run_demo(out_dir: Path, quick: bool = False) -> list[DemoRow]:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    parts = [bundled_part, bundled_adasde_part, bundled_notes_part, testbed_part, image_part, audio_part]
+    parts = [bundled_part, bundled_adasde_part, bundled_notes_part, bundled_notes_adasde_part, testbed_part, image_part, audio_part]
     rows = []
     for part in parts:
         row = part(out_dir, quick)
