@@ -198,3 +198,16 @@ def test_every_pipeline_file_is_checked() -> None:
         assert (NOTES_DIR / name).is_file(), name
     saved = {str(p.relative_to(NOTES_DIR)) for p in NOTES_DIR.rglob("*") if p.is_file()}
     assert {s for s in saved if s.endswith((".safetensors", "config.json"))} <= set(N.PIPELINE_FILES)
+
+
+def test_plain_from_pretrained_names_the_vocoder_module() -> None:
+    """Without sadakit imported, diffusers refuses the custom vocoder and names the module to
+    import (it never imports a module just because a model directory names it)."""
+    import subprocess
+    import sys
+
+    code = ("from diffusers import MusicLDMPipeline\n"
+            f"MusicLDMPipeline.from_pretrained({str(NOTES_DIR)!r}, local_files_only=True)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "sadakit.bundled.harmonic_vocoder" in result.stderr and "has not been imported" in result.stderr
