@@ -14,7 +14,7 @@ output, prompt adherence independently of the model:
   (clip ``i`` has seed ``seed + i``).
 
     python benchmarks/bench_adasde_bundled.py --nfe 5 7 --prompts 48 --threads 1
-    python benchmarks/bench_adasde_bundled.py --model notes --nfe 5 7 --prompts 32 --iterations 30 --batch 8 --threads 1
+    python benchmarks/bench_adasde_bundled.py --model notes --nfe 5 7 --prompts 32 --iterations 24 --batch 8 --threads 1
 
 Coefficients are cached in ``sadakit/bundled/models/<model>-adasde/`` (``--fresh`` redistils);
 the distillation time is printed and stored in each file's metadata.

@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
     bench.add_argument("--pipeline", required=True,
-                       help="hub id, local directory, bundled:shapes, or tiny:<family>[:medium]")
+                       help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
     bench.add_argument("--prompts", nargs="+", default=None,
-                       help="default: 4 of the bundled model's evaluation prompts for bundled:shapes, else two short prompts")
+                       help="default: 4 of the bundled model's evaluation prompts for bundled:*, else two short prompts")
     bench.add_argument("--seeds", nargs="+", type=int, default=[0])
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--repeats", type=int, default=3)
