@@ -278,7 +278,8 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
 
 def bundled_notes_part(out_dir: Path, quick: bool) -> DemoRow:
     """The bundled trained notes model (MusicLDM architecture, 1.28 s at 16 kHz): WAVs and a
-    spectrogram picture (rows: baseline, SADA), pitch adherence measured by DSP."""
+    spectrogram picture (rows: baseline, SADA), pitch and timbre adherence of the audio
+    measured by DSP."""
     from .audio_io import write_wav
     from .bundled import notes
     from .visual import save_image
@@ -304,10 +305,10 @@ def bundled_notes_part(out_dir: Path, quick: bool) -> DemoRow:
         fidelity={
             "log_mel_psnr_db": row["log_mel_psnr_db"],
             "generated_mel_psnr_db": row["generated_mel_psnr_db"],
-            "mel_pitch_adherence_baseline": row["baseline_adherence"]["mel_pitch"],
-            "mel_pitch_adherence_sada": row["sada_adherence"]["mel_pitch"],
-            "audio_pitch_adherence_baseline": row["baseline_adherence"]["pitch"],
-            "audio_pitch_adherence_sada": row["sada_adherence"]["pitch"],
+            "pitch_adherence_baseline": row["baseline_adherence"]["pitch"],
+            "pitch_adherence_sada": row["sada_adherence"]["pitch"],
+            "timbre_adherence_baseline": row["baseline_adherence"]["timbre"],
+            "timbre_adherence_sada": row["sada_adherence"]["timbre"],
         },
         outputs=[str(p) for p in paths],
     )
