@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from sadakit.bundled import data_notes as D
 from sadakit.bundled import notes as N
+from sadakit.bundled.training import EMA, Progress, log, optimizer_step, v_prediction_pair, warmup_cosine
 
 #: Scratch directory (data banks, stage outputs) and the pipeline directory written to; both
 #: set from ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
@@ -45,10 +46,6 @@ OUT = N.NOTES_DIR
 SECONDS = N.AUDIO_SECONDS
 FRAMES = int(round(SECONDS * 100))
 VOCODER_LOSS_FLOOR = math.log(1e-2)
-
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
 def random_labels(n: int, g: torch.Generator) -> list[D.NoteLabel]:
@@ -124,7 +121,7 @@ def train_vocoder(steps: int, batch: int, seed: int, crop: int) -> dict:
     vocoder.train()
     opt = torch.optim.AdamW(vocoder.parameters(), lr=2e-3, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
-    t0 = time.time()
+    progress = Progress(steps)
     running: dict[str, float] = {}
     for step in range(steps):
         idx = torch.randint(len(waves), (batch,), generator=g)
@@ -138,17 +135,11 @@ def train_vocoder(steps: int, batch: int, seed: int, crop: int) -> dict:
         pred = vocoder.synthesize(f0[idx, None].expand_as(f0_pred), amplitudes)
         mel_loss = F.l1_loss(N.log_mel(pred).clamp_min(VOCODER_LOSS_FLOOR), N.log_mel(wav).clamp_min(VOCODER_LOSS_FLOOR))
         loss = mel_loss + 2.0 * stft_loss(pred, wav) + f0_loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, vocoder.parameters(), 5.0)
         for key, value in (("mel_l1", mel_loss.item()), ("f0_semitones", f0_loss.item())):
             running[key] = value if key not in running else 0.95 * running[key] + 0.05 * value
         if step % 50 == 0 or step == steps - 1:
-            rate = (time.time() - t0) / (step + 1)
-            log(f"vocoder step {step} mel L1 {running['mel_l1']:.4f} f0 error {running['f0_semitones']:.3f} st "
-                f"({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+            progress(step, f"vocoder step {step} mel L1 {running['mel_l1']:.4f} f0 error {running['f0_semitones']:.3f} st")
         if (step + 1) % 500 == 0 and step + 1 < steps:
             vocoder.eval()
             q = vocoder_quality(vocoder, n_per_prompt=1)
@@ -158,7 +149,7 @@ def train_vocoder(steps: int, batch: int, seed: int, crop: int) -> dict:
     vocoder.eval()
     vocoder.save_pretrained(WORK / "vocoder")
     info = {"class": "HarmonicVocoder", "steps": steps, "batch": batch, "crop_frames": crop,
-            "parameters": sum(p.numel() for p in vocoder.parameters()), "seconds": time.time() - t0,
+            "parameters": sum(p.numel() for p in vocoder.parameters()), "seconds": progress.seconds,
             "final_mel_l1": running["mel_l1"], "final_f0_semitones": running["f0_semitones"], **vocoder_quality(vocoder)}
     log(f"vocoder done {info}")
     return info
@@ -193,7 +184,7 @@ def train_vae(steps: int, batch: int, seed: int, crop: int) -> dict:
     vae = N.build_vae().train()
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
-    t0 = time.time()
+    progress = Progress(steps)
     running = None
     for step in range(steps):
         idx = torch.randint(len(mels), (batch,), generator=g)
@@ -203,15 +194,10 @@ def train_vae(steps: int, batch: int, seed: int, crop: int) -> dict:
         rec = vae.decode(post.sample(generator=g)).sample
         l1 = F.l1_loss(rec, x)
         loss = l1 + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, vae.parameters(), 5.0)
         running = l1.item() if running is None else 0.95 * running + 0.05 * l1.item()
         if step % 25 == 0 or step == steps - 1:
-            rate = (time.time() - t0) / (step + 1)
-            log(f"vae step {step} L1 {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+            progress(step, f"vae step {step} L1 {running:.4f}")
     vae.eval()
     with torch.no_grad():
         _, test = bank(256, seed + 100)
@@ -222,7 +208,7 @@ def train_vae(steps: int, batch: int, seed: int, crop: int) -> dict:
         std = float(z.std())
     vae.register_to_config(scaling_factor=1.0 / std)
     vae.save_pretrained(WORK / "vae")
-    info = {"steps": steps, "batch": batch, "crop_frames": crop, "seconds": time.time() - t0,
+    info = {"steps": steps, "batch": batch, "crop_frames": crop, "seconds": progress.seconds,
             "heldout_l1_logmel": test_l1, "scaling_factor": 1.0 / std}
     log(f"vae done {info}")
     return info
@@ -331,15 +317,11 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
     else:
         params += list(text_encoder.text_model.parameters()) + list(text_encoder.text_projection.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
-    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    for p in list(ema_unet.parameters()) + list(ema_te.parameters()):
-        p.requires_grad_(False)
+    sched = warmup_cosine(opt, steps)
+    ema = EMA(unet, text_encoder)
+    ema_unet, ema_te = ema.averaged
 
-    t0 = time.time()
+    progress = Progress(steps)
     running = None
     for step in range(steps):
         idx = torch.randint(len(means), (batch,), generator=g)
@@ -353,29 +335,17 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
             emb = N.text_embeddings(text_encoder, tokenizer, [prompts[i] for i in used.tolist()])[inverse]
         t = torch.randint(0, 1000, (batch,), generator=g)
         noise = torch.randn(z0.shape, generator=g)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        zt, target = v_prediction_pair(z0, noise, alphas_cumprod, t)  # v-prediction: the scheduler's setting
         pred = unet(zt, t, None, class_labels=emb).sample
-        # v-prediction (the scheduler's setting): v = sqrt(a) eps - sqrt(1 - a) x0, plain MSE
-        target = a.sqrt() * noise - (1 - a).sqrt() * z0
         loss = F.mse_loss(pred, target)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(0.995, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
-                    pe.lerp_(pl, 1 - decay)
+        optimizer_step(loss, opt, sched, params, 1.0)
+        ema.update(step)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == steps - 1:
-            rate = (time.time() - t0) / (step + 1)
-            log(f"unet step {step} loss {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+            progress(step, f"unet step {step} loss {running:.4f}")
         if (step + 1) % save_every == 0 or step == steps - 1:
             save_pipeline(vae, ema_te, ema_unet, current_vocoder())
-    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
+    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": progress.seconds, "final_loss_ema": running,
             "bank_size": len(means), "resumed": resume, "text_encoder_frozen": frozen_text}
     log(f"unet done {info}")
     return info

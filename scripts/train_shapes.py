@@ -20,9 +20,7 @@ model directory. Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -32,12 +30,14 @@ from safetensors.torch import save_file
 
 from sadakit.bundled import data_shapes
 from sadakit.bundled import shapes as S
+from sadakit.bundled.training import EMA, Progress, log, optimizer_step, v_prediction_pair, warmup_cosine
 
+#: Scratch directory (stage outputs) and the pipeline directory written to; both set from
+#: ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
 WORK = Path("/tmp/shapes-train")
-
-
-def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
+OUT = S.SHAPES_DIR
+#: Where the classifier stage writes (and evaluation reads) the adherence classifier.
+CLASSIFIER_DIR = S.CLASSIFIER_FILE.parent
 
 
 def blur_noise(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -64,10 +64,7 @@ def train_vae(steps: int, batch: int, seed: int) -> dict:
         rec = vae.decode(post.sample()).sample
         mse = F.mse_loss(rec, x)
         loss = mse + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched)
         if step % 50 == 0 or step == steps - 1:
             log(f"vae step {step} mse {mse.item():.5f}")
     vae.eval()
@@ -108,10 +105,7 @@ def finetune_decoder(steps: int, batch: int, seed: int) -> dict:
             z = vae.encode(x).latent_dist.sample(generator=g)
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched)
         if step % 50 == 0 or step == steps - 1:
             log(f"decoder step {step} loss {loss.item():.5f}")
     vae.eval()
@@ -137,19 +131,16 @@ def train_classifier(steps: int, batch: int, seed: int) -> dict:
         labels, x = data_shapes.sample_batch(batch, g)
         logits = model(blur_noise(x, g))
         loss = sum(F.cross_entropy(logits[k], labels[:, i]) for i, k in enumerate(names))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched)
         if step % 100 == 0:
             log(f"classifier step {step} loss {loss.item():.4f}")
     model.eval()
     labels, x = data_shapes.sample_batch(2000, torch.Generator().manual_seed(seed + 11))
     acc = (model.predict(x) == labels).all(dim=1).float().mean().item()
-    out = S.CLASSIFIER_FILE
+    out = CLASSIFIER_DIR / S.CLASSIFIER_FILE.name
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
-    S.CLASSIFIER_CONFIG.write_text(json.dumps({"width": model.width, "image_size": data_shapes.IMAGE_SIZE}, indent=2))
+    (CLASSIFIER_DIR / S.CLASSIFIER_CONFIG.name).write_text(json.dumps({"width": model.width, "image_size": data_shapes.IMAGE_SIZE}, indent=2))
     info = {"steps": steps, "batch": batch, "seconds": time.time() - t0, "heldout_accuracy_all": acc}
     log(f"classifier done {info}")
     return info
@@ -184,16 +175,21 @@ def sample_timesteps(n: int, num_train: int, high_noise_frac: float, g: torch.Ge
     return t
 
 
+def classifier() -> S.ShapesClassifier:
+    """The adherence classifier in ``CLASSIFIER_DIR`` (the shipped one unless --classifier-out)."""
+    return S.load_classifier(CLASSIFIER_DIR / S.CLASSIFIER_FILE.name)
+
+
 def load_vae():
     """The fine-tuned VAE: from the work directory if the vae/decoder stages ran in this
     session, otherwise the one shipped in the pipeline (the UNet only needs its encoder)."""
     from diffusers import AutoencoderKL
 
-    for source in (WORK / "vae", S.SHAPES_DIR / "vae"):
+    for source in (WORK / "vae", OUT / "vae"):
         if (source / "config.json").is_file():
             log(f"VAE from {source}")
             return AutoencoderKL.from_pretrained(source).eval()
-    raise FileNotFoundError(f"no trained VAE in {WORK / 'vae'} or {S.SHAPES_DIR / 'vae'}: run --stage vae first")
+    raise FileNotFoundError(f"no trained VAE in {WORK / 'vae'} or {OUT / 'vae'}: run --stage vae first")
 
 
 def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, resume: bool = False,
@@ -222,8 +218,8 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        text_encoder = CLIPTextModel.from_pretrained(S.SHAPES_DIR / "text_encoder").train()
-        unet = UNet2DConditionModel.from_pretrained(S.SHAPES_DIR / "unet").train()
+        text_encoder = CLIPTextModel.from_pretrained(OUT / "text_encoder").train()
+        unet = UNet2DConditionModel.from_pretrained(OUT / "unet").train()
         log("resumed from the saved pipeline weights")
     else:
         text_encoder = S.build_text_encoder().train()
@@ -240,15 +236,11 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
-    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    for p in list(ema_unet.parameters()) + list(ema_te.parameters()):
-        p.requires_grad_(False)
+    sched = warmup_cosine(opt, steps)
+    ema = EMA(unet, text_encoder)
+    ema_unet, ema_te = ema.averaged
 
-    t0 = time.time()
+    progress = Progress(steps)
     running = None
     curve: list[dict] = []
     for step in range(steps):
@@ -261,30 +253,17 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         hidden = text_encoder(ids[used]).last_hidden_state[inverse]
         t = sample_timesteps(batch, scheduler.config.num_train_timesteps, high_noise_frac, g)
         noise = torch.randn(z0.shape, generator=g)
-        # DDPM forward process. Not EulerDiscreteScheduler.add_noise: that one returns the
-        # unscaled x0 + sigma * noise form Euler samples in, not what the UNet sees.
         # alphas_cumprod[999] is 2**-24 (zero terminal SNR, as the Euler sampler sees it): the
         # input at t=999 is noise only, so position can come from nowhere but the prompt.
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * z0  # v-prediction
+        zt, target = v_prediction_pair(z0, noise, alphas_cumprod, t)
         pred = unet(zt, t, hidden).sample
         w = v_loss_weight(alphas_cumprod, t)
         loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(0.995, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
-                    pe.lerp_(pl, 1 - decay)
+        optimizer_step(loss, opt, sched, params, 1.0)
+        ema.update(step)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == steps - 1:
-            rate = (time.time() - t0) / (step + 1)
-            log(f"unet step {step} loss {running:.4f} ({rate:.2f}s/step, eta {rate * (steps - step - 1) / 60:.1f} min)")
+            progress(step, f"unet step {step} loss {running:.4f}")
         last = step == steps - 1 or step + 1 == stop_after
         if (step + 1) % save_every == 0 or last:
             save_pipeline(vae, ema_te, ema_unet)
@@ -293,12 +272,12 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
             t_eval = time.time()
             pipe = S.assemble_pipeline(vae, ema_te, ema_unet)
             pipe.set_progress_bar_config(disable=True)
-            res = S.evaluate_adherence(pipe, n_prompts=eval_prompts, seeds=(0,))
-            curve.append({"step": step + 1, "seconds": time.time() - t0, **res.as_dict()})
+            res = S.evaluate_adherence(pipe, n_prompts=eval_prompts, seeds=(0,), classifier=classifier())
+            curve.append({"step": step + 1, "seconds": progress.seconds, **res.as_dict()})
             log(f"unet step {step + 1} adherence {res.as_dict()} ({time.time() - t_eval:.0f}s)")
         if step + 1 == stop_after:
             break
-    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": time.time() - t0, "final_loss_ema": running,
+    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": progress.seconds, "final_loss_ema": running,
             "bank_size": len(means), "resumed": resume, "high_noise_frac": high_noise_frac,
             "stopped_after": stop_after, "prediction_type": scheduler.config.prediction_type,
             "zero_terminal_snr": scheduler.config.rescale_betas_zero_snr, "adherence_curve": curve}
@@ -308,9 +287,9 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
 
 def save_pipeline(vae, text_encoder, unet) -> None:
     pipe = S.assemble_pipeline(vae, text_encoder, unet)
-    pipe.save_pretrained(S.SHAPES_DIR, safe_serialization=True)
-    drop_local_paths(S.SHAPES_DIR)
-    log(f"saved pipeline to {S.SHAPES_DIR}")
+    pipe.save_pretrained(OUT, safe_serialization=True)
+    drop_local_paths(OUT)
+    log(f"saved pipeline to {OUT}")
 
 
 def drop_local_paths(model_dir: Path) -> None:
@@ -324,8 +303,8 @@ def drop_local_paths(model_dir: Path) -> None:
 
 def evaluate(n_prompts: int | None, seeds: tuple[int, ...]) -> dict:
     t0 = time.time()
-    pipe = S.load_shapes_pipeline()
-    res = S.evaluate_adherence(pipe, n_prompts=n_prompts, seeds=seeds)
+    pipe = S.load_shapes_pipeline(OUT)
+    res = S.evaluate_adherence(pipe, n_prompts=n_prompts, seeds=seeds, classifier=classifier())
     info = {**res.as_dict(), "steps": S.DEFAULT_STEPS, "guidance": S.DEFAULT_GUIDANCE, "seeds": list(seeds),
             "seconds": time.time() - t0}
     log(f"adherence {info}")
@@ -349,8 +328,8 @@ def noise_leak(seeds: tuple[int, ...], model_dir: Path | None = None) -> dict:
     from diffusers import AutoencoderKL
 
     t0 = time.time()
-    pipe = S.load_shapes_pipeline(model_dir)
-    classifier = S.load_classifier()
+    pipe = S.load_shapes_pipeline(model_dir or OUT)
+    judge = classifier()
     vae: AutoencoderKL = pipe.vae
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
@@ -370,7 +349,7 @@ def noise_leak(seeds: tuple[int, ...], model_dir: Path | None = None) -> dict:
         for name, latents in (("plain", noise), ("flipped", noise.flip(-1))):
             images = pipe(prompts, num_inference_steps=S.DEFAULT_STEPS, guidance_scale=S.DEFAULT_GUIDANCE,
                           latents=latents.clone(), output_type="pt").images
-            out[name] = classifier.predict(S.images_to_tensor(images))[:, 2]
+            out[name] = judge.predict(S.images_to_tensor(images))[:, 2]
         rows.append((target, from_noise, out["plain"], out["flipped"]))
     target, from_noise, plain, flipped = (torch.cat(c) for c in zip(*rows))
     # positions are (top left, top right, bottom left, bottom right): column = index % 2
@@ -389,10 +368,16 @@ def noise_leak(seeds: tuple[int, ...], model_dir: Path | None = None) -> dict:
 
 
 def main() -> None:
+    global WORK, OUT, CLASSIFIER_DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=("all", "vae", "decoder", "classifier", "unet", "install-vae", "eval", "leak"),
                     default="all")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(WORK), help="scratch directory (stage outputs)")
+    ap.add_argument("--out", default=str(S.SHAPES_DIR), help="pipeline directory (default: the shipped model)")
+    ap.add_argument("--classifier-out", default=str(CLASSIFIER_DIR),
+                    help="adherence classifier directory, written by the classifier stage and read by evaluation "
+                         "(default: the shipped classifier)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--decoder-steps", type=int, default=500)
@@ -413,10 +398,13 @@ def main() -> None:
     ap.add_argument("--eval-seeds", type=int, default=2)
     ap.add_argument("--tag", default="", help="leak stage: suffix of its train_log.json key (e.g. 'before')")
     args = ap.parse_args()
+    if args.bank_size < 256 or args.bank_size % 256:
+        ap.error(f"--bank-size must be a positive multiple of 256 (latents are encoded 256 at a time), got {args.bank_size}")
     torch.set_num_threads(args.threads)
+    WORK, OUT, CLASSIFIER_DIR = Path(args.work), Path(args.out), Path(args.classifier_out)
     WORK.mkdir(parents=True, exist_ok=True)
-    S.SHAPES_DIR.mkdir(parents=True, exist_ok=True)
-    log_file = S.SHAPES_DIR / "train_log.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+    log_file = OUT / "train_log.json"
     record: dict = {"threads": args.threads}
     started = time.time()
     if args.stage in ("all", "vae"):
@@ -434,7 +422,7 @@ def main() -> None:
         # the decoder was fine-tuned while the UNet trained: put the final VAE in the pipeline
         from diffusers import AutoencoderKL
 
-        AutoencoderKL.from_pretrained(WORK / "vae").save_pretrained(S.SHAPES_DIR / "vae", safe_serialization=True)
+        AutoencoderKL.from_pretrained(WORK / "vae").save_pretrained(OUT / "vae", safe_serialization=True)
     if args.stage in ("all", "eval"):
         record["adherence"] = evaluate(None, tuple(range(args.eval_seeds)))
     if args.stage == "leak":
