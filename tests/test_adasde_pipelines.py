@@ -86,7 +86,9 @@ def test_adapter_tiles_conditioning_and_matches_per_prompt_calls():
     sigma = torch.tensor(4.2)
     with torch.no_grad():
         d_both, d_second = both(x, sigma), second(x[[1, 3]], sigma)
-    torch.testing.assert_close(d_both[[1, 3]], d_second, rtol=1e-5, atol=1e-5)
+    # float32 kernels differ by batch size (a batch of 5 vs 2): 1.2e-5 seen on outputs of ~0.1
+    scale = float(d_second.abs().max())
+    torch.testing.assert_close(d_both[[1, 3]], d_second, rtol=1e-4, atol=1e-4 * scale)
     # rows with the same prompt and the same input agree; different prompts differ
     y = x[:1].expand(5, *x.shape[1:]).contiguous()
     with torch.no_grad():
