@@ -226,7 +226,7 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
     from .bench.runner import ForwardCounter
     from .bundled import notes
     from .bundled.notes_adasde import available_notes_adasde, notes_adasde_path, notes_adasde_scheduler
-    from .metrics.audio import log_mel_psnr
+    from .metrics.audio import log_mel_psnr, spectrogram_psnr
     from .visual import save_image
 
     nfe, solver = NOTES_DEMO_NFE, NOTES_DEMO_SOLVER
@@ -267,6 +267,7 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
         sada_s=seconds["adasde"],
         fidelity={
             "log_mel_psnr_db": log_mel_psnr(fast, base, rate),
+            "generated_mel_psnr_db": spectrogram_psnr(fast_mels, base_mels),
             "pitch_adherence_baseline": base_adh.pitch,
             "pitch_adherence_adasde": fast_adh.pitch,
             "timbre_adherence_baseline": base_adh.timbre,
