@@ -67,3 +67,17 @@ def test_unet_token_blocks_cover_every_transformer_block(sdxl):
 
     blocks = unet_token_blocks(sdxl.unet)
     assert len(blocks) == sum(isinstance(m, BasicTransformerBlock) for m in sdxl.unet.modules()) > 0
+
+
+def test_report_groups_rows_that_decided_alike():
+    """128 rows that all decided alike print as one line; rows that differ keep their own."""
+    from sadakit.runtime.report import GenerationReport
+
+    n = 128
+    computed, skipped = [27] * n, [23] * n
+    computed[5], skipped[5] = 30, 20
+    text = str(GenerationReport(family="f", parameterization="p", denoiser_calls=50, network_calls=30,
+                                per_sample_computed=computed, per_sample_skipped=skipped, per_sample_partial=[0] * n))
+    row_lines = [l.strip() for l in text.splitlines() if l.strip().startswith("row")]
+    assert row_lines == ["rows 0-4: computed 27 (partial 0), skipped 23", "row 5: computed 30 (partial 0), skipped 20",
+                         "rows 6-127: computed 27 (partial 0), skipped 23"]

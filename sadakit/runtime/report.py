@@ -68,10 +68,11 @@ class GenerationReport:
             f"  skipped: {self.skipped_calls}  partial: {self.partial_calls}",
             f"  decisions: {self.decisions}",
         ]
-        for i, (c, s, p) in enumerate(
-            zip(self.per_sample_computed, self.per_sample_skipped, self.per_sample_partial)
+        for first, last, (c, s, p) in _runs(
+            list(zip(self.per_sample_computed, self.per_sample_skipped, self.per_sample_partial))
         ):
-            lines.append(f"  row {i}: computed {c} (partial {p}), skipped {s}")
+            rows = f"row {first}" if first == last else f"rows {first}-{last}"
+            lines.append(f"  {rows}: computed {c} (partial {p}), skipped {s}")
         if self.tokens_total:
             lines.append(
                 f"  block tokens computed: {self.tokens_computed}/{self.tokens_total}"
@@ -85,3 +86,15 @@ class GenerationReport:
             lines.append(f"  cache memory: {self.cache_bytes / 2**20:.2f} MiB")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _runs(items: list) -> list[tuple[int, int, object]]:
+    """Consecutive equal items as ``(first index, last index, item)``: a batch of 128 rows that
+    all decided alike prints as one line, not 128."""
+    runs: list[tuple[int, int, object]] = []
+    for i, item in enumerate(items):
+        if runs and runs[-1][2] == item and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i, item)
+        else:
+            runs.append((i, i, item))
+    return runs
