@@ -27,7 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers import ModelMixin  # noqa: F401 - diffusers' loader looks the base class up in this module
+from diffusers import ModelMixin  # also looked up by name in this module by diffusers' loader
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
