@@ -160,7 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    status = args.func(args)
+    _close_process_group()  # on success only: after a failure a barrier would wait for ever
+    return status
+
+
+def _close_process_group() -> None:
+    """Shut torchrun's process group down before the interpreter exits.
+
+    A rank that exits with its gloo group alive can abort in C++ during finalisation
+    ("terminate called without an active exception", SIGABRT), and torchrun then reports the
+    whole run as failed although every output was written. The barrier lets the main process
+    finish writing before any rank tears down.
+    """
+    if "torch.distributed" not in sys.modules:  # nothing started one
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -331,3 +331,20 @@ def test_cache_dit_on_flux_controlnet_is_not_applicable_because_it_changes_the_o
     base, _ = _timed(pipe, parse_method("baseline"), {**kwargs, "generator": torch.Generator().manual_seed(0)})
     cached, _ = _timed(pipe, method, {**kwargs, "generator": torch.Generator().manual_seed(0)}, reference)
     assert psnr(cached, base) < 30.0
+
+
+def test_cli_shuts_the_process_group_down_after_a_command(tmp_path, monkeypatch):
+    """A rank that exits with its gloo group alive can SIGABRT at interpreter exit (seen in CI)."""
+    import torch.distributed as dist
+
+    from sadakit import cli
+
+    def command(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: type("Args", (), {"func": staticmethod(command)})())
+    assert cli.main([]) == 0
+    assert not dist.is_initialized()
