@@ -273,3 +273,42 @@ def test_scheduler_runs_in_a_controlnet_pipeline(tmp_path):
     a, b, c = run(0), run(0), run(1)
     assert pipe.scheduler.nfe == 5 and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "flux", "musicldm"])
+def test_a_call_at_another_guidance_scale_is_refused(kind, tmp_path):
+    """Coefficients fit the CFG-combined denoiser at one scale; the pipeline call must use it."""
+    pipe, kw = _build(kind)
+    adapter = pipeline_denoiser(pipe, PROMPTS[0], guidance_scale=4.0, **kw)
+    flow = adapter.chart.flow_matching
+    smin, smax = adapter.sigma_range
+    nfe = 4 if flow else 3
+    path = tmp_path / "c.safetensors"
+    save_coefficients(path, init_raw_coefficients(2, 0.0), make_sigmas(2, smin, smax), CoefficientMetadata(
+        model=adapter.model, nfe=nfe, analytic_first_step=not flow, sigma_min=smin, sigma_max=smax,
+        prediction_type=adapter.prediction_type, guidance_scale=4.0, gamma_max=0.0))
+
+    def run(scale: float) -> torch.Tensor:
+        out = pipe(prompt=PROMPTS[0], guidance_scale=scale, num_inference_steps=nfe, output_type="latent",
+                   generator=torch.Generator().manual_seed(3), **kw)
+        return _final_latents(out)
+
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler)
+    with pytest.raises(sadakit.adasde.CoefficientMismatchError,
+                       match=rf"guidance_scale=4, {type(pipe).__name__} was called with guidance_scale=2.5"):
+        run(2.5)
+    right = run(4.0)  # the refusal left nothing half-done
+    assert pipe.scheduler.nfe == nfe and torch.isfinite(right).all()
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler, check_call_guidance=False)
+    other = run(2.5)
+    assert pipe.scheduler.nfe == nfe and not torch.equal(other, right)
+
+
+def test_guidance_that_changes_nothing_is_not_a_mismatch():
+    from sadakit.adasde.scheduler import _guidance_in_effect
+
+    sd = tp.tiny_sd_pipeline()
+    assert _guidance_in_effect(sd, 1.0) is None and _guidance_in_effect(sd, 0.5) is None  # CFG off either way
+    assert _guidance_in_effect(sd, 7.5) == 7.5
+    assert _guidance_in_effect(tp.tiny_flux_pipeline(), 1.0) == 1.0  # dev: an input of the transformer
+    assert _guidance_in_effect(tp.tiny_flux_pipeline(guidance_embeds=False), 3.5) is None  # schnell ignores it

@@ -71,7 +71,9 @@ def is_flow_config(config: dict[str, Any]) -> bool:
     """Flow-matching schedulers name themselves so, or carry resolution-shift settings and no betas."""
     if "FlowMatch" in str(config.get("_class_name") or ""):
         return True
-    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+    if config.get("use_flow_sigmas") or config.get("prediction_type") in ("flow_prediction", "flow"):
+        return True
+    if config.get("flow_matching"):  # an AdaSDEScheduler being swapped for another file
         return True
     return any(k in config for k in _FLOW_MARKERS) and "beta_schedule" not in config
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,20 @@ from .coefficients import (
     check_compatible,
     load_coefficients,
 )
+
+def _guidance_in_effect(pipe: Any, scale: float) -> float | None:
+    """The guidance a pipeline call at ``scale`` really applies (``None``: the denoiser ignores it).
+
+    Guidance-distilled transformers (Flux dev) take the scale as an input whatever its value;
+    a Flux transformer without that embedding (schnell) ignores it; classifier-free guidance
+    pipelines switch CFG off at ``scale <= 1``, and every such scale is the same function.
+    """
+    transformer = getattr(pipe, "transformer", None)
+    embeds = getattr(getattr(transformer, "config", None), "guidance_embeds", None)
+    if embeds is not None:
+        return scale if embeds else None
+    return scale if scale > 1.0 else None
+
 
 @dataclass
 class _Call:
@@ -84,6 +99,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         trained_betas: list[float] | None = None,
         rescale_betas_zero_snr: bool = False,
         noise_seed: int = 0,
+        check_call_guidance: bool = True,
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
         base_shift: float = 0.5,
@@ -150,21 +166,25 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         model: str | None = None,
         guidance_scale: float | None = None,
         noise_seed: int = 0,
+        check_call_guidance: bool = True,
     ) -> "AdaSDEScheduler":
         """Load a coefficient file for the pipeline whose scheduler (or config) is given.
 
         ``base_scheduler_config`` is ``pipe.scheduler`` or its config; it tells the training
         schedule and the prediction type. ``model`` / ``guidance_scale``, when given, are
         checked against the file (a mismatch raises ``CoefficientMismatchError`` naming the
-        field, before anything in the pipeline changes).
+        field, before anything in the pipeline changes). Each pipeline call is checked too: a
+        ``guidance_scale`` other than the file's is refused unless ``check_call_guidance=False``.
         """
         cf = load_coefficients(path)
         check_compatible(cf.meta, model=model, guidance_scale=guidance_scale)
-        return cls.from_coefficients(cf, base_scheduler_config, noise_seed=noise_seed)
+        return cls.from_coefficients(cf, base_scheduler_config, noise_seed=noise_seed,
+                                     check_call_guidance=check_call_guidance)
 
     @classmethod
     def from_coefficients(
-        cls, cf: CoefficientFile, base_scheduler_config: Any = None, *, noise_seed: int = 0
+        cls, cf: CoefficientFile, base_scheduler_config: Any = None, *, noise_seed: int = 0,
+        check_call_guidance: bool = True,
     ) -> "AdaSDEScheduler":
         """Same as ``from_file`` for an in-memory ``CoefficientFile`` (e.g. fresh from distillation)."""
         base = scheduler_config(base_scheduler_config)
@@ -183,6 +203,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
             flow_matching=flow,
             prediction_type="flow" if flow else base.get("prediction_type", cf.meta.prediction_type),
             noise_seed=noise_seed,
+            check_call_guidance=check_call_guidance,
             **kwargs,
         )
 
@@ -265,6 +286,42 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         self._pending = None
         self.nfe = 0
         self._own_generator.manual_seed(self.config.noise_seed)
+        if self.config.check_call_guidance:
+            self._check_call_guidance()
+
+    def _check_call_guidance(self) -> None:
+        """Refuse a pipeline call whose guidance differs from the one the file was distilled at.
+
+        The coefficients were fitted to the CFG-combined denoiser at one guidance scale; at
+        another they still sample, only worse, and nothing would say so. The scale is an
+        argument of the pipeline's ``__call__``, which is on the stack here (diffusers
+        pipelines call ``set_timesteps`` from it, directly or via ``retrieve_timesteps``).
+        Outside a pipeline call, or for a pipeline without that argument, nothing is checked.
+        """
+        from diffusers import DiffusionPipeline
+
+        if self.meta.guidance_scale is None:
+            return
+        frame = sys._getframe(1)
+        for _ in range(6):
+            frame = frame.f_back
+            if frame is None:
+                return
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, DiffusionPipeline) and getattr(owner, "scheduler", None) is self:
+                called = frame.f_locals.get("guidance_scale")
+                if not isinstance(called, (int, float)):
+                    return
+                used, expected = _guidance_in_effect(owner, float(called)), _guidance_in_effect(owner, self.meta.guidance_scale)
+                if used != expected and not (used is not None and expected is not None
+                                             and math.isclose(used, expected, rel_tol=1e-4)):
+                    raise CoefficientMismatchError(
+                        f"guidance_scale: the coefficient file was distilled at guidance_scale={self.meta.guidance_scale:g}, "
+                        f"{type(owner).__name__} was called with guidance_scale={called:g}; call it with "
+                        f"guidance_scale={self.meta.guidance_scale:g}, distil coefficients at {called:g}, or build "
+                        f"the scheduler with check_call_guidance=False to sample anyway"
+                    )
+                return
 
     def _index(self) -> int:
         if self._step_index is None:
