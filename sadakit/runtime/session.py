@@ -270,19 +270,22 @@ class SADASession:
             return full  # a solver's second stage at the same noise level (Heun): no step to judge
         skipped = []
         if x0_hat is not None:
+            # host-side work per group stays O(rows): this runs on every call, at any batch size
+            late_skip = phase == "late" and (
+                (state.call_index - self._late_index(state)) % cfg.interval_for(state.expected_calls) != 0
+            )
+            counts, members = state.value_counts, state.members
             for gi in range(g):
-                rows = state.group_rows([gi])
                 if finite[gi] < 0.5:
                     self._note("an extrapolated output was not finite; computed instead")
                     continue
-                if not all(state.value_counts[r] >= order + 1 for r in rows):
+                if not all(counts[r] >= order + 1 for r in members[gi]):
                     continue
-                if phase == "late":
-                    if (state.call_index - self._late_index(state)) % cfg.interval_for(state.expected_calls) != 0:
-                        skipped.append(gi)
-                elif use_criterion and stable[gi] > 0.5 and state.consecutive_skips[gi] < cfg.max_consecutive_skips:
+                if late_skip or (use_criterion and stable[gi] > 0.5
+                                 and state.consecutive_skips[gi] < cfg.max_consecutive_skips):
                     skipped.append(gi)
-        computed = [gi for gi in range(g) if gi not in skipped]
+        skipped_set = set(skipped)
+        computed = [gi for gi in range(g) if gi not in skipped_set]
         token_plan = None
         if grids and computed and all(state.last_computed[gi] for gi in computed):
             rows_host = state.group_rows(computed)

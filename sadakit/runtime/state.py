@@ -53,14 +53,19 @@ class GenerationState:
     def num_groups(self) -> int:
         return self.groups.shape[0]
 
-    def group_rows(self, group_ids: list[int]) -> list[int]:
+    @property
+    def members(self) -> list[list[int]]:
+        """The rows of each group, in order."""
         if self._members is None:
             self._members = [[] for _ in range(self.num_groups)]
             for r, g in enumerate(self.row_group):
                 self._members[g].append(r)
+        return self._members
+
+    def group_rows(self, group_ids: list[int]) -> list[int]:
         if len(group_ids) == self.num_groups:
             return list(range(self.batch_size))
-        return sorted(r for g in group_ids for r in self._members[g])
+        return sorted(r for g in group_ids for r in self.members[g])
 
     def push_node(self, lvl: NoiseLevel, x_flow: torch.Tensor, drift: torch.Tensor, tau_host: float) -> None:
         """Append the call to the drift history; a repeated time (Heun's second stage at the
@@ -88,7 +93,8 @@ class GenerationState:
             self.value_counts = [0] * b
             self.value_last_tau = [None] * b
         roll = [r for r in rows_host if self.value_last_tau[r] is None or abs(self.value_last_tau[r] - tau_host) > 1e-7]
-        replace = [r for r in rows_host if r not in roll]
+        rolled_rows = set(roll)
+        replace = [r for r in rows_host if r not in rolled_rows]
         device = values.device
         view = [1, b] + [1] * (values.dim() - 1)
         if roll:
