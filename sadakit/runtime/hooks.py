@@ -52,38 +52,63 @@ class TokenBlockHook(ModelHook):
         self.hidden_arg = hidden_arg
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        session = self.session
+        # Traced by torch.compile as part of the network: the session is read and written only
+        # in the eager helpers below (graph breaks), so no guard ever sees the plan's objects.
         original = self.fn_ref.original_forward
         if args:
             hidden, rest_args, in_kwargs = args[0], args[1:], False
         else:
             hidden, rest_args, in_kwargs = kwargs[self.hidden_arg], (), True
-        n = hidden.shape[1]
-        rows = session.active_rows
-        plan = session.token_plan
-        cache = session.block_caches.get(self.name)
-        grid = None
-        if plan is not None and session.state is not None and session.state.latent_grid is not None:
-            grid = tokens.grid_for_tokens(session.state.latent_grid, n)
-        idx = plan.indices(grid) if (plan is not None and grid is not None and cache is not None) else None
+        idx = self._indices(hidden.shape[1])
         if idx is None:
-            counter = session.flop_counter
-            before = counter.get_total_flops() if counter is not None else 0
+            before = self._flops_before()
             out = original(*args, **kwargs)
-            if counter is not None:
-                session.record_block_flops(self.name, float(counter.get_total_flops() - before))
-            session.block_tokens[self.name] = n
-            if session.config.token_sparsity:
-                self._store(hidden, out, rows)
-            session.account_block(self.name, n, n, hidden.shape[0], None)
+            self._after_full(hidden, out, before)
             return out
-        c = hidden.shape[-1]
-        gather = idx.unsqueeze(-1).expand(-1, -1, c)
+        gather = idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         h_sel = hidden.gather(1, gather)
         if in_kwargs:
             out_sel = original(*rest_args, **{**kwargs, self.hidden_arg: h_sel})
         else:
             out_sel = original(h_sel, *rest_args, **kwargs)
+        return self._merge_partial(hidden, gather, h_sel, out_sel)
+
+    @torch.compiler.disable
+    def _indices(self, n: int) -> torch.Tensor | None:
+        """The (B, k) tokens to compute, or None to run the block in full."""
+        session = self.session
+        plan = session.token_plan
+        if plan is None or session.state is None or session.state.latent_grid is None:
+            return None
+        if session.block_caches.get(self.name) is None:
+            return None
+        grid = tokens.grid_for_tokens(session.state.latent_grid, n)
+        return plan.indices(grid) if grid is not None else None
+
+    @torch.compiler.disable
+    def _flops_before(self) -> float:
+        counter = self.session.flop_counter
+        return counter.get_total_flops() if counter is not None else 0
+
+    @torch.compiler.disable
+    def _after_full(self, hidden: torch.Tensor, out: Any, flops_before: float, block_output: Any = None) -> None:
+        """Bookkeeping of a full block call: its FLOPs (measured call), token count, residual cache."""
+        session = self.session
+        n = hidden.shape[1]
+        counter = session.flop_counter
+        if counter is not None:
+            session.record_block_flops(self.name, float(counter.get_total_flops() - flops_before))
+        session.block_tokens[self.name] = n
+        if session.config.token_sparsity:
+            self._store(hidden, out if block_output is None else block_output, session.active_rows)
+        session.account_block(self.name, n, n, hidden.shape[0], None)
+
+    @torch.compiler.disable
+    def _merge_partial(self, hidden: torch.Tensor, gather: torch.Tensor, h_sel: torch.Tensor, out_sel: torch.Tensor) -> torch.Tensor:
+        """Computed tokens from the block, the others from input + cached residual; cache updated."""
+        session = self.session
+        rows = session.active_rows
+        cache = session.block_caches[self.name]
         residual = cache if rows is None else cache.index_select(0, rows)
         residual = residual.scatter(1, gather, (out_sel - h_sel).to(residual.dtype))
         out = hidden + residual.to(hidden.dtype)
@@ -91,7 +116,8 @@ class TokenBlockHook(ModelHook):
             session.block_caches[self.name] = residual
         else:
             cache.index_copy_(0, rows, residual)
-        session.account_block(self.name, n, idx.shape[1], hidden.shape[0], session.block_flops(self.name))
+        n = hidden.shape[1]
+        session.account_block(self.name, n, gather.shape[1], hidden.shape[0], session.block_flops(self.name))
         return out
 
     def _store(self, hidden: torch.Tensor, out: torch.Tensor, rows: torch.Tensor | None) -> None:

@@ -76,6 +76,21 @@ class CallPlan:
     tau_host: float
 
 
+@dataclass
+class _Call:
+    """One denoiser call between its decision and its record."""
+
+    plan: CallPlan
+    x_model: torch.Tensor
+    return_dict: Any
+    rows: torch.Tensor
+    rows_host: list[int]
+    overhead: float
+    run_args: tuple | None = None
+    run_kwargs: dict | None = None
+    output: Any = None
+
+
 class SADASession:
     """Runtime state and logic for one accelerated pipeline."""
 
@@ -326,6 +341,7 @@ class SADASession:
             )
         return plan
 
+    @torch.compiler.disable(recursive=False)  # see ``run``: only the branch's own forward is compiled
     def run_control(self, spec: ControlSpec, original_forward: Callable, args: tuple, kwargs: dict) -> Any:
         """Run a control branch for the step the denoiser is about to take.
 
@@ -333,6 +349,15 @@ class SADASession:
         the denoiser call. Skipped rows are not computed: their control residuals are zeros,
         which the denoiser never reads because it does not run on those rows.
         """
+        rows, run_args, run_kwargs, ready = self._prepare_control(spec, args, kwargs)
+        if run_args is None:
+            return ready
+        out = original_forward(*run_args, **run_kwargs)
+        return self._finish_control(spec, out, rows, args, kwargs)
+
+    @torch.compiler.disable
+    def _prepare_control(self, spec: ControlSpec, args: tuple, kwargs: dict) -> tuple:
+        """(rows to run or None for all, the branch's arguments or None, the output when it need not run)."""
         bound = inspect.signature(spec.module.forward).bind(*args, **kwargs)
         sample = bound.arguments[spec.sample_arg]
         timestep = bound.arguments[spec.timestep_arg]
@@ -345,20 +370,24 @@ class SADASession:
         run_rows = [i for i in range(bc) if mapping[i] in computed]
         if len(run_rows) == bc:
             self.current.control_calls_run += 1
-            out = original_forward(*args, **kwargs)
-            self._control_template[id(spec.module)] = out
-            return out
+            return None, args, kwargs, None
         template = self._control_template.get(id(spec.module))
         if not run_rows:
             if template is None:  # cannot happen after the always-computed warm-up; be safe
                 self.current.control_calls_run += 1
-                return original_forward(*args, **kwargs)
-            return map_tensors(template, torch.zeros_like)
+                return None, args, kwargs, None
+            return None, None, None, map_tensors(template, torch.zeros_like)
         rows = torch.tensor(run_rows, dtype=torch.long, device=sample.device)
         self.current.control_calls_run += 1
-        skip = spec.unbatched_args
-        out = original_forward(*select_rows(args, rows, bc), **select_rows(kwargs, rows, bc, skip))
-        return scatter_rows(out, rows, bc)
+        return rows, select_rows(args, rows, bc), select_rows(kwargs, rows, bc, spec.unbatched_args), None
+
+    @torch.compiler.disable
+    def _finish_control(self, spec: ControlSpec, out: Any, rows: torch.Tensor | None, args: tuple, kwargs: dict) -> Any:
+        if rows is None:
+            self._control_template[id(spec.module)] = out
+            return out
+        bound = inspect.signature(spec.module.forward).bind(*args, **kwargs)
+        return scatter_rows(out, rows, bound.arguments[spec.sample_arg].shape[0])
 
     def _extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor, order: int) -> torch.Tensor:
         """x0 estimate at the current time from the last ``order + 1`` computed calls of every row."""
@@ -370,8 +399,26 @@ class SADASession:
         return state.parameterization.x0_from_output(x_model.float(), out_hat, lvl)
 
     # ------------------------------------------------------------------ execution
+    # Under torch.compile the decision logic must stay out of the compiled graph (as diffusers'
+    # FirstBlockCache keeps its check out): ``run`` itself is skipped by dynamo without its
+    # callees, everything it calls for bookkeeping is eager, and only the network's own forward
+    # (called from ``run``) is compiled, as a frame of its own.
+    @torch.compiler.disable(recursive=False)
     def run(self, original_forward: Callable, args: tuple, kwargs: dict) -> Any:
         """Execute one denoiser call under SADA."""
+        call = self._prepare_call(original_forward, args, kwargs)
+        output = call.output
+        if call.run_args is not None:
+            try:
+                output = original_forward(*call.run_args, **call.run_kwargs)
+            finally:
+                self._end_network_call()
+        return self._finish_call(call, output)
+
+    @torch.compiler.disable
+    def _prepare_call(self, original_forward: Callable, args: tuple, kwargs: dict) -> "_Call":
+        """Decide the call; the network's arguments (all rows or the computed ones), or its output
+        when it had to run here (the once-per-shape FLOP-measured call, eager by design)."""
         bound = self.signature.bind(*args, **kwargs)
         x_model = bound.arguments[self.denoiser.sample_arg]
         timestep = bound.arguments[self.denoiser.timestep_arg]
@@ -379,29 +426,41 @@ class SADASession:
         plan = self._take_pending(x_model)
         if plan is None:
             plan = self.decide(x_model, timestep, bound.arguments)
-        state = self.state
-        overhead = time.perf_counter() - started
         b = x_model.shape[0]
-        rows_host = state.group_rows(plan.computed_groups)
+        rows_host = self.state.group_rows(plan.computed_groups)
         rows = torch.tensor(rows_host, dtype=torch.long, device=x_model.device)
-        output = None
-        computed_tensor = None
-        if rows_host:
-            self.token_plan = plan.token_plan
-            self.active_rows = None if len(rows_host) == b else rows
+        call = _Call(plan, x_model, bound.arguments.get("return_dict", True), rows, rows_host,
+                     overhead=time.perf_counter() - started)
+        if not rows_host:
+            return call
+        self.token_plan = plan.token_plan
+        self.active_rows = None if len(rows_host) == b else rows
+        if len(rows_host) != b:
+            call.run_args = select_rows(args, rows, b)
+            call.run_kwargs = select_rows(kwargs, rows, b, self.denoiser.unbatched_args)
+        elif self._needs_measuring(x_model):
             try:
-                if len(rows_host) == b:
-                    output = self._forward_measured(original_forward, args, kwargs, x_model)
-                else:
-                    sub_args = select_rows(args, rows, b)
-                    sub_kwargs = select_rows(kwargs, rows, b, self.denoiser.unbatched_args)
-                    output = original_forward(*sub_args, **sub_kwargs)
+                call.output = self._forward_measured(original_forward, args, kwargs, x_model)
             finally:
-                self.token_plan = None
-                self.active_rows = None
+                self._end_network_call()
+        else:
+            call.run_args, call.run_kwargs = args, kwargs
+        return call
+
+    @torch.compiler.disable
+    def _end_network_call(self) -> None:
+        self.token_plan = None
+        self.active_rows = None
+
+    @torch.compiler.disable
+    def _finish_call(self, call: "_Call", output: Any) -> Any:
+        """Merge extrapolated rows into the output, record the call, return what the pipeline gets."""
+        started = time.perf_counter()
+        plan, x_model, rows, state = call.plan, call.x_model, call.rows, self.state
+        computed_tensor = None
+        if call.rows_host:
             computed_tensor = output_tensor(output, self.denoiser.output_field)
             self._last_output = output
-        started = time.perf_counter()
         if plan.skipped_groups:
             full = self._approximate(plan, x_model, state)
             if computed_tensor is not None:
@@ -409,19 +468,21 @@ class SADASession:
                 full[rows] = computed_tensor.to(full.dtype)
             final_tensor = full
             output = rebuild_output(self._last_output, full, self.denoiser.output_field)
-            if bound.arguments.get("return_dict", True) is False and not isinstance(output, tuple):
+            if call.return_dict is False and not isinstance(output, tuple):
                 output = (full,)
         else:
             final_tensor = computed_tensor
-        self._record(plan, x_model, final_tensor, rows, rows_host)
-        self.current.overhead_seconds += overhead + time.perf_counter() - started
+        self._record(plan, x_model, final_tensor, rows, call.rows_host)
+        self.current.overhead_seconds += call.overhead + time.perf_counter() - started
         return output
+
+    def _needs_measuring(self, x_model: torch.Tensor) -> bool:
+        return (self.config.count_flops and tuple(x_model.shape) not in self._flops_measured
+                and self.token_plan is None)
 
     def _forward_measured(self, original_forward: Callable, args: tuple, kwargs: dict, x_model: torch.Tensor) -> Any:
         """Run the full network; once per input shape, count its FLOPs (and each block's) for the report."""
         key = tuple(x_model.shape)
-        if not self.config.count_flops or key in self._flops_measured or self.token_plan is not None:
-            return original_forward(*args, **kwargs)
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)

@@ -37,33 +37,31 @@ class FluxTokenBlockHook(TokenBlockHook):
     """Partial compute of image tokens in a Flux block; text tokens always complete."""
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        session = self.session
+        # traced under torch.compile; the session is touched only in the eager helpers
         original = self.fn_ref.original_forward
         kw = dict(zip(_ARG_ORDER, args))
         kw.update(kwargs)
         hidden = kw["hidden_states"]
         text = kw["encoder_hidden_states"]
-        n = hidden.shape[1]
-        rows = session.active_rows
-        idx = self._indices(n, text.shape[1], kw.get("image_rotary_emb"))
+        rotary = kw.get("image_rotary_emb")
+        idx = self._flux_indices(hidden.shape[1], text.shape[1], None if rotary is None else rotary[0].shape[0])
         if idx is None:
-            counter = session.flop_counter
-            before = counter.get_total_flops() if counter is not None else 0
+            before = self._flops_before()
             out = original(**kw)
-            if counter is not None:
-                session.record_block_flops(self.name, float(counter.get_total_flops() - before))
-            session.block_tokens[self.name] = n
-            if session.config.token_sparsity:
-                self._store(hidden, out[1], rows)
-            session.account_block(self.name, n, n, hidden.shape[0], None)
+            self._after_full(hidden, out, before, block_output=out[1])
             return out
         t_len = text.shape[1]
         h_sel = hidden.index_select(1, idx)
-        rotary = kw.get("image_rotary_emb")
         if rotary is not None:
             positions = torch.cat([torch.arange(t_len, device=idx.device), idx + t_len])
             rotary = tuple(r.index_select(0, positions.to(r.device)) for r in rotary)
         text_out, img_sel_out = original(**{**kw, "hidden_states": h_sel, "image_rotary_emb": rotary})
+        return text_out, self._merge_image(hidden, idx, h_sel, img_sel_out)
+
+    @torch.compiler.disable
+    def _merge_image(self, hidden: torch.Tensor, idx: torch.Tensor, h_sel: torch.Tensor, img_sel_out: torch.Tensor) -> torch.Tensor:
+        session = self.session
+        rows = session.active_rows
         cache = session.block_caches[self.name]
         residual = cache if rows is None else cache.index_select(0, rows)
         residual = residual.index_copy(1, idx, (img_sel_out - h_sel).to(residual.dtype))
@@ -72,10 +70,12 @@ class FluxTokenBlockHook(TokenBlockHook):
             session.block_caches[self.name] = residual
         else:
             cache.index_copy_(0, rows, residual)
+        n = hidden.shape[1]
         session.account_block(self.name, n, idx.numel(), hidden.shape[0], session.block_flops(self.name))
-        return text_out, img_out
+        return img_out
 
-    def _indices(self, n: int, t_len: int, rotary: Any) -> torch.Tensor | None:
+    @torch.compiler.disable
+    def _flux_indices(self, n: int, t_len: int, rotary_rows: int | None) -> torch.Tensor | None:
         """The (k,) kept image tokens, or None to run the block in full."""
         session = self.session
         plan = session.token_plan
@@ -85,7 +85,7 @@ class FluxTokenBlockHook(TokenBlockHook):
             return None
         if cache.shape[0] != state.batch_size or cache.shape[1] != n:
             return None
-        if rotary is not None and rotary[0].shape[0] != t_len + n:
+        if rotary_rows is not None and rotary_rows != t_len + n:
             return None  # a layout this hook does not know (extra reference tokens): compute fully
         grid = tokens.grid_for_tokens(state.latent_grid, n, max_levels=0)
         if grid is None:

@@ -1,0 +1,58 @@
+"""SADA under ``torch.compile``: decisions stay out of the compiled graph.
+
+dynamo's ``eager`` backend traces exactly as inductor would (same graph breaks, guards and
+recompiles) without code generation, so these checks take seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import sadakit
+from sadakit.testing import pipelines as tp
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _case(kind: str):
+    if kind == "sd":
+        return tp.tiny_sd_pipeline(), "unet", {"height": 64, "width": 64}
+    return tp.tiny_flux_pipeline(), "transformer", {"height": 64, "width": 64, "max_sequence_length": 32}
+
+
+@pytest.mark.parametrize(("kind", "config"), [
+    ("sd", None),  # step skipping
+    ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0)),  # partial token calls
+])
+def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config):
+    pipe, denoiser, kw = _case(kind)
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    kw = {**kw, "prompt": ["a red square", "a blue circle"], "num_inference_steps": 16, "output_type": "latent"}
+
+    def run():
+        return pipe(generator=torch.Generator().manual_seed(seed), **kw).images
+
+    base = run()
+    sadakit.accelerate(pipe, config)
+    eager = run()
+    decisions = sadakit.report(pipe).decisions
+    assert set(decisions) > {"F"}, decisions  # something was skipped or pruned
+    getattr(pipe, denoiser).compile(backend="eager")
+    first = run()
+    assert sadakit.report(pipe).decisions == decisions
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the network was compiled
+    second = run()
+    # a second generation reuses every graph: no guard depends on the session's decisions
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    sadakit.remove(pipe)
+    assert torch.equal(run(), base)
