@@ -23,17 +23,22 @@ def _fresh_dynamo():
 
 
 def _case(kind: str):
+    """(pipeline, the modules to compile, call kwargs)."""
     if kind == "sd":
-        return tp.tiny_sd_pipeline(), "unet", {"height": 64, "width": 64}
-    return tp.tiny_flux_pipeline(), "transformer", {"height": 64, "width": 64, "max_sequence_length": 32}
+        return tp.tiny_sd_pipeline(), ["unet"], {"height": 64, "width": 64}
+    if kind == "sd-controlnet":  # the control branch follows the denoiser's decision
+        return tp.tiny_sd_controlnet_pipeline(), ["unet", "controlnet"], {
+            "height": 64, "width": 64, "image": tp.control_probe(3, 64, 64)}
+    return tp.tiny_flux_pipeline(), ["transformer"], {"height": 64, "width": 64, "max_sequence_length": 32}
 
 
 @pytest.mark.parametrize(("kind", "config"), [
     ("sd", None),  # step skipping
+    ("sd-controlnet", None),
     ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0)),  # partial token calls
 ])
 def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config):
-    pipe, denoiser, kw = _case(kind)
+    pipe, modules, kw = _case(kind)
     seed = int(torch.randint(0, 2**31 - 1, ()))
     kw = {**kw, "prompt": ["a red square", "a blue circle"], "num_inference_steps": 16, "output_type": "latent"}
 
@@ -45,7 +50,8 @@ def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config
     eager = run()
     decisions = sadakit.report(pipe).decisions
     assert set(decisions) > {"F"}, decisions  # something was skipped or pruned
-    getattr(pipe, denoiser).compile(backend="eager")
+    for name in modules:
+        getattr(pipe, name).compile(backend="eager")
     first = run()
     assert sadakit.report(pipe).decisions == decisions
     graphs = counters["stats"]["unique_graphs"]
