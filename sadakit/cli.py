@@ -1,4 +1,4 @@
-"""Command line: ``sadakit demo | generate | info`` (``python -m sadakit ...`` works too)."""
+"""Command line: ``sadakit info | generate | bench | adasde | demo`` (``python -m sadakit ...`` works too)."""
 
 from __future__ import annotations
 
@@ -25,32 +25,67 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import sadakit
-    from sadakit.loading import load_pipeline
+    from sadakit.loading import control_image_kwargs, default_call_kwargs, load_pipeline
 
+    if args.adasde_file and args.accelerate:
+        raise SystemExit("sadakit generate: --adasde-file and --accelerate exclude each other: AdaSDE samples in "
+                         "a few steps, SADA skips calls of long runs; pass one of them")
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
-    if args.accelerate:
+    name = type(pipe).__name__
+    call_kwargs = default_call_kwargs(args.pipeline)  # sizes of the offline pipelines, bundled guidance
+    if args.control_image:
+        call_kwargs.update(control_image_kwargs(pipe, args.control_image))
+    elif "controlnet" in getattr(pipe, "components", {}) and not {"image", "control_image"} & set(call_kwargs):
+        raise SystemExit(f"sadakit generate: {name} is a ControlNet pipeline; pass its condition image with --control-image")
+    if args.guidance is not None:
+        call_kwargs["guidance_scale"] = args.guidance
+    if args.height:
+        call_kwargs["height"] = args.height
+    if args.width:
+        call_kwargs["width"] = args.width
+    steps = args.steps or 30
+    use_sada = args.accelerate is not False and not args.adasde_file
+    if args.adasde_file:
+        from sadakit.adasde import AdaSDEScheduler
+
+        pipe.scheduler = AdaSDEScheduler.from_file(args.adasde_file, pipe.scheduler)
+        steps = args.steps or pipe.scheduler.meta.nfe
+        if pipe.scheduler.meta.guidance_scale is not None:
+            call_kwargs.setdefault("guidance_scale", pipe.scheduler.meta.guidance_scale)
+    if use_sada:
         sadakit.accelerate(pipe)
+    if args.compile:
+        _compile_networks(pipe)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
     if hasattr(pipe, "vocoder"):  # audio pipelines
         from sadakit.audio_io import generate_audio
 
-        summary = generate_audio(pipe, args.prompt, args.steps, args.seed, accelerate=False, out_path=str(out))
+        summary = generate_audio(
+            pipe, args.prompt, steps, args.seed, accelerate=False, out_path=str(out),
+            audio_length_in_s=call_kwargs.get("audio_length_in_s"), guidance_scale=call_kwargs.get("guidance_scale"),
+        )
     else:
-        kwargs = {}
-        if args.height:
-            kwargs["height"] = args.height
-        if args.width:
-            kwargs["width"] = args.width
-        image = pipe(prompt=args.prompt, num_inference_steps=args.steps, generator=generator, **kwargs).images[0]
+        generator = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
+        image = pipe(prompt=args.prompt, num_inference_steps=steps, generator=generator, **call_kwargs).images[0]
         image.save(out)
         summary = {"output": str(out)}
-    if args.accelerate:
+    summary["sampler"] = (f"AdaSDE {pipe.scheduler.meta.solver}, {pipe.scheduler.nfe} calls" if args.adasde_file
+                          else f"{type(pipe.scheduler).__name__}, {steps} steps" + (" + SADA" if use_sada else ""))
+    if use_sada:
         summary["report"] = sadakit.report(pipe).to_dict()
         print(sadakit.report(pipe))
     print(json.dumps({k: v for k, v in summary.items() if k != "report"}, default=str))
     return 0
+
+
+def _compile_networks(pipe) -> None:
+    """``torch.compile`` the denoiser and any control branch in place (SADA's decisions stay eager)."""
+    from sadakit.registry import find_plugin
+
+    plugin = find_plugin(pipe)
+    for module in [plugin.denoiser(pipe).module] + [c.module for c in plugin.control_modules(pipe)]:
+        module.compile()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -105,16 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     gen = sub.add_parser("generate", help="generate an image or audio clip, optionally accelerated")
-    gen.add_argument("--pipeline", required=True, help="hub id, local directory, or tiny:<family>[:medium]")
+    gen.add_argument("--pipeline", required=True,
+                     help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--steps", type=int, default=30)
+    gen.add_argument("--steps", type=int, default=None, help="default: 30, or the AdaSDE file's NFE")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     gen.add_argument("--device", default=None, help="e.g. cuda; default: where the pipeline loads")
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="guidance scale (default: the pipeline's, the bundled model's, or the AdaSDE file's)")
+    gen.add_argument("--control-image", default=None, help="condition image file for ControlNet pipelines")
+    gen.add_argument("--adasde-file", default=None,
+                     help="sample with AdaSDE from this coefficient file (steps default to its NFE; no SADA)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the denoiser (and ControlNet) in place")
     group = gen.add_mutually_exclusive_group()
-    group.add_argument("--accelerate", dest="accelerate", action="store_true", default=True)
+    group.add_argument("--accelerate", dest="accelerate", action="store_true", default=None,
+                       help="SADA (the default unless --adasde-file is given)")
     group.add_argument("--no-accelerate", dest="accelerate", action="store_false")
     gen.add_argument("--out", required=True, help="output file (.png for images, .wav for audio)")
     gen.set_defaults(func=_cmd_generate)
