@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pluggy
@@ -72,7 +73,7 @@ class PluginHandle:
         spec = self._call("sadakit_denoiser", pipe=pipe)
         if spec is None:
             raise UnsupportedPipelineError(f"plugin {self.name!r} does not name a denoiser for {type(pipe).__name__}")
-        return spec
+        return _unwrapped(spec)
 
     def parameterization(self, pipe):
         return self._call("sadakit_parameterization", pipe=pipe)
@@ -84,7 +85,7 @@ class PluginHandle:
         return self._call("sadakit_token_blocks", default=[], pipe=pipe, denoiser=denoiser)
 
     def control_modules(self, pipe):
-        return self._call("sadakit_control_modules", default=[], pipe=pipe)
+        return [_unwrapped(spec) for spec in self._call("sadakit_control_modules", default=[], pipe=pipe)]
 
     def default_config(self, pipe):
         from .config import SADAConfig
@@ -99,6 +100,18 @@ class PluginHandle:
 
     def restore(self, pipe) -> None:
         self._call("sadakit_restore", pipe=pipe)
+
+
+def _unwrapped(spec: Any) -> Any:
+    """The spec of the module under a ``torch.compile`` wrapper (``pipe.unet = torch.compile(pipe.unet)``).
+
+    The wrapper's ``forward(*args, **kwargs)`` names no argument, and hooks belong on the module
+    whose forward the compiled call runs; on it, SADA's decisions stay out of the graph too.
+    """
+    from diffusers.utils.torch_utils import unwrap_module
+
+    module = unwrap_module(spec.module)
+    return spec if module is spec.module else dataclasses.replace(spec, module=module)
 
 
 def supported_pipelines() -> list[str]:

@@ -32,12 +32,13 @@ def _case(kind: str):
     return tp.tiny_flux_pipeline(), ["transformer"], {"height": 64, "width": 64, "max_sequence_length": 32}
 
 
-@pytest.mark.parametrize(("kind", "config"), [
-    ("sd", None),  # step skipping
-    ("sd-controlnet", None),
-    ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0)),  # partial token calls
+@pytest.mark.parametrize(("kind", "config", "how"), [
+    ("sd", None, "in place"),  # step skipping
+    ("sd-controlnet", None, "in place"),
+    ("sd-controlnet", None, "wrapper, before accelerate"),  # pipe.unet = torch.compile(pipe.unet)
+    ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0), "in place"),  # partial token calls
 ])
-def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config):
+def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config, how):
     pipe, modules, kw = _case(kind)
     seed = int(torch.randint(0, 2**31 - 1, ()))
     kw = {**kw, "prompt": ["a red square", "a blue circle"], "num_inference_steps": 16, "output_type": "latent"}
@@ -50,8 +51,14 @@ def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config
     eager = run()
     decisions = sadakit.report(pipe).decisions
     assert set(decisions) > {"F"}, decisions  # something was skipped or pruned
-    for name in modules:
-        getattr(pipe, name).compile(backend="eager")
+    if how == "in place":
+        for name in modules:
+            getattr(pipe, name).compile(backend="eager")
+    else:
+        sadakit.remove(pipe)
+        for name in modules:
+            setattr(pipe, name, torch.compile(getattr(pipe, name), backend="eager"))
+        sadakit.accelerate(pipe, config)
     first = run()
     assert sadakit.report(pipe).decisions == decisions
     graphs = counters["stats"]["unique_graphs"]
