@@ -7,7 +7,8 @@ block (run on a token subset, fill the rest from a residual cache). Removal by n
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -149,17 +150,21 @@ class ControlHook(ModelHook):
 
 def install(session: SADASession) -> None:
     """Register the session's hooks; the caller has validated everything beforehand."""
-    registry = HookRegistry.check_if_exists_or_initialize(session.denoiser.module)
-    registry.register_hook(DenoiserHook(session), DENOISER_HOOK)
+    module = session.denoiser.module
+    with _beneath_accelerate_hook(module):
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(DenoiserHook(session), DENOISER_HOOK)
     if session.config.token_sparsity:
         for block in session.token_blocks:
-            block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
-            hook_class = block.hook_class or TokenBlockHook
-            block_registry.register_hook(hook_class(session, block.name, block.hidden_arg), BLOCK_HOOK)
+            with _beneath_accelerate_hook(block.module):
+                block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
+                hook_class = block.hook_class or TokenBlockHook
+                block_registry.register_hook(hook_class(session, block.name, block.hidden_arg), BLOCK_HOOK)
     for control in session.controls:
-        HookRegistry.check_if_exists_or_initialize(control.module).register_hook(
-            ControlHook(session, control), CONTROL_HOOK
-        )
+        with _beneath_accelerate_hook(control.module):
+            HookRegistry.check_if_exists_or_initialize(control.module).register_hook(
+                ControlHook(session, control), CONTROL_HOOK
+            )
     registry.invalidate_child_registries_cache()
 
 
@@ -168,27 +173,59 @@ def uninstall(session: SADASession) -> None:
     module = session.denoiser.module
     registry = getattr(module, "_diffusers_hook", None)
     if registry is not None:
-        registry.remove_hook(DENOISER_HOOK, recurse=False)
+        with _beneath_accelerate_hook(module):
+            registry.remove_hook(DENOISER_HOOK, recurse=False)
     for block in session.token_blocks:
         block_registry = getattr(block.module, "_diffusers_hook", None)
         if block_registry is not None:
-            block_registry.remove_hook(BLOCK_HOOK, recurse=False)
-            _drop_empty_registry(block.module)
+            with _beneath_accelerate_hook(block.module):
+                block_registry.remove_hook(BLOCK_HOOK, recurse=False)
+                _drop_empty_registry(block.module)
     for control in session.controls:
         control_registry = getattr(control.module, "_diffusers_hook", None)
         if control_registry is not None:
-            control_registry.remove_hook(CONTROL_HOOK, recurse=False)
-            _drop_empty_registry(control.module)
+            with _beneath_accelerate_hook(control.module):
+                control_registry.remove_hook(CONTROL_HOOK, recurse=False)
+                _drop_empty_registry(control.module)
     if registry is not None:
         registry.invalidate_child_registries_cache()
-    _drop_empty_registry(module)
+    with _beneath_accelerate_hook(module):
+        _drop_empty_registry(module)
     session.finish_generation()
 
 
+@contextmanager
+def _beneath_accelerate_hook(module: torch.nn.Module) -> Iterator[None]:
+    """Change a module's forward chain underneath an accelerate hook, if it has one.
+
+    ``enable_model_cpu_offload`` wraps each model's forward with an accelerate hook and, at the
+    end of every pipeline call, removes and re-adds it, restoring the forward that hook saw
+    (``_old_forward``). A hook put on top of accelerate's would be dropped after the first
+    generation; put beneath it, accelerate saves and restores it with its own.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        yield
+        return
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    remove_hook_from_module(module)
+    try:
+        yield
+    finally:
+        add_hook_to_module(module, hook)
+
+
 def _drop_empty_registry(module: torch.nn.Module) -> None:
-    """Delete an empty registry and the instance-level forward it left, so the module is as new."""
+    """Delete an empty registry and the instance-level forward it left, so the module is as new.
+
+    The registry puts back the forward it found as an instance attribute. When that is just the
+    class's own forward bound to the module, deleting it is exact. Anything else was there
+    before us (accelerate's offload wrapper from ``enable_model_cpu_offload``) and stays.
+    """
     registry = getattr(module, "_diffusers_hook", None)
     if registry is not None and not registry.hooks:
         del module._diffusers_hook
-        if "forward" in module.__dict__:
+        forward = module.__dict__.get("forward")
+        if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward:
             del module.__dict__["forward"]
