@@ -224,3 +224,18 @@ def test_report_errors_and_default_config(sdxl):
     assert isinstance(sadakit.default_config(sdxl), sadakit.SADAConfig)
     text = str(sadakit.GenerationReport(family="x", decisions="FFS", denoiser_calls=3))
     assert "skipped: 1" in text
+
+
+@pytest.mark.parametrize("denoising_end", [0.8, 0.45])
+def test_denoising_end_keeps_the_final_calls_computed(sdxl, denoising_end):
+    """SDXL's base stops early for a refiner: the run's last calls are its final calls."""
+    steps = 20
+    cutoff = round(1000 - denoising_end * 1000)
+    sdxl.scheduler.set_timesteps(steps)
+    expected = sum(int(t) >= cutoff for t in sdxl.scheduler.timesteps)
+    sadakit.accelerate(sdxl)
+    generate(sdxl, steps=steps, denoising_end=denoising_end)
+    rep = sadakit.report(sdxl)
+    assert len(rep.decisions) == expected < steps
+    assert rep.decisions.endswith("F" * sadakit.SADAConfig().final_calls), rep.decisions
+    assert "S" in rep.decisions

@@ -151,15 +151,24 @@ class SADASession:
         return self.current if self.current.denoiser_calls else self.last
 
     @staticmethod
-    def _expected_calls(scheduler: Any) -> int | None:
+    def _expected_calls(pipe: Any) -> int | None:
         """Denoiser calls this generation will make: the pipelines loop over the scheduler's
         timesteps (one call each, two-stage solvers interleave theirs), from ``begin_index``
-        on for img2img-style partial denoising."""
+        on for img2img-style partial denoising, and up to ``denoising_end`` (SDXL's base
+        handing over to a refiner), which the pipeline applies to a local copy only."""
+        scheduler = getattr(pipe, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is None:
             return None
-        begin = getattr(scheduler, "begin_index", None) or 0
-        return max(len(timesteps) - int(begin), 1)
+        begin = int(getattr(scheduler, "begin_index", None) or 0)
+        timesteps = timesteps[begin:]
+        end = getattr(pipe, "_denoising_end", None)
+        if isinstance(end, float) and 0.0 < end < 1.0:
+            # diffusers' own cut (StableDiffusionXLPipeline.__call__, step 8.1)
+            n_train = scheduler.config.num_train_timesteps
+            cutoff = int(round(n_train - end * n_train))
+            timesteps = [t for t in timesteps if t >= cutoff]
+        return max(len(timesteps), 1)
 
     def _start_generation(self, x_model: torch.Tensor, arguments: dict) -> GenerationState:
         self.finish_generation()
@@ -176,7 +185,7 @@ class SADASession:
         for gi, g in enumerate(groups_list):
             for r in g:
                 row_group[r] = gi
-        expected = self._expected_calls(getattr(pipe, "scheduler", None))
+        expected = self._expected_calls(pipe)
         state = GenerationState(
             parameterization=param,
             batch_shape=tuple(x_model.shape),
