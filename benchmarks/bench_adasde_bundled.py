@@ -127,7 +127,7 @@ def ensure_coefficients(model: BenchModel, pipe: Any, nfe: int, gamma_max: float
     res = distill_pipeline(
         pipe, model.distill_prompts, cfg, guidance_scale=model.spec.guidance_scale, model=model.spec.model_id,
         call_kwargs=model.distill_call_kwargs, output=path, log_path=path.with_suffix(".jsonl"),
-        resume=not args.fresh, progress=args.progress,
+        resume=not args.fresh, progress=args.progress, sigma_max=model.spec.sigma_max,
     )
     ckpt = path.with_name(path.stem + ".ckpt.safetensors")
     ckpt.unlink(missing_ok=True)  # the shipped file is the result; the checkpoint only served resuming

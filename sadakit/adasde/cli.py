@@ -74,6 +74,16 @@ def _load_factory(spec: str) -> Callable[[], tuple[Callable, Callable, dict[str,
     return getattr(importlib.import_module(module), func)
 
 
+def _bundled_sigma_max(args: argparse.Namespace) -> float | None:
+    """A bundled model's measured best grid top (``BundledAdaSDE.sigma_max``), for --pipeline bundled:*."""
+    if not (args.pipeline or "").startswith("bundled:"):
+        return None
+    from sadakit.bundled.adasde_files import BUNDLED_ADASDE
+
+    spec = BUNDLED_ADASDE.get(args.pipeline.split(":", 1)[1])
+    return spec.sigma_max if spec is not None else None
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,7 +98,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         raise SystemExit(f"{meta['model']} is a flow-matching model: distil with --no-afs (no analytic first step)")
     cfg = DistillConfig(
         nfe=args.nfe, solver=args.solver, analytic_first_step=not args.no_afs, gamma_max=args.gamma_max,
-        sigma_min=meta.get("sigma_min", 0.002), sigma_max=meta.get("sigma_max", 80.0), schedule=args.schedule,
+        sigma_min=args.sigma_min if args.sigma_min is not None else meta.get("sigma_min", 0.002),
+        sigma_max=args.sigma_max if args.sigma_max is not None else _bundled_sigma_max(args) or meta.get("sigma_max", 80.0),
+        schedule=args.schedule,
         teacher_factor=args.teacher_factor, iterations=args.iterations, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
@@ -135,6 +147,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--no-afs", action="store_true", help="no analytic first step (required for flow models)")
     d.add_argument("--gamma-max", type=float, default=0.3, help="0 = deterministic ablation")
     d.add_argument("--schedule", default="karras", choices=["karras", "loglinear", "time_uniform"])
+    d.add_argument("--sigma-min", type=float, default=None, help="bottom of the grid (default: the model's range)")
+    d.add_argument("--sigma-max", type=float, default=None,
+                   help="top of the grid (default: the model's range, capped at 80; a bundled model's measured best)")
     d.add_argument("--teacher-factor", type=int, default=8)
     d.add_argument("--iterations", type=int, default=200)
     d.add_argument("--batch", type=int, default=256)

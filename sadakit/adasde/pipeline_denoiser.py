@@ -35,13 +35,12 @@ from .distill import DistillConfig, DistillResult, distill
 #: Default VE range for flow-matching models (tau from ~0.002 to 0.99): sigma = tau / (1 - tau)
 #: is infinite at tau = 1, so the grid starts just below it.
 FLOW_SIGMA_RANGE = (0.002, 99.0)
-#: Top of the default VP grid: the top of SD's own schedule. Zero-terminal-SNR schedules reach
-#: 4096, where a whole step of a few-step solver would only move pure noise. Measured on the
-#: bundled zero-SNR shapes model (48 prompts, NFE 5, plain Euler on a Karras grid): starting at
-#: 80 gave 21.9 dB against the 50-step output, at 40 / 20 / 14.6 / 10 / 7.4 it gave 20.3 / 26.5 /
-#: 26.0 / 25.7 / 25.3 dB: the steps spent above ~20 are wasted, and pure noise at 14.6 lacks
-#: only a signal 1/14.6 of its size.
-VP_SIGMA_CAP = 14.6
+#: Top of the default VP grid: EDM's sigma_max. Zero-terminal-SNR schedules reach 4096, where
+#: a whole step of a few-step solver would only move pure noise. The best top is model-dependent
+#: (measured, NFE 5, 48 / 32 prompts): on the bundled zero-SNR shapes model 14.6 beats 80
+#: (learned churn + Euler 25.9 vs 24.2 dB, AdaSDE 23.6 vs 20.6 dB), on the zero-SNR notes model
+#: 80 beats 14.6 (31.8 vs 26.5 dB, 28.7 vs 24.2 dB); pass ``sigma_max`` to choose.
+VP_SIGMA_CAP = 80.0
 
 
 class _StopAtFirstCall(Exception):
