@@ -1,4 +1,4 @@
-"""Command line: ``sadakit info | generate | bench | adasde | demo`` (``python -m sadakit ...`` works too)."""
+"""Command line: ``sadakit info | doctor | generate | bench | adasde | demo`` (``python -m sadakit ...`` works too)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("supported pipelines:")
     for name in sadakit.supported_pipelines():
         print(f"  {name}")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Versions, and whether torchaudio's compiled library loads against this torch (exit 1 if not)."""
+    from sadakit.doctor import check_torch_pair, versions_report
+
+    check = check_torch_pair()
+    if not args.quiet:
+        for name, version in versions_report().items():
+            print(f"{name:>12}: {version}")
+    if not check.ok:
+        print(f"sadakit doctor: {check.problem}", file=sys.stderr)
+        return 1
+    pair = (f"torch {check.torch_version} + torchaudio {check.torchaudio_version} load together"
+            if check.torchaudio_version else f"torch {check.torch_version}; torchaudio not installed "
+            "(audio metrics need it: pip install 'sadakit[audio]')")
+    print(f"sadakit doctor: ok, {pair}")
     return 0
 
 
@@ -138,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="list plugins and supported pipelines")
     info.set_defaults(func=_cmd_info)
+
+    doctor = sub.add_parser("doctor", help="print versions; check that torch and torchaudio load together")
+    doctor.add_argument("--quiet", action="store_true", help="print only the verdict")
+    doctor.set_defaults(func=_cmd_doctor)
 
     gen = sub.add_parser("generate", help="generate an image or audio clip, optionally accelerated")
     gen.add_argument("--pipeline", required=True,

@@ -8,6 +8,19 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """Stop before collection when torch and torchaudio do not load together.
+
+    Otherwise a mismatched pair shows up as a dozen collection errors deep in diffusers'
+    audio imports, with the cause (two versions) nowhere in sight.
+    """
+    from sadakit.doctor import check_torch_pair
+
+    check = check_torch_pair()
+    if not check.ok:
+        pytest.exit(f"broken install: {check.problem}", returncode=4)
+
+
 @pytest.fixture(scope="session")
 def sdxl_pipe():
     from sadakit.testing.pipelines import tiny_sdxl_pipeline
