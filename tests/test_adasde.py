@@ -72,7 +72,7 @@ def unit_gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor
 
 
 def reference_step_f64(D, x, t_cur, t_next, gamma, r, a, c, z, afs):
-    """DESIGN.md section 3 written out literally in float64 (independent of the plan code)."""
+    """docs/design.md section 3 written out literally in float64 (independent of the plan code)."""
     th = (1 + gamma) * t_cur
     xh = x + math.sqrt(th**2 - t_cur**2) * z
     if afs:

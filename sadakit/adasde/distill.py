@@ -1,4 +1,4 @@
-"""Distil AdaSDE coefficients against a many-step teacher (DESIGN.md section 3).
+"""Distil AdaSDE coefficients against a many-step teacher (docs/design.md section 3).
 
 Recipe: the teacher solves the probability-flow ODE with a second-order (geometric
 mid-point) solver on the student's grid refined ``teacher_factor`` times; the student rolls

@@ -5,7 +5,7 @@ variance-exploding denoiser form used across sadakit: ``x = x0 + sigma * noise``
 denoiser ``D(x, sigma) ~ E[x0 | x]``; the probability-flow ODE is ``dx/dsigma = (x - D)/sigma``.
 
 Per step n on a decreasing grid ``t_0 = sigma_max > ... > t_N = sigma_min`` four learned
-scalars act (DESIGN.md section 3):
+scalars act (docs/design.md section 3):
 
 1. churn:       ``th = (1 + gamma_n) t_n``,  ``xh = x_n + sqrt(th^2 - t_n^2) z``
 2. direction:   ``d = (xh - D(xh, th)) / th``  (or analytically ``xh / sqrt(1 + th^2)`` at n = 0)
@@ -83,7 +83,7 @@ def init_raw_coefficients(steps: int, gamma_init: float = 0.05, gamma_max: float
 
 
 def squash(raw: torch.Tensor, gamma_max: float) -> list[StepCoefficients]:
-    """Map raw per-step parameters ``(steps, 4)`` to the safe ranges of DESIGN.md section 3.
+    """Map raw per-step parameters ``(steps, 4)`` to the safe ranges of docs/design.md section 3.
 
     ``r = sigmoid(p)`` keeps the mid-point inside the step; ``c = 1 + 0.05 tanh(p/2)`` and
     ``a = 1 + 0.2 tanh(p/2)`` only correct the direction and the evaluation time a little;
@@ -232,7 +232,7 @@ def adasde_plan(
     generator: GeneratorLike = None,
     analytic_first_step: bool = False,
 ) -> Plan:
-    """One AdaSDE step (DESIGN.md section 3, items 1-5) as a plan of 2 (or 1, with AFS) calls."""
+    """One AdaSDE step (docs/design.md section 3, items 1-5) as a plan of 2 (or 1, with AFS) calls."""
     xh, th = churn(x, t_cur, coeffs.gamma, generator)
     if analytic_first_step:
         d = analytic_first_direction(xh, th)

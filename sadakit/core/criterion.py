@@ -7,7 +7,7 @@ with it (residual ``r``) and multiplied with the drift's second difference (curv
 ``m = r * c`` whose mean is <= 0 marks a locally stable trajectory (the call may be skipped);
 per token, ``m >= 0`` marks a token that must be recomputed.
 
-Differences from the published code (Jiang et al., ICML 2025), see DESIGN.md: nodes are the
+Differences from the published code (Jiang et al., ICML 2025; docs/design.md section 2): nodes are the
 true solver times (not integer indices), the predictor has the consistent variable-step
 weights, decisions are per sample, and token maps have any grid shape.
 """

@@ -1,6 +1,6 @@
 """One language for every denoiser: conversions between model space and the common forms.
 
-DESIGN.md names the variance-exploding (VE) form ``x = x0 + sigma * noise`` as the common
+The original design (docs/design.md section 1) named the VE form ``x = x0 + sigma * noise`` as the common
 language. Its state and time are infinite at the noisy end of a flow-matching schedule
 (t -> 1 gives sigma -> inf), where Flux starts. SADA's criterion and extrapolation therefore
 run in the *flow* chart of the same ODE, which is finite on the closed interval:
