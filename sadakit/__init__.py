@@ -9,10 +9,18 @@
 
 from .api import accelerate, default_config, is_accelerated, remove, report
 from .config import SADAConfig
-from .errors import NotAcceleratedError, SadakitError, UnsupportedPipelineError
+from .core.parameterization import (
+    EDMParameterization,
+    FlowParameterization,
+    NoiseLevel,
+    Parameterization,
+    VPParameterization,
+)
+from .errors import NotAcceleratedError, PluginContractError, SadakitError, UnsupportedPipelineError
 from .hookspecs import hookimpl
 from .registry import register_plugin, supported_pipelines, unregister_plugin
 from .runtime.report import GenerationReport
+from .spec import ControlSpec, DenoiserSpec, TokenArg, TokenBlockSpec, channels_first_grid
 
 __version__ = "0.1.0"
 
@@ -27,6 +35,17 @@ def __getattr__(name: str):
 
 __all__ = [
     "AdaSDEScheduler",
+    "ControlSpec",
+    "DenoiserSpec",
+    "EDMParameterization",
+    "FlowParameterization",
+    "NoiseLevel",
+    "Parameterization",
+    "PluginContractError",
+    "TokenArg",
+    "TokenBlockSpec",
+    "VPParameterization",
+    "channels_first_grid",
     "DistillConfig",
     "GenerationReport",
     "NotAcceleratedError",

@@ -11,3 +11,8 @@ class UnsupportedPipelineError(SadakitError, TypeError):
 
 class NotAcceleratedError(SadakitError, RuntimeError):
     """An operation that needs an accelerated pipeline got a plain one."""
+
+
+class PluginContractError(SadakitError, ValueError):
+    """A plugin's answer does not fit the contract or the pipeline (unknown hook name, an
+    argument name the module's forward does not take)."""

@@ -7,6 +7,41 @@ plugins register through the ``sadakit`` entry-point group or ``sadakit.register
 Only ``sadakit_family`` is asked of every plugin. The registry gives the pipeline to the first
 plugin that claims it (third-party plugins are asked before the built-in ones) and asks the
 other questions of that plugin alone, so an implementation never needs to re-check the type.
+Every hook but ``sadakit_family`` and ``sadakit_denoiser`` is optional.
+
+When they are asked, and how often:
+
+``sadakit.accelerate(pipe, config)``, in this order, once each:
+  1. ``sadakit_family`` (of every plugin, newest first, until one claims the pipeline)
+  2. ``sadakit_default_config`` (only when no config is given)
+  3. ``sadakit_validate``
+  4. ``sadakit_parameterization`` (to refuse an unusable scheduler before anything changes)
+  5. ``sadakit_denoiser`` (its argument names are checked against the module's ``forward``)
+  6. ``sadakit_token_blocks`` (only with ``config.token_sparsity``; names checked likewise)
+  7. ``sadakit_control_modules``
+  8. ``sadakit_prepare``; then the hooks are installed. Nothing before this step changes the
+     pipeline, so an error in 1-7 leaves it untouched.
+At the start of every generation (the first denoiser call, once the call streams are known):
+  ``sadakit_parameterization``, then ``sadakit_cfg_groups`` with the batch of one call.
+``sadakit.remove(pipe)``: ``sadakit_restore``, once.
+``sadakit.supported_pipelines()`` / ``sadakit info``: ``sadakit_supported_pipelines`` of every plugin.
+
+The value types (``DenoiserSpec``, ``TokenBlockSpec``, ``TokenArg``, ``ControlSpec``) live in
+:mod:`sadakit.spec`; they and the parameterisations (``VPParameterization``,
+``FlowParameterization``, ``EDMParameterization``) are exported from ``sadakit``. A tutorial:
+``docs/plugins.md``.
+
+Token layout rule: ``DenoiserSpec.latent_to_grid`` maps a per-element map shaped like the
+denoiser's sample to a per-token grid ``(B, *grid)`` with any number of axes. Each
+``TokenBlockSpec`` block must receive ``(B, N, C)`` hidden states whose N tokens are that grid
+(``layout="exact"``) or the grid with every axis halved k times, ceil (``layout="halved"``), in
+row-major order (last axis fastest). A block that fits neither runs in full and the report
+names it.
+
+Call streams: a pipeline that calls the denoiser more than once per step (one call per CFG
+branch) is served when it names each call with diffusers' ``cache_context`` (most pipelines
+since 2025 do) or when ``DenoiserSpec.call_stream`` names it. The first step learns the streams;
+each keeps its own history; the rows of a prompt decide together across streams.
 """
 
 from __future__ import annotations
@@ -20,7 +55,7 @@ if TYPE_CHECKING:
 
     from .config import SADAConfig
     from .core.parameterization import Parameterization
-    from .plugins.spec import ControlSpec, DenoiserSpec, TokenBlockSpec
+    from .spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 
 PROJECT = "sadakit"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -55,14 +90,17 @@ def sadakit_parameterization(pipe: Any) -> "Parameterization":
 
 @hookspec(firstresult=True)
 def sadakit_cfg_groups(pipe: Any, batch_size: int) -> list[list[int]] | None:
-    """Rows of one denoiser batch that must decide together (classifier-free guidance halves of
-    one prompt), as lists of row indices covering the batch; None if every row is independent.
-    Called at the start of every generation with the denoiser's batch size."""
+    """Rows of one denoiser call that must decide together (classifier-free guidance halves of
+    one prompt batched into one call), as equal-sized lists of row indices covering the batch;
+    None if every row is independent. Called at the start of every generation with one call's
+    batch size. CFG branches called separately are call streams and need no answer here."""
 
 
 @hookspec(firstresult=True)
 def sadakit_token_blocks(pipe: Any, denoiser: "torch.nn.Module") -> list["TokenBlockSpec"]:
-    """The blocks eligible for token-wise sparsity, with their token layout. Empty list: none."""
+    """The blocks eligible for token-wise sparsity: their layout on the latent's token grid,
+    which argument holds the hidden states, which others are indexed by token
+    (``TokenBlockSpec.token_args``) and where the tokens are in a tuple output. Empty: none."""
 
 
 @hookspec(firstresult=True)

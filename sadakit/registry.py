@@ -1,20 +1,31 @@
-"""The plugin manager: finds the plugin that owns a pipeline and asks it the contract's questions."""
+"""The plugin manager: finds the plugin that owns a pipeline and asks it the contract's questions.
+
+It fails safely: a plugin that cannot be imported or registered is skipped with one warning
+naming it and its error (the others keep working); a hook implementation with a name the
+contract does not have is refused at registration; the argument names a plugin declares are
+checked against the modules' ``forward`` signatures when a pipeline is accelerated.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
+import inspect
+import warnings
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import UnsupportedPipelineError
+from .errors import PluginContractError, UnsupportedPipelineError
 
 _BUILTIN_PLUGINS = (
     "sadakit.plugins.image.stable_diffusion",
     "sadakit.plugins.image.flux",
     "sadakit.plugins.controlnet.plugin",
     "sadakit.plugins.audio.musicldm",
+    "sadakit.plugins.video.wan",
 )
 
 _manager: pluggy.PluginManager | None = None
@@ -24,25 +35,53 @@ def plugin_manager() -> pluggy.PluginManager:
     """The process-wide manager, with built-ins and ``sadakit`` entry points loaded once."""
     global _manager
     if _manager is None:
-        import importlib
-
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         for name in _BUILTIN_PLUGINS:
-            try:
-                module = importlib.import_module(name)
-            except ImportError:  # an optional family whose library is missing
-                continue
-            pm.register(module, name=name)
-        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            _register_or_warn(pm, name, lambda name=name: importlib.import_module(name), "built-in plugin")
+        for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+            if pm.get_plugin(entry_point.name) is None and not pm.is_blocked(entry_point.name):
+                _register_or_warn(pm, entry_point.name, entry_point.load,
+                                  f"plugin from entry point {entry_point.value!r}")
         _manager = pm
     return _manager
 
 
+def _register_or_warn(pm: pluggy.PluginManager, name: str, load, what: str) -> None:
+    """Import and register one plugin; on any failure, warn once and go on without it."""
+    try:
+        _register_checked(pm, load(), name)
+    except Exception as error:  # a stranger's import error must not take the built-in plugins down
+        warnings.warn(f"sadakit: {what} {name!r} was skipped: {type(error).__name__}: {error}", RuntimeWarning,
+                      stacklevel=3)
+
+
+def _register_checked(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> str:
+    """``pm.register`` that refuses hook implementations the contract has no specification for."""
+    try:
+        registered = pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as error:
+        raise PluginContractError(f"sadakit plugin {name or plugin!r}: {error}") from error
+    unknown = [impl.function.__name__ for hook_name in dir(pm.hook) if not hook_name.startswith("_")
+               for impl in getattr(pm.hook, hook_name).get_hookimpls()
+               if impl.plugin is plugin and getattr(pm.hook, hook_name).spec is None]
+    if unknown:
+        pm.unregister(plugin)
+        known = sorted(n for n in dir(hookspecs) if n.startswith("sadakit_"))
+        raise PluginContractError(
+            f"sadakit plugin {registered!r} implements {', '.join(unknown)}, which the contract does not define "
+            f"(misspelled?); the hooks are: {', '.join(known)}"
+        )
+    return registered
+
+
 def register_plugin(plugin: Any, name: str | None = None) -> str:
-    """Register a plugin object at run time (the entry-point group does this for packages)."""
-    pm = plugin_manager()
-    return pm.register(plugin, name=name)
+    """Register a plugin object at run time (the entry-point group does this for packages).
+
+    Raises :class:`sadakit.PluginContractError` for a hook implementation whose name or
+    arguments the contract (``sadakit.hookspecs``) does not define.
+    """
+    return _register_checked(plugin_manager(), plugin, name)
 
 
 def unregister_plugin(plugin: Any = None, name: str | None = None) -> None:
@@ -73,7 +112,10 @@ class PluginHandle:
         spec = self._call("sadakit_denoiser", pipe=pipe)
         if spec is None:
             raise UnsupportedPipelineError(f"plugin {self.name!r} does not name a denoiser for {type(pipe).__name__}")
-        return _unwrapped(spec)
+        spec = _unwrapped(spec)
+        self._check_arguments(pipe, "DenoiserSpec", spec.module,
+                              {"sample_arg": spec.sample_arg, "timestep_arg": spec.timestep_arg})
+        return spec
 
     def parameterization(self, pipe):
         return self._call("sadakit_parameterization", pipe=pipe)
@@ -82,10 +124,32 @@ class PluginHandle:
         return self._call("sadakit_cfg_groups", pipe=pipe, batch_size=batch_size)
 
     def token_blocks(self, pipe, denoiser):
-        return self._call("sadakit_token_blocks", default=[], pipe=pipe, denoiser=denoiser)
+        blocks = self._call("sadakit_token_blocks", default=[], pipe=pipe, denoiser=denoiser)
+        for block in blocks:
+            names = {"hidden_arg": block.hidden_arg, **{f"token_args[{n!r}]": n for n in block.token_args}}
+            self._check_arguments(pipe, f"TokenBlockSpec {block.name!r}", block.module, names)
+        return blocks
 
     def control_modules(self, pipe):
-        return [_unwrapped(spec) for spec in self._call("sadakit_control_modules", default=[], pipe=pipe)]
+        specs = [_unwrapped(spec) for spec in self._call("sadakit_control_modules", default=[], pipe=pipe)]
+        for spec in specs:
+            self._check_arguments(pipe, "ControlSpec", spec.module,
+                                  {"sample_arg": spec.sample_arg, "timestep_arg": spec.timestep_arg})
+        return specs
+
+    def _check_arguments(self, pipe, what: str, module, names: dict[str, str]) -> None:
+        """Every argument name a spec declares is one the module's forward takes."""
+        parameters = inspect.signature(module.forward).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            accepted = None  # **kwargs: any name may be passed
+        else:
+            accepted = [n for n, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
+        for field_name, arg in names.items():
+            if accepted is not None and arg not in accepted:
+                raise PluginContractError(
+                    f"plugin {self.name!r} declares {what}.{field_name}={arg!r} for {type(pipe).__name__}, but "
+                    f"{type(module).__name__}.forward takes ({', '.join(accepted)})"
+                )
 
     def default_config(self, pipe):
         from .config import SADAConfig

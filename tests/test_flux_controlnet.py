@@ -324,13 +324,52 @@ def test_mismatched_control_input_size(sd_cn, flux_cn):
         )
 
 
-def test_flux_true_cfg_and_wrong_scheduler_are_refused(flux):
-    sadakit.accelerate(flux)
-    with pytest.raises(UnsupportedPipelineError, match="true_cfg_scale"):
-        run(flux, steps=6, negative_prompt=["blurry"] * 2, true_cfg_scale=2.0)
-    assert torch.isfinite(run(flux, steps=6)).all()  # the next generation starts clean
+def test_flux_true_cfg_is_accelerated_per_call_stream(flux):
+    """true_cfg_scale > 1: two transformer calls per step ("cond", "uncond"), both counted,
+    decided together, each extrapolated from its own history; bit-identical after remove."""
+    kw = dict(steps=20, negative_prompt=["blurry", "dark"], true_cfg_scale=2.5)
+    base = run(flux, **kw)
+    counter = Counter(flux.transformer.x_embedder)
+    try:
+        sadakit.accelerate(flux)
+        out = run(flux, **kw)
+        rep = sadakit.report(flux)
+    finally:
+        counter.close()
+    assert rep.streams == ["cond", "uncond"]
+    assert rep.denoiser_calls == 40 and rep.batch_size == 4
+    assert rep.network_calls == counter.count < 40, rep.decisions
+    pairs = [rep.decisions[i:i + 2] for i in range(0, 40, 2)]
+    assert all(p[0] == p[1] or "M" in p for p in pairs), pairs  # branches of a step decide together
+    assert rep.per_sample_skipped[:2] == rep.per_sample_skipped[2:] and max(rep.per_sample_skipped) > 0
+    assert torch.isfinite(out).all()
+    mse = torch.mean((out - base) ** 2).item()
+    psnr = 10 * torch.log10((base.max() - base.min()) ** 2 / max(mse, 1e-20)).item()
+    assert psnr > 25, psnr
     sadakit.remove(flux)
+    assert torch.equal(run(flux, **kw), base)
+
+
+def test_flux_img2img_true_cfg_streams_without_cache_context():
+    """FluxImg2ImgPipeline calls the transformer twice on one latent without cache contexts:
+    the plugin's call_stream names the calls by their order."""
+    from sadakit.spec import StreamsByRepeatedSample
+
+    naming = StreamsByRepeatedSample("hidden_states")
+    a, b = torch.zeros(1), torch.zeros(1)
+    assert [naming({"hidden_states": t}) for t in (a, a, b, b, b, a)] == ["call0", "call1", "call0", "call1",
+                                                                         "call2", "call0"]
+
+
+def test_flux_wrong_scheduler_is_refused(flux):
     flux.scheduler = diffusers.EulerDiscreteScheduler()
     with pytest.raises(UnsupportedPipelineError, match="EulerDiscreteScheduler is not a flow-matching scheduler"):
         sadakit.accelerate(flux)
     assert not sadakit.is_accelerated(flux)
+
+
+def test_flux_controlnet_true_cfg_is_refused(flux_cn):
+    sadakit.accelerate(flux_cn)
+    with pytest.raises(UnsupportedPipelineError, match="true_cfg_scale"):
+        run(flux_cn, steps=6, negative_prompt=["blurry"] * 2, true_cfg_scale=2.0)
+    assert torch.isfinite(run(flux_cn, steps=6)).all()  # the next generation starts clean

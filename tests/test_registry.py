@@ -3,7 +3,7 @@
 import torch
 
 import sadakit
-from sadakit.plugins.spec import DenoiserSpec
+from sadakit import DenoiserSpec
 from sadakit.plugins.unet_common import unet_parameterization, unet_token_blocks
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..core.parameterization import EDMParameterization, Parameterization, VPParameterization
 from ..errors import UnsupportedPipelineError
-from .spec import TokenBlockSpec
+from ..spec import TokenBlockSpec
 
 
 def unet_parameterization(pipe: Any) -> Parameterization:
@@ -60,7 +60,7 @@ def unet_token_blocks(unet: torch.nn.Module) -> list[TokenBlockSpec]:
     from diffusers.models.attention import BasicTransformerBlock
 
     return [
-        TokenBlockSpec(module=module, name=name, kind="grid")
+        TokenBlockSpec(module=module, name=name, layout="halved")
         for name, module in unet.named_modules()
         if isinstance(module, BasicTransformerBlock)
     ]

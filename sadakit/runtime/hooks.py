@@ -7,30 +7,47 @@ block (run on a token subset, fill the rest from a residual cache). Removal by n
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..core import tokens
+from ..spec import TokenBlockSpec
 from .session import SADASession
 
 DENOISER_HOOK = "sadakit_sada_denoiser"
 BLOCK_HOOK = "sadakit_sada_tokens"
 
 
+class _NoState(BaseState):
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class DenoiserHook(ModelHook):
-    """Replaces the denoiser's forward with the session's decide-and-run."""
+    """Replaces the denoiser's forward with the session's decide-and-run.
+
+    Stateful, so that diffusers' ``cache_context(name)`` reaches it: pipelines that call the
+    denoiser once per CFG branch name each call ("cond", "uncond"), and the name is the call's
+    stream.
+    """
 
     _is_stateful = True
 
     def __init__(self, session: SADASession) -> None:
         super().__init__()
         self.session = session
+        self.cache_context = StateManager(_NoState)  # diffusers sets the pipeline's context here
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return self.session.run(self.fn_ref.original_forward, args, kwargs)
+        return self.session.run(self.fn_ref.original_forward, args, kwargs, self._context_name())
+
+    def _context_name(self) -> str | None:
+        context = getattr(self.cache_context, "_context", None)
+        return getattr(context, "name", context)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.session.finish_generation()
@@ -38,99 +55,112 @@ class DenoiserHook(ModelHook):
 
 
 class TokenBlockHook(ModelHook):
-    """Runs a (B, N, C) token block on the plan's tokens; the others get input + last residual.
+    """Runs a token block on the plan's tokens; the others get input + their last residual.
 
-    The cache holds, per full-batch row, each token's last residual ``block(h) - h``, so a
-    pruned token follows its current input instead of freezing at an old output.
+    One hook for every plugin: the block's :class:`~sadakit.spec.TokenBlockSpec` says
+    which argument holds the (B, N, C) hidden states, which other arguments are indexed by
+    token (:class:`~sadakit.spec.TokenArg`) and where the tokens are in a tuple output.
+    The session keeps, per row, each token's last residual ``block(h) - h``, so a pruned token
+    follows its current input instead of freezing at an old output.
     """
 
     _is_stateful = False  # state lives in the session and is reset with it
 
-    def __init__(self, session: SADASession, name: str, hidden_arg: str = "hidden_states") -> None:
+    def __init__(self, session: SADASession, spec: TokenBlockSpec) -> None:
         super().__init__()
         self.session = session
-        self.name = name
-        self.hidden_arg = hidden_arg
+        self.spec = spec
+        self.name = spec.name
+        # argument name -> position in a positional call (bound once; dynamo-friendly lookups)
+        params = [p for p in inspect.signature(spec.module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self._position = {p.name: i for i, p in enumerate(params)}
+
+    def _get(self, name: str, args: tuple, kwargs: dict) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        position = self._position.get(name)
+        return args[position] if position is not None and position < len(args) else None
+
+    def _replaced(self, args: tuple, kwargs: dict, values: dict[str, Any]) -> tuple[tuple, dict]:
+        args, kwargs = list(args), dict(kwargs)
+        for name, value in values.items():
+            position = self._position.get(name)
+            if name not in kwargs and position is not None and position < len(args):
+                args[position] = value
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         # Traced by torch.compile as part of the network: the session is read and written only
-        # in the eager helpers below (graph breaks), so no guard ever sees the plan's objects.
+        # in its eager (compiler-disabled) methods, so no guard ever sees the plan's objects.
         original = self.fn_ref.original_forward
-        if args:
-            hidden, rest_args, in_kwargs = args[0], args[1:], False
-        else:
-            hidden, rest_args, in_kwargs = kwargs[self.hidden_arg], (), True
-        idx = self._indices(hidden.shape[1])
+        spec = self.spec
+        hidden = self._get(spec.hidden_arg, args, kwargs)
+        token_args = {name: self._get(name, args, kwargs) for name in spec.token_args}
+        token_args = {name: value for name, value in token_args.items() if value is not None}
+        shared = any(_without_batch(value, spec.token_args[name].dim, hidden.shape[0])
+                     for name, value in token_args.items())
+        idx = self.session.block_selection(self.name, hidden.shape[1], shared)
         if idx is None:
-            before = self._flops_before()
+            before = self.session.block_flops_before()
             out = original(*args, **kwargs)
-            self._after_full(hidden, out, before)
+            self.session.block_computed(self.name, hidden, _tokens_of(out, spec.output_index), before)
             return out
-        gather = idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        h_sel = hidden.gather(1, gather)
-        if in_kwargs:
-            out_sel = original(*rest_args, **{**kwargs, self.hidden_arg: h_sel})
-        else:
-            out_sel = original(h_sel, *rest_args, **kwargs)
-        return self._merge_partial(hidden, gather, h_sel, out_sel)
-
-    @torch.compiler.disable
-    def _indices(self, n: int) -> torch.Tensor | None:
-        """The (B, k) tokens to compute, or None to run the block in full."""
-        session = self.session
-        plan = session.token_plan
-        if plan is None or session.state is None or session.state.latent_grid is None:
-            return None
-        if session.block_caches.get(self.name) is None:
-            return None
-        grid = tokens.grid_for_tokens(session.state.latent_grid, n)
-        return plan.indices(grid) if grid is not None else None
-
-    @torch.compiler.disable
-    def _flops_before(self) -> float:
-        counter = self.session.flop_counter
-        return counter.get_total_flops() if counter is not None else 0
-
-    @torch.compiler.disable
-    def _after_full(self, hidden: torch.Tensor, out: Any, flops_before: float, block_output: Any = None) -> None:
-        """Bookkeeping of a full block call: its FLOPs (measured call), token count, residual cache."""
-        session = self.session
         n = hidden.shape[1]
-        counter = session.flop_counter
-        if counter is not None:
-            session.record_block_flops(self.name, float(counter.get_total_flops() - flops_before))
-        session.block_tokens[self.name] = n
-        if session.config.token_sparsity:
-            self._store(hidden, out if block_output is None else block_output, session.active_rows)
-        session.account_block(self.name, n, n, hidden.shape[0], None)
+        values = {spec.hidden_arg: _take(hidden, 1, idx, 0)}
+        for name, value in token_args.items():
+            values[name] = _take_argument(value, spec.token_args[name].dim, idx, n)
+        run_args, run_kwargs = self._replaced(args, kwargs, values)
+        out = original(*run_args, **run_kwargs)
+        merged = self.session.block_merged(self.name, hidden, idx, values[spec.hidden_arg],
+                                           _tokens_of(out, spec.output_index))
+        if spec.output_index is None:
+            return merged
+        out = list(out)
+        out[spec.output_index] = merged
+        return tuple(out)
 
-    @torch.compiler.disable
-    def _merge_partial(self, hidden: torch.Tensor, gather: torch.Tensor, h_sel: torch.Tensor, out_sel: torch.Tensor) -> torch.Tensor:
-        """Computed tokens from the block, the others from input + cached residual; cache updated."""
-        session = self.session
-        rows = session.active_rows
-        cache = session.block_caches[self.name]
-        residual = cache if rows is None else cache.index_select(0, rows)
-        residual = residual.scatter(1, gather, (out_sel - h_sel).to(residual.dtype))
-        out = hidden + residual.to(hidden.dtype)
-        if rows is None:
-            session.block_caches[self.name] = residual
-        else:
-            cache.index_copy_(0, rows, residual)
-        n = hidden.shape[1]
-        session.account_block(self.name, n, gather.shape[1], hidden.shape[0], session.block_flops(self.name))
-        return out
 
-    def _store(self, hidden: torch.Tensor, out: torch.Tensor, rows: torch.Tensor | None) -> None:
-        residual = (out - hidden).detach()
-        if rows is None:
-            self.session.block_caches[self.name] = residual
-            return
-        cache = self.session.block_caches.get(self.name)
-        b = self.session.state.batch_size if self.session.state is not None else None
-        if cache is None or b is None or cache.shape[0] != b or cache.shape[1:] != residual.shape[1:]:
-            return  # no full-batch cache yet: the next full call creates it
-        cache.index_copy_(0, rows, residual)
+def _tokens_of(out: Any, index: int | None) -> torch.Tensor:
+    return out if index is None else out[index]
+
+
+def _without_batch(value: Any, dim: int, batch: int) -> bool:
+    tensors = value if isinstance(value, (tuple, list)) else (value,)
+    return any(isinstance(t, torch.Tensor) and (dim == 0 or (t.shape[0] != batch and batch > 1)) for t in tensors)
+
+
+def _take(t: torch.Tensor, dim: int, idx: torch.Tensor, leading: int) -> torch.Tensor:
+    """Keep the ``leading`` entries along ``dim`` and then the tokens ``leading + idx``.
+
+    ``idx`` is (k,) (one set for every row) or (B, k) (per row; ``t`` then has rows on dim 0).
+    """
+    if leading:
+        front = torch.arange(leading, device=idx.device)
+        idx = torch.cat([front.expand(*idx.shape[:-1], leading), idx + leading], dim=-1)
+    idx = idx.to(t.device)
+    if idx.dim() == 1:
+        return t.index_select(dim, idx)
+    view = [idx.shape[0]] + [1] * (dim - 1) + [idx.shape[1]] + [1] * (t.dim() - dim - 1)
+    size = list(t.shape)
+    size[dim] = idx.shape[1]
+    if t.shape[0] != idx.shape[0]:  # a per-row call on an argument without rows cannot happen
+        raise ValueError(f"per-row token selection on an argument with {t.shape[0]} rows for {idx.shape[0]}")
+    return t.gather(dim, idx.reshape(view).expand(size))
+
+
+def _take_argument(value: Any, dim: int, idx: torch.Tensor, n: int) -> Any:
+    """A declared per-token argument on the selected tokens (tuples element-wise); entries in
+    front of the last ``n`` along ``dim`` are kept; an argument shorter than ``n`` is unchanged."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_take_argument(v, dim, idx, n) for v in value)
+    if not isinstance(value, torch.Tensor) or value.dim() <= dim or value.shape[dim] < n:
+        return value
+    if idx.dim() == 2 and (dim == 0 or value.shape[0] != idx.shape[0]):
+        idx = idx[0]
+    return _take(value, dim, idx, value.shape[dim] - n)
 
 
 CONTROL_HOOK = "sadakit_sada_control"
@@ -158,8 +188,7 @@ def install(session: SADASession) -> None:
         for block in session.token_blocks:
             with _beneath_accelerate_hook(block.module):
                 block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
-                hook_class = block.hook_class or TokenBlockHook
-                block_registry.register_hook(hook_class(session, block.name, block.hidden_arg), BLOCK_HOOK)
+                block_registry.register_hook(TokenBlockHook(session, block), BLOCK_HOOK)
     for control in session.controls:
         with _beneath_accelerate_hook(control.module):
             HookRegistry.check_if_exists_or_initialize(control.module).register_hook(

@@ -24,6 +24,9 @@ class GenerationReport:
     per_sample_skipped: list[int] = field(default_factory=list)
     per_sample_partial: list[int] = field(default_factory=list)
     decisions: str = ""
+    #: the call streams one step's calls came in (diffusers' cache-context names such as
+    #: ["cond", "uncond"]); rows of stream i follow those of stream i - 1 in ``per_sample_*``
+    streams: list = field(default_factory=list)
     control_calls_run: int = 0
     tokens_total: int = 0
     tokens_computed: int = 0
@@ -68,6 +71,8 @@ class GenerationReport:
             f"  skipped: {self.skipped_calls}  partial: {self.partial_calls}",
             f"  decisions: {self.decisions}",
         ]
+        if len(self.streams) > 1:
+            lines.append(f"  call streams per step: {', '.join(map(str, self.streams))} (rows side by side)")
         for first, last, (c, s, p) in _runs(
             list(zip(self.per_sample_computed, self.per_sample_skipped, self.per_sample_partial))
         ):

@@ -22,7 +22,7 @@ from ..config import SADAConfig
 from ..core import criterion, tokens
 from ..core.extrapolation import extrapolate
 from ..core.parameterization import NoiseLevel, flow_drift, to_flow
-from ..plugins.spec import ControlSpec, DenoiserSpec, TokenBlockSpec
+from ..spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 from .batching import map_tensors, output_tensor, rebuild_output, scatter_rows, select_rows
 from .report import GenerationReport
 from .state import GenerationState
@@ -34,22 +34,30 @@ _NEW_GENERATION_TOL = 1e-6
 class TokenPlan:
     """Which tokens each block recomputes on a partial call (indices built lazily per grid)."""
 
-    pooled: dict[tuple[int, int], torch.Tensor]  # grid -> (B_active, N) scores
-    required: dict[tuple[int, int], torch.Tensor]  # grid -> (B_active, N) bool
-    k: dict[tuple[int, int], int]  # grid -> tokens per row, only grids worth pruning
-    _indices: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    pooled: dict[tuple[int, ...], torch.Tensor]  # grid -> (B_active, N) scores
+    required: dict[tuple[int, ...], torch.Tensor]  # grid -> (B_active, N) bool
+    k: dict[tuple[int, ...], int]  # grid -> tokens per row, only grids worth pruning
+    _indices: dict = field(default_factory=dict)
 
-    def indices(self, grid: tuple[int, int]) -> torch.Tensor | None:
+    def subset(self, positions: list[int]) -> "TokenPlan":
+        """The plan for some of its rows (one call stream's rows of a step)."""
+        if positions == list(range(next(iter(self.pooled.values())).shape[0])):
+            return self
+        index = torch.tensor(positions, device=next(iter(self.pooled.values())).device)
+        return TokenPlan({g: v.index_select(0, index) for g, v in self.pooled.items()},
+                         {g: v.index_select(0, index) for g, v in self.required.items()}, dict(self.k))
+
+    def indices(self, grid: tuple[int, ...]) -> torch.Tensor | None:
         if grid not in self.k:
             return None
         if grid not in self._indices:
             self._indices[grid] = tokens.select_indices(self.pooled[grid], self.required[grid], self.k[grid])
         return self._indices[grid]
 
-    def shared_indices(self, grid: tuple[int, int]) -> torch.Tensor | None:
+    def shared_indices(self, grid: tuple[int, ...]) -> torch.Tensor | None:
         """(k,) one sorted index set for every row: the union of the rows' required tokens.
 
-        For blocks whose positional tables have no batch dimension (Flux rotary embeddings).
+        For blocks whose per-token arguments have no batch dimension (rotary tables).
         With several rows the union size costs one scalar host read per call and grid.
         """
         if grid not in self.k:
@@ -80,15 +88,48 @@ class CallPlan:
 class _Call:
     """One denoiser call between its decision and its record."""
 
-    plan: CallPlan
+    plan: CallPlan | None  # None: run in full without a decision
     x_model: torch.Tensor
     return_dict: Any
-    rows: torch.Tensor
+    rows: torch.Tensor | None  # the call's own rows to compute
     rows_host: list[int]
     overhead: float
+    stream: str | None = None
+    offset: int = 0  # where the call's rows sit among the step's rows (streams side by side)
+    stream_order: int | None = None  # set while the first step's streams are being learned
     run_args: tuple | None = None
     run_kwargs: dict | None = None
     output: Any = None
+
+
+@dataclass
+class StreamLayout:
+    """The denoiser calls of one solver step: one per call stream (CFG branch), in call order.
+
+    A step's rows are the streams' rows side by side (stream i's row r is row ``i * batch + r``),
+    so the decision, history and extrapolation of a step treat its streams as one batch.
+    """
+
+    names: list  # stream names in call order; [None] when the pipeline names none
+    batch: int  # rows per call
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def offset(self, name: str | None) -> int:
+        return self.names.index(name) * self.batch
+
+
+@dataclass
+class StepCalls:
+    """The calls of the current step so far: its decision and each stream's input and output."""
+
+    plan: CallPlan | None
+    x: dict = field(default_factory=dict)
+    out: dict = field(default_factory=dict)
+    timestep: Any = None
+    arguments: dict | None = None
 
 
 class SADASession:
@@ -124,6 +165,14 @@ class SADASession:
         self._last_output: Any = None
         self._pending: tuple | None = None
         self._control_template: dict[int, Any] = {}
+        self._block_layouts = {b.name: b.layout for b in token_blocks}
+        self.active_rows_host: list[int] | None = None
+        self.token_plan_used = False
+        self._call_shape: tuple | None = None
+        # call streams of the current generation (see StreamLayout)
+        self.layout: StreamLayout | None = None
+        self.step: StepCalls | None = None
+        self._streams_off: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -146,6 +195,9 @@ class SADASession:
         self.active_rows = None
         self._pending = None
         self._control_template.clear()
+        self.layout = None
+        self.step = None
+        self._streams_off = None
 
     def report(self) -> GenerationReport | None:
         return self.current if self.current.denoiser_calls else self.last
@@ -170,17 +222,26 @@ class SADASession:
             timesteps = [t for t in timesteps if t >= cutoff]
         return max(len(timesteps), 1)
 
-    def _start_generation(self, x_model: torch.Tensor, arguments: dict) -> GenerationState:
-        self.finish_generation()
+    def _start_generation(self, x_model: torch.Tensor, arguments: dict, fresh: bool = True) -> GenerationState:
+        """A new state for a step batch shaped like ``x_model``; ``fresh=False`` keeps the report
+        and caches of the calls already made (the first step, while call streams were learned)."""
+        if fresh:
+            layout = self.layout
+            self.finish_generation()
+            self.layout = layout
         pipe = self.pipe
         param = self.plugin.parameterization(pipe)
         b = x_model.shape[0]
-        groups_list = self.plugin.cfg_groups(pipe, b) or [[r] for r in range(b)]
-        width = max(len(g) for g in groups_list)
-        if any(len(g) != width for g in groups_list) or sorted(r for g in groups_list for r in g) != list(range(b)):
+        streams = self.layout.size if self.layout is not None else 1
+        per_call = b // streams
+        call_groups = self.plugin.cfg_groups(pipe, per_call) or [[r] for r in range(per_call)]
+        width = max(len(g) for g in call_groups)
+        if any(len(g) != width for g in call_groups) or sorted(r for g in call_groups for r in g) != list(range(per_call)):
             raise ValueError(
-                f"plugin {self.plugin.name!r} returned CFG groups {groups_list} that do not partition a batch of {b}"
+                f"plugin {self.plugin.name!r} returned CFG groups {call_groups} that do not partition a batch of {per_call}"
             )
+        # the same rows of every call stream (the CFG branches of one prompt) decide together
+        groups_list = [[i * per_call + r for i in range(streams) for r in g] for g in call_groups]
         row_group = [0] * b
         for gi, g in enumerate(groups_list):
             for r in g:
@@ -197,27 +258,40 @@ class SADASession:
             last_computed=[True] * len(groups_list),
         )
         grid = self.denoiser.latent_to_grid(x_model[:1].float(), arguments)
-        state.latent_grid = (int(grid.shape[-2]), int(grid.shape[-1]))
+        state.latent_grid = tuple(int(a) for a in grid.shape[1:])
         self.current.parameterization = param.describe()
         self.current.batch_size = b
-        self.current.per_sample_computed = [0] * b
-        self.current.per_sample_skipped = [0] * b
-        self.current.per_sample_partial = [0] * b
+        for counts in (self.current.per_sample_computed, self.current.per_sample_skipped,
+                       self.current.per_sample_partial):
+            counts.extend([0] * (b - len(counts)))
         self.state = state
         return state
 
     # ------------------------------------------------------------------ decision
-    def _eligible_grids(self, state: GenerationState) -> list[tuple[int, int]]:
-        if not self.block_tokens or state.latent_grid is None:
+    def _eligible_grids(self, state: GenerationState) -> list[tuple[int, ...]]:
+        """The token grids of the blocks seen so far; blocks whose token count matches no grid
+        of the latent are named in the report (they always run in full)."""
+        if state.latent_grid is None:
             return []
-        counts = set(self.block_tokens.values())
+        if not self.block_tokens:
+            if not self.token_blocks:
+                self._note("token sparsity inactive: the plugin names no eligible block")
+            return []
+        by_grid: dict[tuple[int, ...], int] = {}
+        unmatched = []
+        for name, n in self.block_tokens.items():
+            g = self._block_grid(name, n, state.latent_grid)
+            if g is None:
+                unmatched.append(f"{name} ({n} tokens)")
+            else:
+                by_grid[g] = n
+        if unmatched:
+            shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
+            self._note(f"token sparsity inactive in block(s) {shown}: their token count matches no "
+                       f"grid of the latent's token grid {state.latent_grid} (layouts: see TokenBlockSpec.layout)")
+        grids = sorted(by_grid, key=lambda g: -by_grid[g])
         if self.config.token_resolutions == "highest":
-            counts = {max(counts)}
-        grids = []
-        for n in sorted(counts, reverse=True):
-            g = tokens.grid_for_tokens(state.latent_grid, n)
-            if g is not None:
-                grids.append(g)
+            grids = grids[:1]
         return grids
 
     def _phase(self, state: GenerationState, n: int) -> str:
@@ -318,8 +392,11 @@ class SADASession:
             for i, grid in enumerate(grids):
                 counts = host[offset + i * b : offset + (i + 1) * b]
                 k = int(max(counts[r] for r in rows_host))
-                if k <= cfg.max_token_fraction * grid[0] * grid[1]:
+                if k <= cfg.max_token_fraction * math.prod(grid):
                     ks[grid] = max(k, 1)
+            if not ks:
+                self._note(f"token sparsity inactive on some calls: more than {cfg.max_token_fraction:.0%} of the "
+                           "tokens were unstable (SADAConfig.max_token_fraction)")
             if ks:
                 if len(rows_host) != b:
                     rows = torch.tensor(rows_host, device=device)
@@ -413,9 +490,9 @@ class SADASession:
     # callees, everything it calls for bookkeeping is eager, and only the network's own forward
     # (called from ``run``) is compiled, as a frame of its own.
     @torch.compiler.disable(recursive=False)
-    def run(self, original_forward: Callable, args: tuple, kwargs: dict) -> Any:
-        """Execute one denoiser call under SADA."""
-        call = self._prepare_call(original_forward, args, kwargs)
+    def run(self, original_forward: Callable, args: tuple, kwargs: dict, context: str | None = None) -> Any:
+        """Execute one denoiser call under SADA; ``context`` is diffusers' cache-context name."""
+        call = self._prepare_call(original_forward, args, kwargs, context)
         output = call.output
         if call.run_args is not None:
             try:
@@ -425,28 +502,49 @@ class SADASession:
         return self._finish_call(call, output)
 
     @torch.compiler.disable
-    def _prepare_call(self, original_forward: Callable, args: tuple, kwargs: dict) -> "_Call":
+    def _prepare_call(self, original_forward: Callable, args: tuple, kwargs: dict, context: str | None = None) -> "_Call":
         """Decide the call; the network's arguments (all rows or the computed ones), or its output
         when it had to run here (the once-per-shape FLOP-measured call, eager by design)."""
         bound = self.signature.bind(*args, **kwargs)
         x_model = bound.arguments[self.denoiser.sample_arg]
         timestep = bound.arguments[self.denoiser.timestep_arg]
         started = time.perf_counter()
-        plan = self._take_pending(x_model)
-        if plan is None:
-            plan = self.decide(x_model, timestep, bound.arguments)
+        stream = context
+        if stream is None and self.denoiser.call_stream is not None:
+            stream = self.denoiser.call_stream(bound.arguments)
+        if self.controls:
+            stream = None  # a control branch decides each step for the one denoiser call after it
         b = x_model.shape[0]
-        rows_host = self.state.group_rows(plan.computed_groups)
-        rows = torch.tensor(rows_host, dtype=torch.long, device=x_model.device)
-        call = _Call(plan, x_model, bound.arguments.get("return_dict", True), rows, rows_host,
-                     overhead=time.perf_counter() - started)
+        call = _Call(None, x_model, bound.arguments.get("return_dict", True), None, list(range(b)),
+                     overhead=0.0, stream=stream, offset=0)
+        plan = self._plan_for_stream(call, x_model, timestep, bound.arguments)
+        call.plan = plan
+        if plan is not None:
+            offset, state = call.offset, self.state
+            virtual = state.group_rows(plan.computed_groups)
+            positions = [i for i, r in enumerate(virtual) if offset <= r < offset + b]
+            call.rows_host = [virtual[i] - offset for i in positions]
+            call.rows = torch.tensor(call.rows_host, dtype=torch.long, device=x_model.device)
+            self.token_plan = None
+            if plan.token_plan is not None and call.rows_host:
+                self.token_plan = plan.token_plan.subset(positions)
+            full_batch = len(call.rows_host) == b and state.batch_size == b
+            self.active_rows = None if full_batch else call.rows + offset
+            self.active_rows_host = None if full_batch else [r + offset for r in call.rows_host]
+        else:  # discovery of the streams, or SADA off for this generation: the call runs in full
+            self.token_plan = None
+            self.active_rows = self.active_rows_host = None
+            if call.stream_order is not None and self.layout is None:
+                self.active_rows_host = list(range(call.stream_order * b, (call.stream_order + 1) * b))
+                self.active_rows = torch.tensor(self.active_rows_host, device=x_model.device)
+        call.overhead = time.perf_counter() - started
+        self._call_shape = tuple(x_model.shape)
+        rows_host = call.rows_host
         if not rows_host:
             return call
-        self.token_plan = plan.token_plan
-        self.active_rows = None if len(rows_host) == b else rows
         if len(rows_host) != b:
-            call.run_args = select_rows(args, rows, b)
-            call.run_kwargs = select_rows(kwargs, rows, b, self.denoiser.unbatched_args)
+            call.run_args = select_rows(args, call.rows, b)
+            call.run_kwargs = select_rows(kwargs, call.rows, b, self.denoiser.unbatched_args)
         elif self._needs_measuring(x_model):
             try:
                 call.output = self._forward_measured(original_forward, args, kwargs, x_model)
@@ -456,22 +554,104 @@ class SADASession:
             call.run_args, call.run_kwargs = args, kwargs
         return call
 
+    def _plan_for_stream(self, call: "_Call", x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan | None:
+        """The decision covering this call: made at the first stream's call of each step for
+        every stream (CFG branches of one prompt skip together), reused by the others. None:
+        run in full without a decision (the first step, while the streams are being learned,
+        or a generation whose calls stopped following the learned pattern)."""
+        if self._streams_off is not None:
+            return None
+        stream, b = call.stream, x_model.shape[0]
+        if self.layout is None:
+            if stream is None:
+                self.layout = StreamLayout([None], b)
+            else:
+                step = self.step
+                if step is None:
+                    if self.state is not None or self.current.denoiser_calls:
+                        self.finish_generation()
+                    step = self.step = StepCalls(None, timestep=timestep, arguments=arguments)
+                if stream not in step.x:
+                    first = next(iter(step.x.values()), None)
+                    if first is not None and tuple(first.shape) != tuple(x_model.shape):
+                        self._stop_streams(f"the call streams {list(step.x) + [stream]} have different latent "
+                                           "shapes; SADA computed every call of this generation")
+                        return None
+                    call.stream_order = len(step.x)
+                    step.x[stream] = x_model
+                    return None
+                if stream != next(iter(step.x)):
+                    self._stop_streams(f"call stream {stream!r} came twice before {next(iter(step.x))!r} in the first "
+                                       "step; SADA computed every call of this generation")
+                    return None
+                self.layout = StreamLayout(list(step.x), b)
+                self._record_first_step()
+        layout = self.layout
+        if layout.names == [None] and stream is None and b != layout.batch:
+            layout.batch = b  # one call per step: a new batch size is a new generation (decide starts it)
+        if stream not in layout.names or b != layout.batch:
+            self._stop_streams(f"a denoiser call of stream {stream!r} with batch {b} does not fit the streams "
+                               f"{layout.names} (batch {layout.batch}) of this generation; SADA computed every call "
+                               "from there on")
+            return None
+        call.offset = layout.offset(stream)
+        if stream == layout.names[0]:
+            step = self.step
+            if layout.size > 1 and step is not None and step.plan is not None and len(step.out) < layout.size:
+                missing = [n for n in layout.names if n not in step.out]
+                self._stop_streams(f"step {self.state.call_index} had no call of stream(s) {missing}; SADA computed "
+                                   "every call from there on")
+                return None
+            plan = self._take_pending(x_model) if layout.size == 1 else None
+            if plan is None:
+                virtual = x_model if layout.size == 1 else x_model.repeat(layout.size, *([1] * (x_model.dim() - 1)))
+                plan = self.decide(virtual, timestep, arguments)
+            self.step = StepCalls(plan)
+            return plan
+        step = self.step
+        expected = layout.names[len(step.out)] if step is not None and step.plan is not None and len(step.out) < layout.size else None
+        if stream != expected:
+            self._stop_streams(f"call stream {stream!r} came out of the order {layout.names} of the first step; SADA "
+                               "computed every call from there on")
+            return None
+        return step.plan
+
+    def _stop_streams(self, reason: str) -> None:
+        self._streams_off = reason
+        self._note(reason)
+        self.step = None
+
+    def _record_first_step(self) -> None:
+        """The streams are known: record the first step (all computed) as one call of all of them."""
+        step = self.step
+        names = self.layout.names
+        x_all = torch.cat([step.x[n] for n in names])
+        self._start_generation(x_all, step.arguments, fresh=False)
+        plan = self.decide(x_all, step.timestep, step.arguments)
+        if plan.skipped_groups:  # cannot happen: the first call of a generation is always computed
+            raise RuntimeError("sadakit: the first step of a generation was not computed")
+        self._record_step(plan, x_all, torch.cat([step.out[n] for n in names]))
+        self.step = None
+
     @torch.compiler.disable
     def _end_network_call(self) -> None:
         self.token_plan = None
         self.active_rows = None
+        self.active_rows_host = None
 
     @torch.compiler.disable
     def _finish_call(self, call: "_Call", output: Any) -> Any:
         """Merge extrapolated rows into the output, record the call, return what the pipeline gets."""
         started = time.perf_counter()
-        plan, x_model, rows, state = call.plan, call.x_model, call.rows, self.state
+        plan, x_model, rows = call.plan, call.x_model, call.rows
+        b = x_model.shape[0]
         computed_tensor = None
         if call.rows_host:
             computed_tensor = output_tensor(output, self.denoiser.output_field)
             self._last_output = output
-        if plan.skipped_groups:
-            full = self._approximate(plan, x_model, state)
+        skipped_local = b - len(call.rows_host)
+        if plan is not None and skipped_local:
+            full = self._approximate(plan, x_model, call.offset)
             if computed_tensor is not None:
                 full = full.clone()
                 full[rows] = computed_tensor.to(full.dtype)
@@ -481,9 +661,52 @@ class SADASession:
                 output = (full,)
         else:
             final_tensor = computed_tensor
-        self._record(plan, x_model, final_tensor, rows, call.rows_host)
+        self._account_call(call, skipped_local)
+        if plan is not None:
+            if self.layout.size == 1:
+                self._record_step(plan, x_model, final_tensor)
+            else:
+                step = self.step
+                step.x[call.stream], step.out[call.stream] = x_model, final_tensor
+                if len(step.out) == self.layout.size:
+                    names = self.layout.names
+                    self._record_step(plan, torch.cat([step.x[n] for n in names]),
+                                      torch.cat([step.out[n] for n in names]))
+        elif call.stream_order is not None and self.step is not None and self.layout is None:
+            self.step.out[call.stream] = final_tensor  # the first step, while the streams are learned
         self.current.overhead_seconds += call.overhead + time.perf_counter() - started
         return output
+
+    def _account_call(self, call: "_Call", skipped_local: int) -> None:
+        """The report's view of one denoiser call: its rows, letter and saved FLOPs."""
+        report = self.current
+        b = call.x_model.shape[0]
+        first = call.offset if call.stream_order is None else call.stream_order * b
+        if call.plan is None and call.stream_order is None:
+            first = 0  # SADA off for this generation: rows of the call itself
+        for counts in (report.per_sample_computed, report.per_sample_skipped, report.per_sample_partial):
+            if len(counts) < first + b:
+                counts.extend([0] * (first + b - len(counts)))
+        report.batch_size = max(report.batch_size, len(report.per_sample_computed))
+        partial = self.token_plan_used and bool(call.rows_host)
+        computed = set(call.rows_host)
+        for r in range(b):
+            if r in computed:
+                report.per_sample_computed[first + r] += 1
+                report.per_sample_partial[first + r] += int(partial)
+            else:
+                report.per_sample_skipped[first + r] += 1
+        letter = "S" if not call.rows_host else ("M" if skipped_local else ("P" if partial else "F"))
+        report.decisions += letter
+        report.denoiser_calls += 1
+        report.network_calls += 1 if call.rows_host else 0
+        if call.stream is not None and call.stream not in report.streams:
+            report.streams.append(call.stream)
+        measured = self._flops_measured.get(tuple(call.x_model.shape))
+        if measured is not None:
+            report.flops_per_call = measured[0]
+            report.flops_saved += measured[0] * skipped_local / b
+        self.token_plan_used = False
 
     def _needs_measuring(self, x_model: torch.Tensor) -> bool:
         return (self.config.count_flops and tuple(x_model.shape) not in self._flops_measured
@@ -509,14 +732,19 @@ class SADASession:
         """A block hook's FLOPs during the measured call (blocks may run several times: summed)."""
         self._measuring_blocks[name] = self._measuring_blocks.get(name, 0.0) + flops
 
-    def _approximate(self, plan: CallPlan, x_model: torch.Tensor, state: GenerationState) -> torch.Tensor:
-        out = state.parameterization.output_from_x0(x_model.float(), plan.x0_hat, plan.lvl)
+    def _approximate(self, plan: CallPlan, x_model: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """The outputs the extrapolated x0 implies for this call's rows (rows ``offset`` on of the step)."""
+        x0_hat = plan.x0_hat[offset: offset + x_model.shape[0]]
+        out = self.state.parameterization.output_from_x0(x_model.float(), x0_hat, plan.lvl)
         return out.to(x_model.dtype)
 
-    def _record(self, plan: CallPlan, x_model, output: torch.Tensor, rows: torch.Tensor, rows_host: list[int]) -> None:
+    def _record_step(self, plan: CallPlan, x_model: torch.Tensor, output: torch.Tensor) -> None:
+        """Advance the trajectory by one step (every stream's rows): drift history, extrapolation
+        values of the computed rows, per-group guard rails, the call index."""
         state = self.state
         param = state.parameterization
         lvl = plan.lvl
+        rows_host = state.group_rows(plan.computed_groups)
         out32 = output.float()
         x0 = param.x0_from_output(x_model.float(), out32, lvl)
         drift = flow_drift(plan.x_flow, x0, lvl.tau)
@@ -524,51 +752,111 @@ class SADASession:
         if rows_host and self.config.enabled:
             values = x0 if self.config.extrapolation == "x0" else out32
             state.push_values(values, lvl.tau, plan.tau_host, rows_host)
-        skipped_rows = state.group_rows(plan.skipped_groups)
-        partial = plan.token_plan is not None and bool(rows_host)
-        for r in rows_host:
-            self.current.per_sample_computed[r] += 1
-            if partial:
-                self.current.per_sample_partial[r] += 1
-        for r in skipped_rows:
-            self.current.per_sample_skipped[r] += 1
         for gi in plan.computed_groups:
             state.consecutive_skips[gi] = 0
             state.last_computed[gi] = True
         for gi in plan.skipped_groups:
             state.consecutive_skips[gi] += 1
             state.last_computed[gi] = False
-        letter = "S" if not rows_host else ("M" if skipped_rows else ("P" if partial else "F"))
-        self.current.decisions += letter
-        self.current.denoiser_calls += 1
-        self.current.network_calls += 1 if rows_host else 0
-        self._account_flops(state, plan, rows_host, skipped_rows)
         state.call_index += 1
         if state.expected_calls is not None and state.call_index >= state.expected_calls:
             self.finish_generation()  # UNets get no reset from diffusers: free caches here
 
-    def _account_flops(self, state, plan: CallPlan, rows_host: list[int], skipped_rows: list[int]) -> None:
-        measured = self._flops_measured.get(state.batch_shape)
-        if measured is None:
-            return
-        total, _ = measured
-        self.current.flops_per_call = total
-        b = state.batch_size
-        self.current.flops_saved += total * len(skipped_rows) / b
-
     def account_block(self, name: str, n_tokens: int, k_tokens: int, rows: int, module_flops: float | None) -> None:
-        """Token and FLOP bookkeeping from a block hook (called on every block forward)."""
+        """Token and FLOP bookkeeping of one block forward."""
         self.current.tokens_total += n_tokens * rows
         self.current.tokens_computed += k_tokens * rows
         if module_flops is not None and n_tokens:
-            b = self.state.batch_size if self.state is not None else rows
+            b = self._call_shape[0] if self._call_shape else rows
             self.current.flops_saved += module_flops * (1.0 - k_tokens / n_tokens) * rows / b
 
     def block_flops(self, name: str) -> float | None:
-        """FLOPs of one full forward of a named block (full batch), from the measured call."""
-        if self.state is None:
-            return None
-        measured = self._flops_measured.get(self.state.batch_shape)
+        """FLOPs of one full forward of a named block in a full call of this call's shape."""
+        measured = self._flops_measured.get(self._call_shape) if self._call_shape else None
         if measured is None:
             return None
         return measured[1].get(name) or None
+
+    # ------------------------------------------------------------------ token blocks
+    # Called by ``hooks.TokenBlockHook`` from inside the (possibly compiled) network forward;
+    # each is eager, so the plan's objects never reach a compiled graph.
+    @torch.compiler.disable
+    def block_selection(self, name: str, n_tokens: int, shared: bool) -> torch.Tensor | None:
+        """The tokens block ``name`` computes on this call: (B, k), or (k,) for every row when
+        ``shared`` (a per-token argument without rows); None to run the block in full."""
+        plan, state = self.token_plan, self.state
+        if plan is None or state is None or state.latent_grid is None:
+            return None
+        cache = self.block_caches.get(name)
+        if cache is None or cache.shape[0] != state.batch_size or cache.shape[1] != n_tokens:
+            return None
+        grid = self._block_grid(name, n_tokens, state.latent_grid)
+        if grid is None:
+            return None
+        idx = plan.shared_indices(grid) if shared else plan.indices(grid)
+        if idx is not None:
+            self.token_plan_used = True
+        return idx
+
+    def _block_grid(self, name: str, n_tokens: int, latent_grid: tuple[int, ...]) -> tuple[int, ...] | None:
+        levels = 0 if self._block_layouts.get(name) == "exact" else 6
+        return tokens.grid_for_tokens(latent_grid, n_tokens, max_levels=levels)
+
+    @torch.compiler.disable
+    def block_flops_before(self) -> float:
+        counter = self.flop_counter
+        return counter.get_total_flops() if counter is not None else 0
+
+    @torch.compiler.disable
+    def block_computed(self, name: str, hidden: torch.Tensor, out: torch.Tensor, flops_before: float) -> None:
+        """Bookkeeping of a full block forward: its FLOPs (measured call), token count, residual cache."""
+        n = hidden.shape[1]
+        counter = self.flop_counter
+        if counter is not None:
+            self.record_block_flops(name, float(counter.get_total_flops() - flops_before))
+        self.block_tokens[name] = n
+        if self.config.token_sparsity:
+            self._store_residual(name, (out - hidden).detach())
+        self.account_block(name, n, n, hidden.shape[0], None)
+
+    def _store_residual(self, name: str, residual: torch.Tensor) -> None:
+        """Keep each computed row's residual, at its row of the step (streams side by side)."""
+        rows = self.active_rows
+        if rows is None:
+            self.block_caches[name] = residual
+            return
+        cache = self.block_caches.get(name)
+        rows_host = self.active_rows_host
+        if cache is None or cache.shape[1:] != residual.shape[1:]:
+            if rows_host != list(range(len(rows_host))):
+                return  # no cache for the rows before these yet: the next full call creates it
+            self.block_caches[name] = residual
+            return
+        if cache.shape[0] <= rows_host[-1]:
+            if rows_host != list(range(cache.shape[0], cache.shape[0] + len(rows_host))):
+                return
+            self.block_caches[name] = torch.cat([cache, residual])  # the next stream of the first step
+            return
+        cache.index_copy_(0, rows, residual.to(cache.dtype))
+
+    @torch.compiler.disable
+    def block_merged(self, name: str, hidden: torch.Tensor, idx: torch.Tensor, h_sel: torch.Tensor,
+                     out_sel: torch.Tensor) -> torch.Tensor:
+        """The block's output on every token: computed ones from ``out_sel``, the others
+        input + cached residual; the cache takes the new residuals."""
+        rows = self.active_rows
+        cache = self.block_caches[name]
+        residual = cache if rows is None else cache.index_select(0, rows)
+        delta = (out_sel - h_sel).to(residual.dtype)
+        if idx.dim() == 1:
+            residual = residual.index_copy(1, idx, delta)
+        else:
+            residual = residual.scatter(1, idx.unsqueeze(-1).expand(-1, -1, residual.shape[-1]), delta)
+        out = hidden + residual.to(hidden.dtype)
+        if rows is None:
+            self.block_caches[name] = residual
+        else:
+            cache.index_copy_(0, rows, residual)
+        n = hidden.shape[1]
+        self.account_block(name, n, idx.shape[-1], hidden.shape[0], self.block_flops(name))
+        return out

@@ -42,7 +42,7 @@ class GenerationState:
     value_last_tau: list = field(default_factory=list)  # per row, time of the newest entry (host)
     consecutive_skips: list[int] = field(default_factory=list)  # per group
     last_computed: list[bool] = field(default_factory=list)  # per group
-    latent_grid: tuple[int, int] | None = None
+    latent_grid: tuple[int, ...] | None = None  # the latent's token grid (any number of axes)
     _members: list[list[int]] | None = None
 
     @property

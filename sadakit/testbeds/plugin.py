@@ -28,7 +28,7 @@ from ..config import SADAConfig
 from ..core.parameterization import FlowParameterization, NoiseLevel, Parameterization, VPParameterization, _as_time
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
-from ..plugins.spec import DenoiserSpec
+from ..spec import DenoiserSpec
 from .pipeline import GMMEpsModel, GMMFlowModel, GMMPipeline, GMMTrigVModel
 
 FAMILY = "gmm-testbed"

@@ -13,6 +13,7 @@ from sadakit.testing.pipelines import (
     tiny_sd_pipeline,
     tiny_sdxl_controlnet_pipeline,
     tiny_sdxl_pipeline,
+    tiny_wan_pipeline,
 )
 from sadakit.testing.tokenizers import clip_tokenizer, roberta_tokenizer, t5_tokenizer
 
@@ -29,4 +30,5 @@ __all__ = [
     "tiny_sd_pipeline",
     "tiny_sdxl_controlnet_pipeline",
     "tiny_sdxl_pipeline",
+    "tiny_wan_pipeline",
 ]

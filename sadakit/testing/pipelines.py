@@ -680,3 +680,40 @@ def _musicldm_scheduler() -> DDIMScheduler:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def _umt5_encoder(d_model: int, layers: int = 2) -> "UMT5EncoderModel":
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=len(t5_vocab()), d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=layers,
+        num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return UMT5EncoderModel(config)
+
+
+def tiny_wan_pipeline(size: str = "tiny", seed: int = 0) -> "WanPipeline":
+    """Wan 2.1-shaped text-to-video pipeline (random weights, UniPC on flow sigmas).
+
+    Tiny: 2 blocks of width 32 (2 heads of 16); medium: 4 blocks of width 128. Frames
+    ``4k + 1`` (the VAE compresses time 4x), sides multiples of 16; e.g. 9 frames of 32x32
+    give a 3 x 4 x 4 token grid. CFG (guidance_scale > 1) calls the transformer twice per step.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    _check_size(size)
+    heads, layers = (2, 2) if size == "tiny" else (4, 4)
+    text_dim = 32
+    with _seeded(seed):
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=16 if size == "tiny" else 32,
+            in_channels=16, out_channels=16, text_dim=text_dim, freq_dim=64, ffn_dim=64 if size == "tiny" else 256,
+            num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        )
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        text_encoder = _umt5_encoder(text_dim)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanPipeline(tokenizer=t5_tokenizer(), text_encoder=text_encoder, transformer=transformer, vae=vae,
+                       scheduler=scheduler)
+    return _finish(pipe)

@@ -37,7 +37,7 @@ from typing import Any
 from ...config import SADAConfig
 from ...errors import UnsupportedPipelineError
 from ...hookspecs import hookimpl
-from ..spec import DenoiserSpec
+from ...spec import DenoiserSpec
 from ..unet_common import unet_parameterization, unet_token_blocks
 from .compat import ensure_musicldm_compat, undo_musicldm_compat
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..spec import ControlSpec
+from ...spec import ControlSpec
 
 
 def _cfg_on(pipe: Any) -> bool:

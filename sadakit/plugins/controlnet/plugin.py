@@ -12,6 +12,8 @@ ControlNet call that the hook passes through unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import diffusers
@@ -23,12 +25,11 @@ from ..image.flux import (
     flux_denoiser,
     flux_parameterization,
     flux_token_blocks,
-    install_cfg_guard,
-    remove_cfg_guard,
 )
-from ..spec import ControlSpec, DenoiserSpec
+from ...spec import ControlSpec, DenoiserSpec
 from ..unet_common import cfg_pairs, unet_parameterization, unet_token_blocks
 from .control import flux_control_spec, unet_control_spec
+from .true_cfg_guard import install_true_cfg_guard, remove_true_cfg_guard
 
 _FAMILIES = {
     "sd-controlnet": ("StableDiffusionControlNetPipeline",),
@@ -59,8 +60,8 @@ def sadakit_supported_pipelines() -> list[str]:
 
 @hookimpl
 def sadakit_denoiser(pipe: Any) -> DenoiserSpec:
-    if _is_flux(pipe):
-        return flux_denoiser(pipe)
+    if _is_flux(pipe):  # true CFG is refused here (true_cfg_guard): one call per step
+        return dataclasses.replace(flux_denoiser(pipe), call_stream=None)
     return DenoiserSpec(module=pipe.unet, sample_arg="sample", timestep_arg="timestep")
 
 
@@ -101,10 +102,10 @@ def sadakit_validate(pipe: Any, config: SADAConfig) -> None:
 @hookimpl
 def sadakit_prepare(pipe: Any) -> None:
     if _is_flux(pipe):
-        install_cfg_guard(pipe, pipe.transformer)
+        install_true_cfg_guard(pipe, pipe.transformer)
 
 
 @hookimpl
 def sadakit_restore(pipe: Any) -> None:
     if _is_flux(pipe):
-        remove_cfg_guard(pipe)
+        remove_true_cfg_guard(pipe)

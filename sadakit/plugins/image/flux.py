@@ -22,8 +22,7 @@ from ...config import SADAConfig
 from ...core.parameterization import FlowParameterization
 from ...errors import UnsupportedPipelineError
 from ...hookspecs import hookimpl
-from ..spec import DenoiserSpec, TokenBlockSpec
-from .flux_blocks import FluxTokenBlockHook
+from ...spec import DenoiserSpec, StreamsByRepeatedSample, TokenArg, TokenBlockSpec
 
 _FLUX = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 _FLUX_CLASSES = tuple(getattr(diffusers, n) for n in _FLUX if hasattr(diffusers, n))
@@ -94,66 +93,26 @@ def flux_denoiser(pipe: Any) -> DenoiserSpec:
         latent_to_grid=packed_latent_to_grid,
         output_field="sample",
         unbatched_args=FLUX_UNBATCHED_ARGS,
+        call_stream=StreamsByRepeatedSample("hidden_states"),
     )
+
+
+#: Flux blocks are called as ``block(hidden_states=image, encoder_hidden_states=text, temb=...,
+#: image_rotary_emb=(cos, sin), joint_attention_kwargs=...)`` and return ``(text, image)``. The
+#: rotary table has T + N rows, text first: its last N rows are the image tokens'. On a partial
+#: call pruned image tokens serve neither as queries nor as keys/values; text tokens always stay.
+FLUX_TOKEN_ARGS = {"image_rotary_emb": TokenArg(dim=0)}
 
 
 def flux_token_blocks(transformer: torch.nn.Module) -> list[TokenBlockSpec]:
     """Every double-stream and single-stream block: both see [text, image] with one rotary table."""
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
-    specs = []
-    for name, module in transformer.named_modules():
-        if isinstance(module, FluxTransformerBlock):
-            kind = "flux-double"
-        elif isinstance(module, FluxSingleTransformerBlock):
-            kind = "flux-single"
-        else:
-            continue
-        specs.append(TokenBlockSpec(module=module, name=name, kind=kind, hook_class=FluxTokenBlockHook))
-    return specs
-
-
-class _SeparateCFGGuard:
-    """Refuses true CFG (``true_cfg_scale > 1`` with a negative prompt).
-
-    diffusers' Flux pipelines then call the transformer twice per step on the *same* latent
-    (cond, then uncond, each with its own prompt). The runtime would read the second call as a
-    second solver stage at the same time and mix the two predictions' histories, so skipped
-    calls would be extrapolated from the wrong prompt. Until the runtime keeps one history per
-    call stream this is an error, raised at the second call, before SADA decides anything.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe_name = type(pipe).__name__
-        self._last: weakref.ref | None = None
-
-    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        latent = kwargs.get("hidden_states", args[0] if args else None)
-        if latent is None:
-            return
-        if self._last is not None and self._last() is latent:
-            self._last = None
-            raise UnsupportedPipelineError(
-                f"{self.pipe_name}: the transformer was called twice on the same latent in one step, which is what "
-                "true_cfg_scale > 1 with a negative_prompt does (separate cond/uncond calls). sadakit does not "
-                "accelerate separate-call CFG yet: use true_cfg_scale=1.0 (Flux's guidance_scale embedding still "
-                "works), or sadakit.remove(pipe) for this generation"
-            )
-        self._last = weakref.ref(latent)
-
-
-_GUARDS: "weakref.WeakKeyDictionary[Any, torch.utils.hooks.RemovableHandle]" = weakref.WeakKeyDictionary()
-
-
-def install_cfg_guard(pipe: Any, transformer: torch.nn.Module) -> None:
-    remove_cfg_guard(pipe)
-    _GUARDS[pipe] = transformer.register_forward_pre_hook(_SeparateCFGGuard(pipe), with_kwargs=True)
-
-
-def remove_cfg_guard(pipe: Any) -> None:
-    handle = _GUARDS.pop(pipe, None)
-    if handle is not None:
-        handle.remove()
+    return [
+        TokenBlockSpec(module=module, name=name, layout="exact", token_args=FLUX_TOKEN_ARGS, output_index=1)
+        for name, module in transformer.named_modules()
+        if isinstance(module, (FluxTransformerBlock, FluxSingleTransformerBlock))
+    ]
 
 
 # ----------------------------------------------------------------------------- hookimpls
@@ -181,7 +140,7 @@ def sadakit_parameterization(pipe: Any) -> FlowParameterization:
 
 @hookimpl
 def sadakit_cfg_groups(pipe: Any, batch_size: int):
-    # guidance is an embedding (one call per row) and true CFG is refused: rows are independent
+    # guidance is an embedding (one call per row); true CFG's branches are separate call streams
     return None
 
 
@@ -194,12 +153,3 @@ def sadakit_token_blocks(pipe: Any, denoiser):
 def sadakit_default_config(pipe: Any) -> SADAConfig:
     return SADAConfig()
 
-
-@hookimpl
-def sadakit_prepare(pipe: Any) -> None:
-    install_cfg_guard(pipe, pipe.transformer)
-
-
-@hookimpl
-def sadakit_restore(pipe: Any) -> None:
-    remove_cfg_guard(pipe)

@@ -9,7 +9,7 @@ import diffusers
 from ...config import SADAConfig
 from ...errors import UnsupportedPipelineError
 from ...hookspecs import hookimpl
-from ..spec import DenoiserSpec
+from ...spec import DenoiserSpec
 from ..unet_common import cfg_pairs, unet_parameterization, unet_token_blocks
 
 _SD = (
