@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.parameterization import FlowParameterization, Parameterization, VPParameterization, vp_log_sigma
+
 #: Floor of the last ``alphas_cumprod`` of a zero-terminal-SNR schedule: diffusers' Euler
 #: scheduler uses the same value, so the first sigma is large (4096) but finite.
 ZERO_SNR_FLOOR = 2.0**-24
@@ -89,8 +91,11 @@ class ModelChart:
                 )
             if alphas_cumprod is None:
                 raise ValueError("a VP model chart needs the alphas_cumprod the model was trained with")
-            ab = alphas_cumprod.to(torch.float64).clamp(1e-30, 1.0)  # finite log sigma even at ab = 0
-            self.log_sigmas = (0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab)).numpy()
+            # SADA's parameterisation layer: the same log-sigma table, the same x0 per prediction type
+            self.parameterization: Parameterization = VPParameterization(alphas_cumprod, prediction_type)
+            self.log_sigmas = vp_log_sigma(alphas_cumprod).numpy()
+        else:
+            self.parameterization = FlowParameterization()
         self.flow_matching = flow_matching
         self.prediction_type = "flow" if flow_matching else prediction_type
 
@@ -145,12 +150,5 @@ class ModelChart:
         """The model's output at ``(x_ve, sigma)`` as ``D(x_ve, sigma)``, in float32."""
         out = output.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=out.device)
-        if self.flow_matching:
-            tau = sigma / (1.0 + sigma)
-            return x_ve / (1.0 + sigma) - tau * out
-        pt = self.prediction_type
-        if pt == "epsilon":
-            return x_ve - sigma * out
-        if pt == "v_prediction":
-            return x_ve / (1.0 + sigma * sigma) - sigma * out / torch.sqrt(1.0 + sigma * sigma)
-        return out  # "sample"
+        lvl = self.parameterization.level_at_ve_sigma(sigma)
+        return self.parameterization.x0_from_output(x_ve * self.input_scale(sigma), out, lvl)

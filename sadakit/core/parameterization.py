@@ -83,6 +83,13 @@ def flow_drift(x_flow: torch.Tensor, x0: torch.Tensor, tau: torch.Tensor) -> tor
 # --------------------------------------------------------------------------------------
 
 
+def vp_log_sigma(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The VE ``log sigma`` of every DDPM step, float64: the one table SADA's VP
+    parameterisation and AdaSDE's model chart both interpolate (finite even at ab = 0)."""
+    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clamp(1e-20, 1.0)
+    return 0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab)
+
+
 @dataclass(frozen=True)
 class NoiseLevel:
     """Per-call coefficients relating model space to the flow chart (float32 tensors).
@@ -148,10 +155,9 @@ class VPParameterization(Parameterization):
                 f"prediction_type={prediction_type!r} is not a VP prediction type; "
                 "allowed: 'epsilon', 'v_prediction', 'sample'"
             )
-        ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clamp(1e-20, 1.0)
         self.prediction_type = prediction_type
         self.continuous_log_sigma = continuous_log_sigma
-        self._log_sigma = 0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab)
+        self._log_sigma = vp_log_sigma(alphas_cumprod)
         self._cache: dict[torch.device, torch.Tensor] = {}
 
     def _log_sigma_on(self, device: torch.device) -> torch.Tensor:
@@ -175,6 +181,12 @@ class VPParameterization(Parameterization):
         s = torch.sigmoid(2.0 * log_sigma).sqrt()
         denom = a + s
         return NoiseLevel(tau=s / denom, in_scale=1.0 / denom, a=a, s=s)
+
+    def level_at_ve_sigma(self, sigma: torch.Tensor) -> NoiseLevel:
+        """The level of the VE noise ``sigma`` (the model input is then ``x_ve / sqrt(1 + sigma^2)``)."""
+        a = torch.rsqrt(1.0 + sigma * sigma)
+        s = sigma * a
+        return NoiseLevel(tau=s / (a + s), in_scale=1.0 / (a + s), a=a, s=s)
 
     def x0_from_output(self, x_model, output, lvl):
         if self.prediction_type == "epsilon":
@@ -210,6 +222,11 @@ class FlowParameterization(Parameterization):
         tau = (_as_time(timestep, device) * self.timestep_scale).clamp(0.0, 1.0)
         one = torch.ones_like(tau)
         return NoiseLevel(tau=tau, in_scale=one, a=1.0 - tau, s=tau)
+
+    def level_at_ve_sigma(self, sigma: torch.Tensor) -> NoiseLevel:
+        """The level of the VE noise ``sigma`` (the model input is then ``x_ve / (1 + sigma)``)."""
+        tau = sigma / (1.0 + sigma)
+        return NoiseLevel(tau=tau, in_scale=torch.ones_like(tau), a=1.0 - tau, s=tau)
 
     def x0_from_output(self, x_model, output, lvl):
         return x_model - lvl.tau * output

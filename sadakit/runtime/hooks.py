@@ -102,11 +102,13 @@ class TokenBlockHook(ModelHook):
         token_args = {name: value for name, value in token_args.items() if value is not None}
         shared = any(_without_batch(value, spec.token_args[name].dim, hidden.shape[0])
                      for name, value in token_args.items())
-        idx = self.session.block_selection(self.name, hidden.shape[1], shared)
+        tokens, accounting = self.session.tokens, self.session.accounting
+        idx = tokens.selection(self.name, hidden.shape[1], shared)
         if idx is None:
-            before = self.session.block_flops_before()
+            before = accounting.flops_before()
             out = original(*args, **kwargs)
-            self.session.block_computed(self.name, hidden, _tokens_of(out, spec.output_index), before)
+            accounting.block_measured(self.name, before)
+            tokens.computed(self.name, hidden, _tokens_of(out, spec.output_index))
             return out
         n = hidden.shape[1]
         values = {spec.hidden_arg: _take(hidden, 1, idx, 0)}
@@ -114,8 +116,7 @@ class TokenBlockHook(ModelHook):
             values[name] = _take_argument(value, spec.token_args[name].dim, idx, n)
         run_args, run_kwargs = self._replaced(args, kwargs, values)
         out = original(*run_args, **run_kwargs)
-        merged = self.session.block_merged(self.name, hidden, idx, values[spec.hidden_arg],
-                                           _tokens_of(out, spec.output_index))
+        merged = tokens.merged(self.name, hidden, idx, values[spec.hidden_arg], _tokens_of(out, spec.output_index))
         if spec.output_index is None:
             return merged
         out = list(out)

@@ -1,0 +1,167 @@
+"""The decision for one step: a function of the generation's state, the config and the call.
+
+Per call: convert the state to the flow chart, evaluate the stability criterion against the
+drift history, speculatively extrapolate x0 and count unstable tokens on the device, then read
+one small named structure to the host (:class:`~sadakit.runtime.plans.HostRead`) and apply the
+guard rails there. Nothing here runs a network or touches the report beyond notes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..config import SADAConfig
+from ..core import criterion, tokens
+from ..core.extrapolation import extrapolate
+from ..core.parameterization import NoiseLevel, to_flow
+from ..spec import LatentToGrid
+from .plans import CallPlan, Grid, HostRead, TokenPlan
+from .state import GenerationState
+
+_NEW_GENERATION_TOL = 1e-6
+
+
+@dataclass
+class Decision:
+    """A plan, or word that this call starts a new generation (an interrupted one before it)."""
+
+    plan: CallPlan
+    new_generation: bool = False
+
+
+class Decider:
+    """Decides steps for one accelerated pipeline (stateless beyond its configuration)."""
+
+    def __init__(self, config: SADAConfig, latent_to_grid: LatentToGrid, note: Callable[[str], None]) -> None:
+        self.config = config
+        self.latent_to_grid = latent_to_grid
+        self.note = note
+
+    def phase(self, state: GenerationState, n: int) -> str:
+        """Where call ``n`` sits: warmup, criterion, late (scheduled extrapolation) or final."""
+        cfg = self.config
+        expected = state.expected_calls
+        warmup = cfg.warmup_calls
+        if expected is not None:
+            warmup = max(warmup, round(cfg.warmup_fraction * expected))
+            if n >= expected - cfg.final_calls:
+                return "final"
+        if n < warmup:
+            return "warmup"
+        if cfg.skip_steps and cfg.late_phase_start is not None and expected is not None and n >= self.late_index(state):
+            return "late"
+        return "criterion"
+
+    def late_index(self, state: GenerationState) -> int:
+        return math.ceil(self.config.late_phase_start * state.expected_calls)
+
+    def extrapolate(self, state: GenerationState, lvl: NoiseLevel, x_model: torch.Tensor, order: int) -> torch.Tensor:
+        """x0 estimate at the current time from the last ``order + 1`` computed calls of every row."""
+        t_eval = lvl.tau.expand(state.batch_size)
+        values, times = state.values[: order + 1], state.value_times[: order + 1]
+        if self.config.extrapolation == "x0":
+            return extrapolate(values, times, t_eval)
+        out_hat = extrapolate(values, times, t_eval)
+        return state.parameterization.x0_from_output(x_model.float(), out_hat, lvl)
+
+    def decide(self, state: GenerationState, x_model: torch.Tensor, timestep: Any, arguments: dict,
+               eligible_grids: Callable[[], list[Grid]]) -> Decision:
+        """Decide call ``state.call_index``: which row groups to skip, and the token plan."""
+        cfg = self.config
+        device = x_model.device
+        b, g = state.batch_size, state.num_groups
+        lvl = state.parameterization.level(timestep, device)
+        x_flow = to_flow(x_model, lvl)
+        t = torch.as_tensor(timestep, device=device).reshape(-1)
+        uniform = (t == t[0]).all()
+        phase = self.phase(state, state.call_index) if cfg.enabled else "off"
+        nodes = state.newest_nodes()
+        use_criterion = phase == "criterion" and len(nodes) == 3
+        order = cfg.late_phase_order if phase == "late" else cfg.extrapolation_order
+        x0_hat = None
+        if cfg.skip_steps and phase in ("criterion", "late") and state.values is not None:
+            x0_hat = self.extrapolate(state, lvl, x_model, order)
+            finite = torch.isfinite(x0_hat.reshape(b, -1)).all(dim=1)[state.groups].all(dim=1)
+        else:
+            finite = torch.zeros(g, device=device)
+        grids: list[Grid] = []
+        pooled: dict = {}
+        required: dict = {}
+        stable = None
+        if use_criterion:
+            m = criterion.stability_momentum(
+                x_flow, nodes[0].x_flow, [n.drift for n in nodes], [n.tau for n in nodes], lvl.tau
+            )
+            stable = criterion.group_scores(criterion.sample_scores(m), state.groups) <= 0
+            grids = eligible_grids() if cfg.token_sparsity else []
+            if grids:
+                tok = self.latent_to_grid(m, arguments)  # (B, *grid)
+                tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
+                for grid in grids:
+                    p = tokens.pool_scores(tok, grid)
+                    anchors = tokens.anchor_mask(grid, cfg.anchor_window, state.call_index, device)
+                    pooled[grid], required[grid] = p, tokens.required_mask(p, anchors)
+        host = HostRead.read(lvl.tau, uniform, finite, stable,
+                             {grid: r.sum(dim=1) for grid, r in required.items()})
+        full = CallPlan(lvl, x_flow, list(range(g)), [], None, None, host.tau)
+        if state.last_tau is not None and host.tau > state.last_tau + _NEW_GENERATION_TOL:
+            return Decision(full, new_generation=True)  # the previous generation was interrupted
+        if not host.uniform_timesteps and cfg.enabled:
+            self.note("criterion off: rows of one call had different timesteps")
+            return Decision(full)
+        if state.last_tau is not None and abs(host.tau - state.last_tau) <= 1e-7:
+            return Decision(full)  # a solver's second stage at the same noise level (Heun): no step to judge
+        skipped = self._skipped_groups(state, phase, order, use_criterion, x0_hat is not None, host)
+        skipped_set = set(skipped)
+        computed = [gi for gi in range(g) if gi not in skipped_set]
+        token_plan = None
+        if grids and computed and all(state.last_computed[gi] for gi in computed):
+            token_plan = self._token_plan(state, computed, grids, pooled, required, host, device)
+        return Decision(CallPlan(lvl, x_flow, computed, skipped, x0_hat, token_plan, host.tau))
+
+    def _skipped_groups(self, state: GenerationState, phase: str, order: int, use_criterion: bool,
+                        extrapolated: bool, host: HostRead) -> list[int]:
+        """Groups to skip; host-side work stays O(rows) (this runs on every call, at any batch)."""
+        if not extrapolated:
+            return []
+        cfg = self.config
+        late_skip = phase == "late" and (
+            (state.call_index - self.late_index(state)) % cfg.interval_for(state.expected_calls) != 0
+        )
+        counts, members = state.value_counts, state.members
+        skipped = []
+        for gi in range(state.num_groups):
+            if not host.finite[gi]:
+                self.note("an extrapolated output was not finite; computed instead")
+                continue
+            if not all(counts[r] >= order + 1 for r in members[gi]):
+                continue
+            if late_skip or (use_criterion and host.stable[gi]
+                             and state.consecutive_skips[gi] < cfg.max_consecutive_skips):
+                skipped.append(gi)
+        return skipped
+
+    def _token_plan(self, state: GenerationState, computed: list[int], grids: list[Grid], pooled: dict,
+                    required: dict, host: HostRead, device: torch.device) -> TokenPlan | None:
+        """Tokens per grid for the computed rows: the most any of them requires, if worth it."""
+        cfg = self.config
+        rows_host = state.group_rows(computed)
+        ks = {}
+        for grid in grids:
+            counts = host.required_tokens[grid]
+            k = int(max(counts[r] for r in rows_host))
+            if k <= cfg.max_token_fraction * math.prod(grid):
+                ks[grid] = max(k, 1)
+        if not ks:
+            self.note(f"token sparsity inactive on some calls: more than {cfg.max_token_fraction:.0%} of the "
+                      "tokens were unstable (SADAConfig.max_token_fraction)")
+            return None
+        if len(rows_host) != state.batch_size:
+            rows = torch.tensor(rows_host, device=device)
+            pooled = {kk: v.index_select(0, rows) for kk, v in pooled.items()}
+            required = {kk: v.index_select(0, rows) for kk, v in required.items()}
+        return TokenPlan(pooled=pooled, required=required, k=ks)
