@@ -371,8 +371,7 @@ class SADASession:
             self.step = StepCalls(plan)
             return plan
         step = self.step
-        expected = layout.names[len(step.out)] if step is not None and step.plan is not None and len(step.out) < layout.size else None
-        if stream != expected:
+        if step is None or stream != step.next_stream(layout):
             self._stop_streams(f"call stream {stream!r} came out of the order {layout.names} of the first step; SADA "
                                "computed every call from there on")
             return None
