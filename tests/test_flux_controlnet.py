@@ -308,20 +308,27 @@ def test_controlnet_pipeline_without_controlnet_plugin_is_refused_clearly(sdxl_c
     assert sadakit.accelerate(sdxl_cn) is sdxl_cn  # the ControlNet plugin serves it
 
 
-def test_mismatched_control_input_size(sd_cn, flux_cn):
+def test_direct_calls_outside_a_generation_run_plain(sd_cn):
+    """Outside a pipeline call the hooks step aside: the modules behave exactly as unaccelerated
+    (a user's own call, a from_pipe sibling), errors included."""
+    sample, text = torch.randn(1, 4, 8, 12), torch.randn(1, 77, 32)
+    cond = torch.rand(1, 3, 64, 96)
+
+    def call(controlnet_cond):
+        down, mid = sd_cn.controlnet(sample, torch.tensor([500]), encoder_hidden_states=text,
+                                     controlnet_cond=controlnet_cond, return_dict=False)
+        return sd_cn.unet(sample, torch.tensor([500]), encoder_hidden_states=text,
+                          down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+    plain = call(cond)
+    with pytest.raises(RuntimeError) as plain_error:
+        call(torch.rand(1, 3, 64, 64))
     sadakit.accelerate(sd_cn)
-    sample = torch.randn(1, 4, 8, 12)
-    text = torch.randn(1, 77, 32)
-    with pytest.raises(ValueError, match=r"controlnet_cond has size \(64, 64\) but the latent needs \(64, 96\)"):
-        sd_cn.controlnet(sample, torch.tensor([500]), encoder_hidden_states=text, controlnet_cond=torch.rand(1, 3, 64, 64))
-    sadakit.accelerate(flux_cn)
-    with pytest.raises(ValueError, match="FluxControlNetPipeline: ControlNet input controlnet_cond"):
-        flux_cn.controlnet(
-            torch.randn(1, 24, 64), controlnet_cond=torch.randn(1, 16, 64),
-            encoder_hidden_states=torch.randn(1, 16, 32), pooled_projections=torch.randn(1, 32),
-            timestep=torch.tensor([0.5]), img_ids=torch.zeros(24, 3), txt_ids=torch.zeros(16, 3),
-            guidance=torch.tensor([3.5]),
-        )
+    assert torch.equal(call(cond), plain)
+    with pytest.raises(RuntimeError) as accelerated_error:
+        call(torch.rand(1, 3, 64, 64))
+    assert str(accelerated_error.value) == str(plain_error.value)
+    assert torch.isfinite(run(sd_cn, steps=8)).all() and sadakit.report(sd_cn).denoiser_calls == 8
 
 
 def test_flux_true_cfg_is_accelerated_per_call_stream(flux):

@@ -16,6 +16,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..spec import TokenBlockSpec
+from .marker import install_marker, raise_copy_error, remove_marker
 from .session import SADASession
 
 DENOISER_HOOK = "sadakit_sada_denoiser"
@@ -43,7 +44,12 @@ class DenoiserHook(ModelHook):
         self.cache_context = StateManager(_NoState)  # diffusers sets the pipeline's context here
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not self.session.serving():  # another pipeline sharing this module, or a direct call
+            return self.fn_ref.original_forward(*args, **kwargs)
         return self.session.run(self.fn_ref.original_forward, args, kwargs, self._context_name())
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise_copy_error(self.session)
 
     def _context_name(self) -> str | None:
         context = getattr(self.cache_context, "_context", None)
@@ -76,6 +82,9 @@ class TokenBlockHook(ModelHook):
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self._position = {p.name: i for i, p in enumerate(params)}
 
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise_copy_error(self.session)
+
     def _get(self, name: str, args: tuple, kwargs: dict) -> Any:
         if name in kwargs:
             return kwargs[name]
@@ -96,6 +105,8 @@ class TokenBlockHook(ModelHook):
         # Traced by torch.compile as part of the network: the session is read and written only
         # in its eager (compiler-disabled) methods, so no guard ever sees the plan's objects.
         original = self.fn_ref.original_forward
+        if not self.session.serving():
+            return original(*args, **kwargs)
         spec = self.spec
         hidden = self._get(spec.hidden_arg, args, kwargs)
         token_args = {name: self._get(name, args, kwargs) for name in spec.token_args}
@@ -176,7 +187,12 @@ class ControlHook(ModelHook):
         self.spec = spec
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not self.session.serving():
+            return self.fn_ref.original_forward(*args, **kwargs)
         return self.session.run_control(self.spec, self.fn_ref.original_forward, args, kwargs)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise_copy_error(self.session)
 
 
 def install(session: SADASession) -> None:
@@ -196,6 +212,7 @@ def install(session: SADASession) -> None:
                 ControlHook(session, control), CONTROL_HOOK
             )
     registry.invalidate_child_registries_cache()
+    session.marked = install_marker(session.pipe, session)
 
 
 def uninstall(session: SADASession) -> None:
@@ -221,6 +238,8 @@ def uninstall(session: SADASession) -> None:
         registry.invalidate_child_registries_cache()
     with _beneath_accelerate_hook(module):
         _drop_empty_registry(module)
+    remove_marker(session.pipe, session)
+    session.marked = False
     session.finish_generation()
 
 

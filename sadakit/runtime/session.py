@@ -80,6 +80,10 @@ class SADASession:
         self.layout: StreamLayout | None = None
         self.step: StepCalls | None = None
         self._streams_off: str | None = None
+        # pipeline calls, as the pipeline's progress bar reports them (see .marker)
+        self.marked = False  # the pipeline reports them; otherwise every denoiser call is served
+        self._in_pipeline_call = 0
+        self.marker_previous: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -105,6 +109,21 @@ class SADASession:
 
     def report(self) -> GenerationReport | None:
         return self.accounting.report()
+
+    def begin_generation(self) -> None:
+        """The pipeline starts its denoising loop: whatever the last one left behind is over."""
+        self.finish_generation()
+
+    def enter_pipeline_call(self) -> None:
+        self._in_pipeline_call += 1
+
+    def exit_pipeline_call(self) -> None:
+        self._in_pipeline_call = max(self._in_pipeline_call - 1, 0)
+
+    def serving(self) -> bool:
+        """Whether a denoiser call now belongs to this pipeline's generation (not to a
+        ``from_pipe`` sibling sharing the module, nor to a direct call of it)."""
+        return not self.marked or self._in_pipeline_call > 0
 
     @staticmethod
     def _expected_calls(pipe: Any) -> int | None:
