@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from typing import Any
 
@@ -11,6 +12,7 @@ from .errors import NotAcceleratedError
 from .registry import find_plugin
 from .runtime import hooks
 from .runtime.report import GenerationReport
+from .runtime.samplers import unjudgeable_sampler
 from .runtime.session import SADASession
 
 logger = logging.getLogger("sadakit")
@@ -62,6 +64,9 @@ def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
             f"the denoiser of {type(pipe).__name__} already carries a sadakit hook from another pipeline "
             "object sharing it; call sadakit.remove on that pipeline first"
         )
+    reason = unjudgeable_sampler(getattr(pipe, "scheduler", None))
+    if reason is not None and config.enabled:
+        warnings.warn(f"sadakit.accelerate({type(pipe).__name__}): {reason}", UserWarning, stacklevel=2)
     controls = plugin.control_modules(pipe)
     session = SADASession(pipe, plugin, config, spec, blocks, controls)
     plugin.prepare(pipe)

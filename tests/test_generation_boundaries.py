@@ -136,3 +136,19 @@ def test_deepcopy_of_an_accelerated_pipeline_says_what_to_do(plain_sd):
     assert torch.equal(txt2img(twin), base_fast) and torch.equal(txt2img(plain_sd), base_fast)
     assert sadakit.report(twin) is not sadakit.report(plain_sd)
     sadakit.remove(twin)
+
+
+@pytest.mark.parametrize("name", ["LCMScheduler", "TCDScheduler"])
+def test_consistency_samplers_are_named_not_silently_ignored(plain_sd, name):
+    scheduler = plain_sd.scheduler
+    plain_sd.scheduler = getattr(diffusers, name).from_config(scheduler.config)
+    try:
+        with pytest.warns(UserWarning, match=f"{name} is a consistency sampler"):
+            sadakit.accelerate(plain_sd)
+        txt2img(plain_sd, steps=12)
+        rep = sadakit.report(plain_sd)
+    finally:
+        sadakit.remove(plain_sd)
+        plain_sd.scheduler = scheduler
+    assert rep.decisions == "F" * 12
+    assert any(f"{name} is a consistency sampler" in n for n in rep.notes)

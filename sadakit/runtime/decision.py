@@ -78,7 +78,7 @@ class Decider:
         x_flow = to_flow(x_model, lvl)
         t = torch.as_tensor(timestep, device=device).reshape(-1)
         uniform = (t == t[0]).all()
-        phase = self.phase(state, state.call_index) if cfg.enabled else "off"
+        phase = self.phase(state, state.call_index) if cfg.enabled and state.judged else "off"
         nodes = state.newest_nodes()
         use_criterion = phase == "criterion" and len(nodes) == 3
         order = cfg.late_phase_order if phase == "late" else cfg.extrapolation_order

@@ -26,6 +26,7 @@ from .batching import map_tensors, output_tensor, rebuild_output, scatter_rows, 
 from .decision import Decider
 from .plans import CallPlan
 from .report import GenerationReport
+from .samplers import unjudgeable_sampler
 from .state import GenerationState
 from .streams import StepCalls, StreamLayout
 from .token_cache import TokenCache
@@ -181,6 +182,10 @@ class SADASession:
         )
         grid = self.denoiser.latent_to_grid(x_model[:1].float(), arguments)
         state.latent_grid = tuple(int(a) for a in grid.shape[1:])
+        reason = unjudgeable_sampler(getattr(pipe, "scheduler", None))
+        if reason is not None and self.config.enabled:
+            state.judged = False
+            self._note(reason)
         self.tokens.latent_grid, self.tokens.step_rows = state.latent_grid, b
         self.current.parameterization = param.describe()
         self.accounting.grow_rows(b)

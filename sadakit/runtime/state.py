@@ -43,6 +43,7 @@ class GenerationState:
     consecutive_skips: list[int] = field(default_factory=list)  # per group
     last_computed: list[bool] = field(default_factory=list)  # per group
     latent_grid: tuple[int, ...] | None = None  # the latent's token grid (any number of axes)
+    judged: bool = True  # False: a sampler SADA cannot judge (every call computed)
     _members: list[list[int]] | None = None
 
     @property
