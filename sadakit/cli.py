@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -223,9 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that load third-party pipelines: run inside :func:`sadakit.quiet.quiet`, so their
+#: known deprecation notices and loading bars do not bury sadakit's own output.
+QUIET_COMMANDS = frozenset({"demo", "generate", "bench"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    status = args.func(args)
+    from sadakit.quiet import quiet
+
+    with quiet() if getattr(args, "command", None) in QUIET_COMMANDS else contextlib.nullcontext():
+        status = args.func(args)
     _close_process_group()  # on success only: after a failure a barrier would wait for ever
     return status
 

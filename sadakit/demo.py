@@ -1,17 +1,25 @@
 """The main job: baseline vs SADA (and AdaSDE where coefficients are shipped) on the bundled pipelines.
 
 Each part runs the unaccelerated pipeline and the accelerated one on the same inputs
-(alternating, medians of the wall times), prints a table row, and writes its outputs.
+(alternating, medians of the wall times) under its own progress bar, and writes its outputs
+with the numbers drawn on the comparison pictures. At the end: the table (machine-independent
+columns first, :mod:`sadakit.demo_table`) and ``summary.md``, a few lines to paste into an issue.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
 
+from .demo_table import DemoRow, fidelity_parts, picture_caption, speedup_text, summary_markdown, versions  # noqa: F401 (DemoRow: re-exported)
+from .quiet import quiet
 from .timing import time_pair
 
 #: The shipped notes coefficients the demo runs (docs/adasde.md, "notes model", says why these).
@@ -19,30 +27,72 @@ NOTES_DEMO_NFE = 5
 NOTES_DEMO_SOLVER = "euler"
 
 
-@dataclass
-class DemoRow:
-    part: str
-    steps: int
-    calls_computed: int
-    baseline_s: float
-    sada_s: float
-    fidelity: dict[str, float | None] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)
+class Progress(Protocol):
+    """What a part reports to its bar: how many generations it will run, and each one done."""
 
-    @property
-    def speedup(self) -> float:
-        return self.baseline_s / self.sada_s
+    def expect(self, total: int) -> None: ...
+
+    def tick(self, what: str = "") -> None: ...
 
 
-def image_part(out_dir: Path, quick: bool) -> DemoRow:
+class _NoProgress:
+    """For parts called directly (tests, scripts): no bar."""
+
+    def expect(self, total: int) -> None:
+        pass
+
+    def tick(self, what: str = "") -> None:
+        pass
+
+
+class _PartBar:
+    """One tqdm bar per part, one tick per generation; it ends on the part's result. Without a
+    terminal (logs, CI) there is no bar to redraw: just the result line."""
+
+    def __init__(self, description: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.description, self.started = description, time.perf_counter()
+        self.live = sys.stderr.isatty()
+        self.bar = tqdm(total=None, desc=description, unit="run", leave=True, disable=not self.live,
+                        bar_format="{desc} {bar:10} {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
+
+    def expect(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.refresh()
+
+    def tick(self, what: str = "") -> None:
+        self.bar.set_postfix_str(what, refresh=False)
+        self.bar.update(1)
+
+    def finish(self, result: str) -> None:
+        if self.live:
+            self.bar.set_postfix_str(result, refresh=False)
+            self.bar.close()
+        else:
+            minutes, seconds = divmod(round(time.perf_counter() - self.started), 60)
+            print(f"{self.description}: {result} [{minutes:02d}:{seconds:02d}]", flush=True)
+
+
+def _quiet_pipe(pipe: Any) -> Any:
+    """Only the demo's bars show: the pipeline's own per-generation bar goes."""
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     from .metrics.image import psnr, ssim
     from .testing import tiny_sdxl_pipeline
-    from .visual import save_comparison, save_image
+    from .visual import comparison_row, save_image, save_labelled
 
+    progress = progress or _NoProgress()
     size = "tiny" if quick else "medium"
     side = 64 if quick else 256
     steps = 20 if quick else 50
-    pipe = tiny_sdxl_pipeline(size=size)
+    repeats = 1 if quick else 2
+    progress.expect(2 + 2 * repeats)
+    pipe = _quiet_pipe(tiny_sdxl_pipeline(size=size))
 
     def run():
         return pipe(
@@ -50,36 +100,47 @@ def image_part(out_dir: Path, quick: bool) -> DemoRow:
             output_type="pt", generator=torch.Generator().manual_seed(0),
         ).images
 
-    t = time_pair(pipe, run, repeats=1 if quick else 2)
-    base, out, tb, ts, rep = t.baseline, t.accelerated, t.baseline_s, t.accelerated_s, t.report
-    paths = [save_image(base[0], out_dir / "sdxl_baseline.png"), save_image(out[0], out_dir / "sdxl_sada.png")]
-    paths.append(save_comparison(base[0], out[0], out_dir / "sdxl_comparison.png"))
-    return DemoRow(
+    t = time_pair(pipe, run, repeats=repeats, on_run=progress.tick)
+    base, out, rep = t.baseline, t.accelerated, t.report
+    row = DemoRow(
         part=f"SDXL ({size}, random weights) {side}x{side}",
+        method=f"SADA, {steps} Euler steps",
         steps=steps,
         calls_computed=rep.network_calls,
-        baseline_s=tb,
-        sada_s=ts,
+        baseline_calls=rep.denoiser_calls,
+        flops_ratio=t.flops_ratio,
+        baseline_s=t.baseline_s,
+        sada_s=t.accelerated_s,
         fidelity={"psnr_db": psnr(out, base), "ssim": ssim(out, base)},
-        outputs=[str(p) for p in paths],
+        baseline_times=list(t.baseline_times),
+        sada_times=list(t.accelerated_times),
     )
+    paths = [save_image(base[0], out_dir / "sdxl_baseline.png"), save_image(out[0], out_dir / "sdxl_sada.png")]
+    paths.append(save_labelled(comparison_row(base[0], out[0]), out_dir / "sdxl_comparison.png",
+                               columns=["baseline", "SADA", "|difference| x8"], caption=picture_caption(row)))
+    row.outputs = [str(p) for p in paths]
+    return row
 
 
-def testbed_part(out_dir: Path, quick: bool) -> DemoRow:
+def testbed_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     """The analytic testbed: exact denoiser, so the fidelity numbers mean something."""
     from .testbeds.solvers import make_pipeline
 
+    progress = progress or _NoProgress()
     steps = 30 if quick else 50
+    repeats = 1 if quick else 3
+    progress.expect(2 + 2 * repeats + 1)
     pipe = make_pipeline("latent-4x16x16", "dpm++2m")
     z = torch.randn(32 if quick else 128, *pipe.testbed.mixture.data_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def run():
         return pipe(num_inference_steps=steps, latents=z).samples
 
-    t = time_pair(pipe, run, repeats=1 if quick else 3)
-    base, out, tb, ts, rep = t.baseline, t.accelerated, t.baseline_s, t.accelerated_s, t.report
+    t = time_pair(pipe, run, repeats=repeats, on_run=progress.tick)
+    base, out, rep = t.baseline, t.accelerated, t.report
     fewer_steps = rep.network_calls
     fewer = pipe(num_inference_steps=fewer_steps, latents=z).samples
+    progress.tick(f"{fewer_steps} plain steps")
 
     def rmse(a, b):
         return float((a - b).reshape(a.shape[0], -1).pow(2).mean(1).sqrt().median())
@@ -87,66 +148,92 @@ def testbed_part(out_dir: Path, quick: bool) -> DemoRow:
     summary = out_dir / "testbed.json"
     summary.write_text(json.dumps({"steps": steps, "sada_calls": rep.network_calls, "decisions": rep.decisions}))
     return DemoRow(
-        part="Gaussian-mixture testbed, DPM-Solver++, 1024-d (exact denoiser at ~2 ms/call: a fidelity check, wall time is sadakit overhead)",
+        part="Gaussian-mixture testbed, 1024-d, exact denoiser",
+        method=f"SADA, {steps} DPM-Solver++ steps",
         steps=steps,
         calls_computed=rep.network_calls,
-        baseline_s=tb,
-        sada_s=ts,
+        baseline_calls=rep.denoiser_calls,
+        flops_ratio=t.flops_ratio,
+        baseline_s=t.baseline_s,
+        sada_s=t.accelerated_s,
         fidelity={
             "rmse_to_baseline": rmse(out, base),
             f"fewer_steps_{fewer_steps}_rmse": rmse(fewer, base),
         },
         outputs=[str(summary)],
+        wall_note="not the result: the exact denoiser costs ~2 ms/call, so this is sadakit's own overhead",
+        baseline_times=list(t.baseline_times),
+        sada_times=list(t.accelerated_times),
     )
 
 
-def audio_part(out_dir: Path, quick: bool) -> DemoRow:
+def audio_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     from .audio_io import pipeline_sample_rate, write_wav
+    from .bundled.notes import spectrogram_picture
     from .metrics.audio import log_mel_psnr, log_spectral_distance
     from .plugins.audio import fix_musicldm
     from .testing import tiny_musicldm_pipeline
+    from .visual import save_labelled
 
+    progress = progress or _NoProgress()
     size = "tiny" if quick else "medium"
     seconds = 0.64 if quick else 5.12
     steps = 20 if quick else 50
-    pipe = tiny_musicldm_pipeline(size=size)
+    repeats = 1 if quick else 2
+    progress.expect(2 + 2 * repeats)
+    pipe = _quiet_pipe(tiny_musicldm_pipeline(size=size))
     fix_musicldm(pipe)  # transformers 5 vs diffusers' MusicLDM, see README
 
     def run():
         return pipe("a calm piano note", num_inference_steps=steps, audio_length_in_s=seconds,
                     generator=torch.Generator().manual_seed(0), output_type="np").audios
 
-    t = time_pair(pipe, run, repeats=1 if quick else 2)
-    base, out, tb, ts, rep = t.baseline, t.accelerated, t.baseline_s, t.accelerated_s, t.report
+    t = time_pair(pipe, run, repeats=repeats, on_run=progress.tick)
+    base, out, rep = t.baseline, t.accelerated, t.report
     rate = pipeline_sample_rate(pipe)
-    paths = write_wav(out_dir / "musicldm_baseline.wav", base, rate) + write_wav(out_dir / "musicldm_sada.wav", out, rate)
-    return DemoRow(
+    row = DemoRow(
         part=f"MusicLDM ({size}, random weights) {seconds:g} s",
+        method=f"SADA, {steps} DDIM steps",
         steps=steps,
         calls_computed=rep.network_calls,
-        baseline_s=tb,
-        sada_s=ts,
+        baseline_calls=rep.denoiser_calls,
+        flops_ratio=t.flops_ratio,
+        baseline_s=t.baseline_s,
+        sada_s=t.accelerated_s,
         fidelity={"log_mel_psnr_db": log_mel_psnr(out, base, rate), "lsd_db": log_spectral_distance(out, base, rate)},
-        outputs=[str(p) for p in paths],
+        baseline_times=list(t.baseline_times),
+        sada_times=list(t.accelerated_times),
     )
+    paths = write_wav(out_dir / "musicldm_baseline.wav", base, rate) + write_wav(out_dir / "musicldm_sada.wav", out, rate)
+    picture = spectrogram_picture([torch.as_tensor(base).reshape(len(base), -1), torch.as_tensor(out).reshape(len(out), -1)])
+    paths.append(save_labelled(
+        picture, out_dir / "musicldm_spectrograms_baseline_top_sada_bottom.png",
+        rows=["baseline", "SADA"], caption=picture_caption(row, about="log-mel spectrogram (time to the right, pitch up)"),
+    ))
+    row.outputs = [str(p) for p in paths]
+    return row
 
 
-def bundled_part(out_dir: Path, quick: bool) -> DemoRow:
+def bundled_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     """The bundled trained shapes model (real trajectories, ~13 MB of weights in the package)."""
     from .bundled import compare_sada, load_shapes_pipeline
-    from .visual import save_image
+    from .visual import save_labelled
 
-    pipe = load_shapes_pipeline()
+    progress = progress or _NoProgress()
     steps = 30 if quick else 50
-    cmp = compare_sada(pipe, None, "default", n_prompts=4 if quick else 16, repeats=1 if quick else 3, num_inference_steps=steps)
-    grid_base = torch.cat(list(cmp.baseline_images[:8]), dim=-1)
-    grid_sada = torch.cat(list(cmp.sada_images[:8]), dim=-1)
-    path = save_image(torch.cat([grid_base, grid_sada], dim=-2), out_dir / "shapes_baseline_top_sada_bottom.png")
+    repeats = 1 if quick else 3
+    progress.expect(2 + 2 * repeats)
+    pipe = _quiet_pipe(load_shapes_pipeline())
+    cmp = compare_sada(pipe, None, "default", n_prompts=4 if quick else 16, repeats=repeats,
+                       num_inference_steps=steps, on_run=progress.tick)
     row = cmp.row()
-    return DemoRow(
-        part="bundled trained shapes model (SD architecture, 32x32)",
+    result = DemoRow(
+        part="shapes model (trained, SD architecture, 32x32)",
+        method=f"SADA, {steps} Euler steps",
         steps=steps,
         calls_computed=row["network_calls"],
+        baseline_calls=row["denoiser_calls"],
+        flops_ratio=cmp.flops_ratio,
         baseline_s=row["baseline_s"],
         sada_s=row["sada_s"],
         fidelity={
@@ -155,116 +242,146 @@ def bundled_part(out_dir: Path, quick: bool) -> DemoRow:
             "adherence_baseline": row["baseline_adherence"],
             "adherence_sada": row["sada_adherence"],
         },
-        outputs=[str(path)],
+        baseline_times=list(cmp.baseline_times),
+        sada_times=list(cmp.sada_times),
     )
+    path = save_labelled(
+        _two_rows(cmp.baseline_images, cmp.sada_images), out_dir / "shapes_baseline_top_sada_bottom.png",
+        rows=[f"baseline, {steps} steps", "SADA"],
+        caption=picture_caption(result, about="one prompt per column, same seed in both rows"),
+    )
+    result.outputs = [str(path)]
+    return result
 
 
-def _alternate_schedulers(pipe, runs: dict, repeats: int) -> tuple[dict, dict[str, float]]:
-    """Run ``runs[name] = (scheduler, make_output)`` alternately ``repeats`` times on ``pipe``;
-    the last outputs and the median wall time of each. Why alternate: the machine is shared,
-    and interleaving spreads its load over both sides. ``pipe`` keeps the first scheduler."""
-    import statistics
-    import time
+def _two_rows(top: torch.Tensor, bottom: torch.Tensor, n: int = 8) -> torch.Tensor:
+    """The first ``n`` images of each batch side by side, ``top`` above ``bottom``."""
+    return torch.cat([torch.cat(list(top[:n]), dim=-1), torch.cat(list(bottom[:n]), dim=-1)], dim=-2)
 
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    outputs: dict = {}
+
+@dataclass
+class _Alternated:
+    outputs: dict[str, Any]  # the last output of each run
+    times: dict[str, list[float]]  # every repeat's wall time, in run order
+    calls: dict[str, int]  # denoiser forwards of one generation, measured
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+
+def _alternate_schedulers(pipe, runs: dict, repeats: int, on_run: Callable[[str], None] | None = None) -> _Alternated:
+    """Run ``runs[name] = (scheduler, make_output)`` alternately ``repeats`` times on ``pipe``,
+    counting the UNet's forwards. Why alternate: the machine is shared, and interleaving
+    spreads its load over both sides. ``pipe`` keeps the first scheduler."""
+    from .bench.runner import ForwardCounter
+
+    counter = ForwardCounter(pipe.unet)
+    result = _Alternated({}, {name: [] for name in runs}, {})
     try:
         for _ in range(repeats):
             for name, (scheduler, make_output) in runs.items():
                 pipe.scheduler = scheduler
+                counter.count = 0
                 started = time.perf_counter()
-                outputs[name] = make_output()
-                times[name].append(time.perf_counter() - started)
+                result.outputs[name] = make_output()
+                result.times[name].append(time.perf_counter() - started)
+                result.calls[name] = counter.count
+                if on_run is not None:
+                    on_run(name)
     finally:
+        counter.close()
         pipe.scheduler = next(iter(runs.values()))[0]
-    return outputs, {name: statistics.median(t) for name, t in times.items()}
+    return result
 
 
-def bundled_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
+def bundled_adasde_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow | None:
     """AdaSDE on the shapes model: 5 calls with the shipped learned-churn Euler coefficients
     against the default 50 Euler steps (alternating runs, medians)."""
     from .bundled import DEFAULT_STEPS, eval_prompts, generate, load_shapes_pipeline, prompt_adherence
     from .bundled.shapes_adasde import available_shapes_adasde, shapes_adasde_path, shapes_adasde_scheduler
     from .metrics.image import psnr, ssim
-    from .visual import save_image
+    from .visual import save_labelled
 
+    progress = progress or _NoProgress()
     nfe, solver = 5, "euler"
     if shapes_adasde_path(nfe, solver).name not in available_shapes_adasde():
         print(f"skipped AdaSDE part: no shipped coefficients {shapes_adasde_path(nfe, solver)}", flush=True)
         return None
-    pipe = load_shapes_pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    repeats = 1 if quick else 3
+    progress.expect(2 * repeats)
+    pipe = _quiet_pipe(load_shapes_pipeline())
     prompts = eval_prompts(4 if quick else 16)
-    images, seconds = _alternate_schedulers(pipe, {
+    run = _alternate_schedulers(pipe, {
         "baseline": (pipe.scheduler, lambda: generate(pipe, prompts, seed=0, num_inference_steps=DEFAULT_STEPS)),
         "adasde": (shapes_adasde_scheduler(pipe, nfe=nfe, solver=solver),
                    lambda: generate(pipe, prompts, seed=0, num_inference_steps=nfe)),
-    }, repeats=1 if quick else 3)
-    base, fast = images["baseline"], images["adasde"]
-    grid = torch.cat([torch.cat(list(base[:8]), dim=-1), torch.cat(list(fast[:8]), dim=-1)], dim=-2)
-    path = save_image(grid, out_dir / "shapes_baseline_top_adasde_bottom.png")
-    return DemoRow(
-        part=f"bundled shapes model, AdaSDE (learned churn + Euler, {nfe} calls) vs {DEFAULT_STEPS} Euler steps",
+    }, repeats=repeats, on_run=progress.tick)
+    base, fast = run.outputs["baseline"], run.outputs["adasde"]
+    row = DemoRow(
+        part="shapes model (trained, SD architecture, 32x32)",
+        method=f"AdaSDE: learned churn + Euler, {nfe} calls vs {DEFAULT_STEPS} Euler steps",
         steps=nfe,
-        calls_computed=nfe,
-        baseline_s=seconds["baseline"],
-        sada_s=seconds["adasde"],
+        calls_computed=run.calls["adasde"],
+        baseline_calls=run.calls["baseline"],
+        # the same UNet on the same batch every call: FLOPs go with the calls
+        flops_ratio=run.calls["adasde"] / run.calls["baseline"],
+        baseline_s=run.median("baseline"),
+        sada_s=run.median("adasde"),
         fidelity={
             "psnr_db": psnr(fast, base),
             "ssim": ssim(fast, base),
             "adherence_baseline": prompt_adherence(base, prompts).all_correct,
             "adherence_adasde": prompt_adherence(fast, prompts).all_correct,
         },
-        outputs=[str(path)],
+        baseline_times=list(run.times["baseline"]),
+        sada_times=list(run.times["adasde"]),
     )
+    path = save_labelled(
+        _two_rows(base, fast), out_dir / "shapes_baseline_top_adasde_bottom.png",
+        rows=[f"baseline, {DEFAULT_STEPS} steps", f"AdaSDE, {nfe} calls"],
+        caption=picture_caption(row, about="one prompt per column, same seed in both rows"),
+    )
+    row.outputs = [str(path)]
+    return row
 
 
-def bundled_notes_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
+def bundled_notes_adasde_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow | None:
     """AdaSDE on the notes model: NOTES_DEMO_NFE calls with the shipped coefficients against
     the default 50 DDIM steps (alternating runs, medians), WAVs of both and the spectrograms."""
     from .audio_io import write_wav
-    from .bench.runner import ForwardCounter
     from .bundled import notes
     from .bundled.notes_adasde import available_notes_adasde, notes_adasde_path, notes_adasde_scheduler
     from .metrics.audio import log_mel_psnr, spectrogram_psnr
-    from .visual import save_image
+    from .visual import save_labelled
 
+    progress = progress or _NoProgress()
     nfe, solver = NOTES_DEMO_NFE, NOTES_DEMO_SOLVER
     if notes_adasde_path(nfe, solver).name not in available_notes_adasde():
         print(f"skipped notes AdaSDE part: no shipped coefficients {notes_adasde_path(nfe, solver)}", flush=True)
         return None
-    pipe = notes.load_notes_pipeline()
+    repeats = 1 if quick else 2
+    progress.expect(2 * repeats)
+    pipe = _quiet_pipe(notes.load_notes_pipeline())
     prompts = notes.eval_prompts()[: 4 if quick else 8]
-    adasde = notes_adasde_scheduler(pipe, nfe=nfe, solver=solver)
-    counter, calls = ForwardCounter(pipe.unet), {"fast": 0}
-
-    def fast_run() -> tuple[torch.Tensor, torch.Tensor]:
-        counter.count = 0
-        out = notes.generate_notes_and_mels(pipe, prompts, 0, nfe, batch_size=len(prompts))
-        calls["fast"] = counter.count  # UNet calls of one pipeline call (one batch): measured
-        return out
-
-    try:
-        outputs, seconds = _alternate_schedulers(pipe, {
-            "baseline": (pipe.scheduler, lambda: notes.generate_notes_and_mels(pipe, prompts, 0, batch_size=len(prompts))),
-            "adasde": (adasde, fast_run),
-        }, repeats=1 if quick else 2)
-    finally:
-        counter.close()
-    (base, base_mels), (fast, fast_mels) = outputs["baseline"], outputs["adasde"]
+    run = _alternate_schedulers(pipe, {
+        # one pipeline call (one batch) per generation, so the counted calls are one generation's
+        "baseline": (pipe.scheduler, lambda: notes.generate_notes_and_mels(pipe, prompts, 0, batch_size=len(prompts))),
+        "adasde": (notes_adasde_scheduler(pipe, nfe=nfe, solver=solver),
+                   lambda: notes.generate_notes_and_mels(pipe, prompts, 0, nfe, batch_size=len(prompts))),
+    }, repeats=repeats, on_run=progress.tick)
+    (base, base_mels), (fast, fast_mels) = run.outputs["baseline"], run.outputs["adasde"]
     rate = notes.SAMPLE_RATE
-    paths = write_wav(out_dir / "notes_baseline_ddim50.wav", base, rate)
-    paths += write_wav(out_dir / f"notes_adasde_{solver}_nfe{nfe}.wav", fast, rate)
-    picture = notes.spectrogram_picture([base[:8], fast[:8]])
-    paths.append(save_image(picture, out_dir / "notes_spectrograms_baseline_top_adasde_bottom.png"))
     base_adh, fast_adh = notes.pitch_adherence(base, prompts, base_mels), notes.pitch_adherence(fast, prompts, fast_mels)
     form = "AdaSDE" if solver == "adasde" else f"learned churn + {solver.capitalize()}"
-    return DemoRow(
-        part=f"bundled notes model, AdaSDE ({form}, {nfe} calls) vs {notes.DEFAULT_STEPS} DDIM steps",
+    row = DemoRow(
+        part="notes model (trained, MusicLDM architecture, 1.28 s)",
+        method=f"AdaSDE: {form}, {nfe} calls vs {notes.DEFAULT_STEPS} DDIM steps",
         steps=nfe,
-        calls_computed=calls["fast"],
-        baseline_s=seconds["baseline"],
-        sada_s=seconds["adasde"],
+        calls_computed=run.calls["adasde"],
+        baseline_calls=run.calls["baseline"],
+        flops_ratio=run.calls["adasde"] / run.calls["baseline"],  # same UNet, same batch per call
+        baseline_s=run.median("baseline"),
+        sada_s=run.median("adasde"),
         fidelity={
             "log_mel_psnr_db": log_mel_psnr(fast, base, rate),
             "generated_mel_psnr_db": spectrogram_psnr(fast_mels, base_mels),
@@ -273,34 +390,46 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool) -> DemoRow | None:
             "timbre_adherence_baseline": base_adh.timbre,
             "timbre_adherence_adasde": fast_adh.timbre,
         },
-        outputs=[str(p) for p in paths],
+        baseline_times=list(run.times["baseline"]),
+        sada_times=list(run.times["adasde"]),
     )
+    paths = write_wav(out_dir / "notes_baseline_ddim50.wav", base, rate)
+    paths += write_wav(out_dir / f"notes_adasde_{solver}_nfe{nfe}.wav", fast, rate)
+    paths.append(save_labelled(
+        notes.spectrogram_picture([base[:8], fast[:8]]), out_dir / "notes_spectrograms_baseline_top_adasde_bottom.png",
+        rows=[f"baseline, DDIM {notes.DEFAULT_STEPS}", f"AdaSDE, {nfe} calls"],
+        caption=picture_caption(row, about="log-mel spectrograms, one prompt per column (time to the right, pitch up)"),
+    ))
+    row.outputs = [str(p) for p in paths]
+    return row
 
 
-def bundled_notes_part(out_dir: Path, quick: bool) -> DemoRow:
+def bundled_notes_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     """The bundled trained notes model (MusicLDM architecture, 1.28 s at 16 kHz): WAVs and a
     spectrogram picture (rows: baseline, SADA), pitch and timbre adherence of the audio
     measured by DSP."""
     from .audio_io import write_wav
     from .bundled import notes
-    from .visual import save_image
+    from .visual import save_labelled
 
-    pipe = notes.load_notes_pipeline()
+    progress = progress or _NoProgress()
     steps = 30 if quick else notes.DEFAULT_STEPS
+    repeats = 1 if quick else 2
+    progress.expect(2 + 2 * repeats)
+    pipe = _quiet_pipe(notes.load_notes_pipeline())
     # 8 of the 16 prompts and 2 repeats keep this part to 1-2 minutes; the full table is
     # `scripts/train_notes.py --stage bench` (docs/bundled_models.md)
     cmp = notes.compare_notes_sada(pipe, None, "default", n_prompts=4 if quick else 8,
-                                   repeats=1 if quick else 2, num_inference_steps=steps)
+                                   repeats=repeats, num_inference_steps=steps, on_run=progress.tick)
     rate = notes.SAMPLE_RATE
-    paths = write_wav(out_dir / "notes_baseline.wav", cmp.baseline_audio, rate)
-    paths += write_wav(out_dir / "notes_sada.wav", cmp.sada_audio, rate)
-    picture = notes.spectrogram_picture([cmp.baseline_audio[:8], cmp.sada_audio[:8]])
-    paths.append(save_image(picture, out_dir / "notes_spectrograms_baseline_top_sada_bottom.png"))
     row = cmp.row()
-    return DemoRow(
-        part="bundled trained notes model (MusicLDM architecture, 1.28 s)",
+    result = DemoRow(
+        part="notes model (trained, MusicLDM architecture, 1.28 s)",
+        method=f"SADA, {steps} DDIM steps",
         steps=steps,
         calls_computed=row["network_calls"],
+        baseline_calls=row["denoiser_calls"],
+        flops_ratio=cmp.flops_ratio,
         baseline_s=row["baseline_s"],
         sada_s=row["sada_s"],
         fidelity={
@@ -311,32 +440,70 @@ def bundled_notes_part(out_dir: Path, quick: bool) -> DemoRow:
             "timbre_adherence_baseline": row["baseline_adherence"]["timbre"],
             "timbre_adherence_sada": row["sada_adherence"]["timbre"],
         },
-        outputs=[str(p) for p in paths],
+        baseline_times=list(cmp.baseline_times),
+        sada_times=list(cmp.sada_times),
     )
+    paths = write_wav(out_dir / "notes_baseline.wav", cmp.baseline_audio, rate)
+    paths += write_wav(out_dir / "notes_sada.wav", cmp.sada_audio, rate)
+    paths.append(save_labelled(
+        notes.spectrogram_picture([cmp.baseline_audio[:8], cmp.sada_audio[:8]]),
+        out_dir / "notes_spectrograms_baseline_top_sada_bottom.png",
+        rows=[f"baseline, DDIM {steps}", "SADA"],
+        caption=picture_caption(result, about="log-mel spectrograms, one prompt per column (time to the right, pitch up)"),
+    ))
+    result.outputs = [str(p) for p in paths]
+    return result
 
 
-def print_table(rows: list[DemoRow]) -> None:
-    print("| part | steps | calls computed | baseline s | accelerated s | speed-up | fidelity vs baseline |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        fid = ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} n/a" for k, v in r.fidelity.items())
-        print(f"| {r.part} | {r.steps} | {r.calls_computed} | {r.baseline_s:.2f} | {r.sada_s:.2f} | {r.speedup:.2f}x | {fid} |")
+#: The parts in the order they run: the trained bundled models first (their numbers mean most).
+PARTS: tuple[Callable[..., DemoRow | None], ...] = (
+    bundled_part, bundled_adasde_part, bundled_notes_part, bundled_notes_adasde_part, testbed_part, image_part, audio_part,
+)
+
+#: Bar titles (the row's own part/method names are known only after the part ran).
+_TITLES = {
+    bundled_part: "shapes model, SADA", bundled_adasde_part: "shapes model, AdaSDE",
+    bundled_notes_part: "notes model, SADA", bundled_notes_adasde_part: "notes model, AdaSDE",
+    testbed_part: "Gaussian-mixture testbed, SADA", image_part: "SDXL random weights, SADA",
+    audio_part: "MusicLDM random weights, SADA",
+}
 
 
-def run_demo(out_dir: Path, quick: bool = False) -> list[DemoRow]:
+def _bar_result(row: DemoRow | None) -> str:
+    if row is None:
+        return "skipped"
+    wall = speedup_text(row.wall_ratios, runs=False)  # short: the table has the run counts
+    cells = [f"{row.calls_computed}/{row.total_calls} calls"] + fidelity_parts(row.fidelity)[:1] + [wall]
+    if row.machine_busy:
+        cells.append("machine busy")
+    return ", ".join(cells)
+
+
+def run_demo(out_dir: Path, quick: bool = False, parts: tuple[Callable[..., DemoRow | None], ...] = PARTS) -> list[DemoRow]:
+    """Run ``parts``, print the table and the summary, write ``summary.md`` and ``summary.json``."""
+    with quiet():
+        return _run_parts(out_dir, quick, parts)
+
+
+def _run_parts(out_dir: Path, quick: bool, parts: tuple[Callable[..., DemoRow | None], ...]) -> list[DemoRow]:
+    started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    parts = [bundled_part, bundled_adasde_part, bundled_notes_part, bundled_notes_adasde_part, testbed_part, image_part, audio_part]
     rows = []
-    for part in parts:
-        row = part(out_dir, quick)
-        if row is None:
-            continue
-        rows.append(row)
-        print(f"done: {row.part}: {row.speedup:.2f}x", flush=True)
+    for i, part in enumerate(parts, 1):
+        bar = _PartBar(f"[{i}/{len(parts)}] {_TITLES.get(part, part.__name__)}")
+        row = None
+        try:
+            row = part(out_dir, quick, bar)
+        finally:
+            bar.finish(_bar_result(row))
+        if row is not None:
+            rows.append(row)
+    summary = summary_markdown(rows, time.perf_counter() - started, versions())
+    (out_dir / "summary.md").write_text(summary)
+    records = [dict(asdict(r), speedup=r.speedup, wall_ratios=r.wall_ratios, machine_busy=r.machine_busy) for r in rows]
+    (out_dir / "summary.json").write_text(json.dumps(records, indent=2))
     print()
-    print_table(rows)
-    summary = [dict(asdict(r), speedup=r.speedup) for r in rows]
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\noutputs written to {out_dir}/")
+    print(summary)
+    print(f"outputs written to {out_dir}/ (this summary: {out_dir / 'summary.md'})")
     return rows

@@ -84,3 +84,8 @@ def test_demo_runs_the_adasde_part(tmp_path):
     assert row.baseline_s > 0 and row.sada_s > 0
     assert 0.0 <= row.fidelity["adherence_adasde"] <= 1.0 and row.fidelity["psnr_db"] > 10
     assert row.outputs and all(Path(p).is_file() for p in row.outputs)
+    assert row.baseline_calls == 50 and row.flops_ratio == pytest.approx(0.1)  # counted, not assumed
+    from PIL import Image
+
+    picture = Image.open(row.outputs[0])  # 4 prompts x 32 px, 2 rows of 32 px, with labels drawn on
+    assert picture.width > 4 * 32 and picture.height > 2 * 32

@@ -120,3 +120,5 @@ def test_demo_runs_the_notes_adasde_part(tmp_path):
     assert row.fidelity["log_mel_psnr_db"] > 28
     assert row.outputs and all(Path(p).is_file() for p in row.outputs)
     assert sum(p.endswith(".wav") for p in row.outputs) == 8
+    assert row.baseline_calls == 50 and row.flops_ratio == pytest.approx(NOTES_DEMO_NFE / 50)
+    assert [p for p in row.outputs if p.endswith(".png")] == [str(tmp_path / "notes_spectrograms_baseline_top_adasde_bottom.png")]

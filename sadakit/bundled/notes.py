@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -432,6 +432,11 @@ class NotesSADAComparison:
     prompts: list[str]
     baseline_audio: torch.Tensor
     sada_audio: torch.Tensor
+    #: per-repeat wall times (paired, run order), for the spread behind the medians
+    baseline_times: tuple[float, ...] = ()
+    sada_times: tuple[float, ...] = ()
+    #: accelerated denoiser FLOPs / baseline's (from the report; None when not counted)
+    flops_ratio: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -458,11 +463,13 @@ def compare_notes_sada(
     repeats: int = 3,
     num_inference_steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
+    on_run: Callable[[str], None] | None = None,
 ) -> NotesSADAComparison:
     """Run baseline and ``sadakit.accelerate(pipe, config)`` alternately (one batch of the
     first ``n_prompts`` prompts); calls from ``sadakit.report``, median wall times, log-mel
     PSNR of the accelerated clips against the baseline ones (of the audio, and of the log-mels
-    the VAE decoded before the vocoder), and adherence of both."""
+    the VAE decoded before the vocoder), and adherence of both. ``on_run`` is
+    :func:`sadakit.timing.time_pair`'s progress callback."""
     from sadakit.metrics.audio import log_mel_psnr, spectrogram_psnr
     from sadakit.timing import time_pair
 
@@ -471,7 +478,7 @@ def compare_notes_sada(
     def run() -> tuple[torch.Tensor, torch.Tensor]:
         return generate_notes_and_mels(pipe, prompts, seed, num_inference_steps, guidance_scale, batch_size=len(prompts))
 
-    timing = time_pair(pipe, run, repeats, config)
+    timing = time_pair(pipe, run, repeats, config, on_run=on_run)
     (base, base_mels), (out, out_mels), rep = timing.baseline, timing.accelerated, timing.report
     return NotesSADAComparison(
         config_name=config_name, steps=num_inference_steps,
@@ -483,6 +490,8 @@ def compare_notes_sada(
         baseline_adherence=pitch_adherence(base, prompts, base_mels),
         sada_adherence=pitch_adherence(out, prompts, out_mels),
         prompts=prompts, baseline_audio=base, sada_audio=out,
+        baseline_times=tuple(timing.baseline_times), sada_times=tuple(timing.accelerated_times),
+        flops_ratio=timing.flops_ratio,
     )
 
 

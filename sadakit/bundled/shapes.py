@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -359,6 +359,11 @@ class SADAComparison:
     sada_adherence: AdherenceResult
     baseline_images: torch.Tensor
     sada_images: torch.Tensor
+    #: per-repeat wall times (paired, run order), for the spread behind the medians
+    baseline_times: tuple[float, ...] = ()
+    sada_times: tuple[float, ...] = ()
+    #: accelerated denoiser FLOPs / baseline's (from the report; None when not counted)
+    flops_ratio: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -390,12 +395,14 @@ def compare_sada(
     num_inference_steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
     classifier: ShapesClassifier | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> SADAComparison:
     """Run baseline and ``sadakit.accelerate(pipe, config)`` alternately on :func:`eval_prompts`.
 
     All prompts go in one batch (one pipeline call), so the wall time is one generation's.
     Returns calls computed (from ``sadakit.report``), median wall times, PSNR / SSIM of the
-    accelerated images against the baseline ones, and the adherence of both.
+    accelerated images against the baseline ones, and the adherence of both. ``on_run`` is
+    :func:`sadakit.timing.time_pair`'s progress callback.
     """
     from sadakit.metrics.image import psnr, ssim
     from sadakit.timing import time_pair
@@ -405,7 +412,7 @@ def compare_sada(
     def run() -> torch.Tensor:
         return generate(pipe, prompts, seed, num_inference_steps, guidance_scale, batch_size=len(prompts))
 
-    timing = time_pair(pipe, run, repeats, config)
+    timing = time_pair(pipe, run, repeats, config, on_run=on_run)
     base, out, rep = timing.baseline, timing.accelerated, timing.report
     classifier = classifier if classifier is not None else load_classifier()
     return SADAComparison(
@@ -420,4 +427,7 @@ def compare_sada(
         sada_adherence=prompt_adherence(out, prompts, classifier),
         baseline_images=base,
         sada_images=out,
+        baseline_times=tuple(timing.baseline_times),
+        sada_times=tuple(timing.accelerated_times),
+        flops_ratio=timing.flops_ratio,
     )
