@@ -13,8 +13,12 @@ own prompts and guidance (``sadakit.adasde.pipeline_denoiser``). For the bundled
 prompts default to their evaluation set, the guidance to theirs and the model name to the one
 their shipped coefficient files carry. ``--factory module:function`` names a callable
 returning ``(denoiser, sample_noise, meta)`` with ``meta`` a dict of ``model``,
-``prediction_type``, ``guidance_scale``, ``sigma_min``, ``sigma_max`` (a ``PipelineDenoiser``
-provides all three). ``main`` is what the project CLI mounts as its ``adasde`` command.
+``prediction_type``, ``guidance_scale``, ``sigma_min``, ``sigma_max`` and optionally
+``model_fingerprint`` (a ``PipelineDenoiser`` provides all three; without a fingerprint in
+``meta`` it is computed from the denoiser when it has a config). Every distilled file records
+the model's identity (``model`` and ``model_fingerprint``), and ``inspect`` shows it; a
+malformed file is refused with one line naming it. ``main`` is what the project CLI mounts as
+its ``adasde`` command.
 """
 
 from __future__ import annotations
@@ -28,18 +32,21 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from .coefficients import load_coefficients
+from .coefficients import CoefficientMismatchError, load_coefficients
 from .distill import DistillConfig, distill
+from .identity import model_fingerprint, short_fingerprint
 
 
 def _testbed_factory(name: str) -> tuple[Callable, Callable, dict[str, Any]]:
     from sadakit.testbeds.configs import get_testbed
-    from sadakit.testbeds.pipeline import sd_alphas_cumprod
+    from sadakit.testbeds.pipeline import GMMEpsModel, sd_alphas_cumprod
 
     tb = get_testbed(name)
     ab = sd_alphas_cumprod()
     s = ((1 - ab) / ab).sqrt()
-    meta = {"model": f"testbed:{name}", "prediction_type": "epsilon", "sigma_min": float(s[0]), "sigma_max": float(s[-1])}
+    # the coefficients are for the eps model on SD's schedule, as GMMPipeline(GMMEpsModel(name), ...) runs it
+    meta = {"model": f"testbed:{name}", "prediction_type": "epsilon", "sigma_min": float(s[0]), "sigma_max": float(s[-1]),
+            "model_fingerprint": model_fingerprint(GMMEpsModel(tb))}
     return (
         lambda x, sigma: tb.denoiser.denoise(x, sigma),
         lambda batch, g: torch.randn((batch, *tb.data_shape), generator=g),
@@ -105,11 +112,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
     res = distill(
-        denoiser, sample_noise, cfg, model=meta["model"], prediction_type=meta.get("prediction_type", "epsilon"),
-        guidance_scale=meta.get("guidance_scale"), output=args.out, log_path=args.log, resume=not args.fresh,
+        denoiser, sample_noise, cfg, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
+        prediction_type=meta.get("prediction_type", "epsilon"), guidance_scale=meta.get("guidance_scale"),
+        output=args.out, log_path=args.log, resume=not args.fresh,
     )
     print(
-        f"distilled {meta['model']} NFE={cfg.nfe} ({cfg.solver}): loss {res.initial_loss:.4g} -> "
+        f"distilled {meta['model']} ({short_fingerprint(res.coefficients.meta.model_fingerprint)}) NFE={cfg.nfe} "
+        f"({cfg.solver}): loss {res.initial_loss:.4g} -> "
         f"{res.losses[-1] if res.losses else float('nan'):.4g} in {res.seconds:.1f} s -> {args.out}"
     )
     return 0
@@ -118,7 +127,14 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..core.adasde import squash
 
-    cf = load_coefficients(args.path)
+    try:
+        cf = load_coefficients(args.path)
+    except CoefficientMismatchError as exc:  # a malformed or foreign file: one line naming it
+        raise SystemExit(f"sadakit adasde inspect: {exc}") from None
+    fingerprint = cf.meta.model_fingerprint
+    print(f"model: {cf.meta.model}")
+    print("model fingerprint: " + (fingerprint if fingerprint else
+                                   "none recorded (an older file: loading cannot check its model)"))
     print(json.dumps(attrs.asdict(cf.meta), indent=1))
     print("sigmas:", [round(float(s), 5) for s in cf.sigmas])
     for n, c in enumerate(squash(cf.raw, cf.meta.gamma_max)):

@@ -48,6 +48,7 @@ from ..core.adasde import (
     steps_for_nfe,
 )
 from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
+from .identity import fingerprint_or_none
 
 NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]
 """``sample_noise(batch, generator) -> z``: unit Gaussian noise of a batch, on the model's device."""
@@ -268,12 +269,33 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
 # --------------------------------------------------------------------------------------
 
 
+def _file_metadata(
+    config: DistillConfig, grid: torch.Tensor, custom_grid: bool, *, model: str, prediction_type: str,
+    guidance_scale: float | None, model_fingerprint: str | None,
+) -> CoefficientMetadata:
+    """The metadata the coefficient file will carry (``training`` is added at the end); checked now."""
+    return CoefficientMetadata(
+        model=model,
+        nfe=config.nfe,
+        solver=config.solver,
+        analytic_first_step=config.analytic_first_step,
+        schedule="custom" if custom_grid else config.schedule,
+        sigma_min=float(grid[-1]),
+        sigma_max=float(grid[0]),
+        gamma_max=config.gamma_max,
+        prediction_type=prediction_type,
+        guidance_scale=guidance_scale,
+        model_fingerprint=model_fingerprint,
+    )
+
+
 def distill(
     denoiser: Denoiser,
     sample_noise: NoiseSampler,
     config: DistillConfig = DistillConfig(),
     *,
     model: str,
+    model_fingerprint: str | None = None,
     prediction_type: str = "epsilon",
     guidance_scale: float | None = None,
     sigmas: torch.Tensor | None = None,
@@ -287,10 +309,13 @@ def distill(
     """Fit AdaSDE (or learned-churn base solver) coefficients for ``denoiser``.
 
     ``model``, ``prediction_type`` and ``guidance_scale`` go into the file's metadata so that
-    loading it into another pipeline fails loudly. With ``output`` set, the coefficient file
-    is written there at the end and a checkpoint (``<output>.ckpt.safetensors``, coefficients
-    plus Adam moments) every ``checkpoint_every`` iterations; ``resume=True`` continues from
-    that checkpoint. ``log_path`` receives one JSON line per iteration. ``state`` is an
+    loading it into another pipeline fails loudly, and so does ``model_fingerprint`` (default:
+    ``sadakit.adasde.model_fingerprint(denoiser)`` when the denoiser is a pipeline adapter or
+    a module with a config; a plain callable records none). The metadata is checked before the
+    first iteration, so a setting no file may hold fails before minutes of training. With
+    ``output`` set, the coefficient file is written there at the end and a checkpoint
+    (``<output>.ckpt.safetensors``, coefficients plus Adam moments) every ``checkpoint_every``
+    iterations; ``resume=True`` continues from that checkpoint. ``log_path`` receives one JSON line per iteration. ``state`` is an
     ``accelerate.PartialState`` (``"auto"``: created when several processes were launched).
     """
     if state == "auto":
@@ -309,6 +334,9 @@ def distill(
         raise ValueError(f"sigmas has {len(grid)} entries; nfe={config.nfe} needs {config.steps + 1}")
     sigma_max = float(grid[0])
     start_scale = config.start_scale or (1.0 + sigma_max if prediction_type == "flow" else sigma_max)
+    file_meta = _file_metadata(config, grid, sigmas is not None, model=model, prediction_type=prediction_type,
+                               guidance_scale=guidance_scale,
+                               model_fingerprint=model_fingerprint or fingerprint_or_none(denoiser))
 
     raw = init_raw_coefficients(config.steps, config.gamma_init, config.gamma_max)
     opt = torch.optim.Adam([raw], lr=config.lr)
@@ -380,19 +408,7 @@ def distill(
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
     training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
-    meta = CoefficientMetadata(
-        model=model,
-        nfe=config.nfe,
-        solver=config.solver,
-        analytic_first_step=config.analytic_first_step,
-        schedule=config.schedule if sigmas is None else "custom",
-        sigma_min=float(grid[-1]),
-        sigma_max=sigma_max,
-        gamma_max=config.gamma_max,
-        prediction_type=prediction_type,
-        guidance_scale=guidance_scale,
-        training=training,
-    )
+    meta = attrs.evolve(file_meta, training=training)
     cf = CoefficientFile(raw.detach().cpu().clone(), grid.clone(), meta)
     if output is not None and main:
         save_coefficients(output, cf.raw, cf.sigmas, meta)

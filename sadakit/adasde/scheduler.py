@@ -29,9 +29,11 @@ the starting noise differs. ``set_noise_generator`` overrides it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +47,13 @@ from ..core.adasde import GeneratorLike, Plan, solver_plan, squash
 from .chart import ModelChart, alphas_cumprod_from_config, is_flow_config, scheduler_config
 from .coefficients import (
     CoefficientFile,
+    CoefficientFileError,
     CoefficientMetadata,
     CoefficientMismatchError,
     check_compatible,
     load_coefficients,
 )
+from .identity import check_model_identity
 
 def _guidance_in_effect(pipe: Any, scale: float) -> float | None:
     """The guidance a pipeline call at ``scale`` really applies (``None``: the denoiser ignores it).
@@ -63,6 +67,19 @@ def _guidance_in_effect(pipe: Any, scale: float) -> float | None:
     if embeds is not None:
         return scale if embeds else None
     return scale if scale > 1.0 else None
+
+
+@contextlib.contextmanager
+def _naming_the_file(source: str) -> Iterator[None]:
+    """Prefix the file's path to a refusal that does not name it yet (the user may have several files)."""
+    try:
+        yield
+    except CoefficientFileError as exc:
+        raise exc.at(source) from None
+    except CoefficientMismatchError as exc:
+        if source in str(exc):
+            raise
+        raise type(exc)(f"{source}: {exc}") from None
 
 
 @dataclass
@@ -163,6 +180,8 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         path: str | os.PathLike,
         base_scheduler_config: Any = None,
         *,
+        pipe: Any = None,
+        allow_other_model: bool = False,
         model: str | None = None,
         guidance_scale: float | None = None,
         noise_seed: int = 0,
@@ -171,15 +190,26 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         """Load a coefficient file for the pipeline whose scheduler (or config) is given.
 
         ``base_scheduler_config`` is ``pipe.scheduler`` or its config; it tells the training
-        schedule and the prediction type. ``model`` / ``guidance_scale``, when given, are
-        checked against the file (a mismatch raises ``CoefficientMismatchError`` naming the
-        field, before anything in the pipeline changes). Each pipeline call is checked too: a
-        ``guidance_scale`` other than the file's is refused unless ``check_call_guidance=False``.
+        schedule and the prediction type (default with ``pipe``: ``pipe.scheduler``). With
+        ``pipe`` given, the file's model fingerprint is checked against the pipeline's denoiser
+        and a file distilled for another model raises ``OtherModelError`` unless
+        ``allow_other_model=True`` (files without a fingerprint load with a logged warning).
+        ``model`` / ``guidance_scale``, when given, are checked against the file (a mismatch
+        raises ``CoefficientMismatchError`` naming the field, before anything in the pipeline
+        changes). A malformed file raises ``CoefficientFileError`` naming the file and the
+        field. Each pipeline call is checked too: a ``guidance_scale`` other than the file's
+        is refused unless ``check_call_guidance=False``.
         """
-        cf = load_coefficients(path)
-        check_compatible(cf.meta, model=model, guidance_scale=guidance_scale)
-        return cls.from_coefficients(cf, base_scheduler_config, noise_seed=noise_seed,
-                                     check_call_guidance=check_call_guidance)
+        source = os.fspath(path)
+        cf = load_coefficients(source)
+        with _naming_the_file(source):
+            check_compatible(cf.meta, model=model, guidance_scale=guidance_scale)
+            if pipe is not None:
+                check_model_identity(cf.meta, pipe, source=source, allow_other_model=allow_other_model)
+                if base_scheduler_config is None:
+                    base_scheduler_config = pipe.scheduler
+            return cls.from_coefficients(cf, base_scheduler_config, noise_seed=noise_seed,
+                                         check_call_guidance=check_call_guidance)
 
     @classmethod
     def from_coefficients(
@@ -426,3 +456,26 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         if sig.numel() == 1:
             sig = sig.expand(like.shape[0])
         return sig.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def scheduler_for_pipeline(
+    pipe: Any,
+    path: str | os.PathLike,
+    allow_other_model: bool = False,
+    *,
+    guidance_scale: float | None = None,
+    noise_seed: int = 0,
+    check_call_guidance: bool = True,
+) -> AdaSDEScheduler:
+    """An ``AdaSDEScheduler`` from the file at ``path`` for ``pipe``, every check on.
+
+    The one call for a command line or a user's one-liner
+    (``pipe.scheduler = scheduler_for_pipeline(pipe, path)``): the file is validated, its
+    model fingerprint must match the pipeline's denoiser unless ``allow_other_model``, and its
+    prediction type and sigma range must fit the pipeline's schedule. Nothing in ``pipe``
+    changes; a refusal raises a ``CoefficientMismatchError`` subclass naming the file.
+    """
+    return AdaSDEScheduler.from_file(
+        path, pipe.scheduler, pipe=pipe, allow_other_model=allow_other_model, guidance_scale=guidance_scale,
+        noise_seed=noise_seed, check_call_guidance=check_call_guidance,
+    )

@@ -25,7 +25,7 @@ class BundledAdaSDE:
 
     name: str  # "shapes", "notes": the ``bundled:<name>`` pipeline
     directory: Path
-    model_id: str  # stored in every file; ``from_file`` checks it
+    model_id: str  # stored in every file (with the denoiser's fingerprint); ``from_file`` checks both
     guidance_scale: float  # the guidance the files were distilled (and must be sampled) at
     pipeline_class: str  # class name of the pipeline the files belong to
     #: top of the distillation grid, when the default (``VP_SIGMA_CAP``) is not this model's best
@@ -78,7 +78,9 @@ class BundledAdaSDE:
         if isinstance(pipe.scheduler, AdaSDEScheduler):
             raise ValueError("pipe.scheduler is already an AdaSDEScheduler; pass the pipeline with its own scheduler")
         guidance = self.guidance_scale if guidance_scale is None else guidance_scale
-        return AdaSDEScheduler.from_file(path, pipe.scheduler, model=self.model_id, guidance_scale=guidance)
+        # pipe=: the shipped files record the bundled denoiser's fingerprint, so a pipeline whose
+        # denoiser was swapped for another model is refused too, not only another pipeline class
+        return AdaSDEScheduler.from_file(path, pipe.scheduler, pipe=pipe, model=self.model_id, guidance_scale=guidance)
 
 
 def _shapes() -> BundledAdaSDE:
