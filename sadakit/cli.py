@@ -8,6 +8,16 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_args import (
+    check_output_kind,
+    existing_file,
+    image_side,
+    non_negative_int,
+    output_directory,
+    output_file,
+    positive_int,
+)
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import sadakit
@@ -51,6 +61,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                          "a few steps, SADA skips calls of long runs; pass one of them")
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     name = type(pipe).__name__
+    is_audio = hasattr(pipe, "vocoder")
+    check_output_kind(args.out, is_audio, name)
     call_kwargs = default_call_kwargs(args.pipeline)  # sizes of the offline pipelines, bundled guidance
     if args.control_image:
         call_kwargs.update(control_image_kwargs(pipe, args.control_image))
@@ -65,9 +77,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     steps = args.steps or 30
     use_sada = args.accelerate is not False and not args.adasde_file
     if args.adasde_file:
-        from sadakit.adasde import AdaSDEScheduler
+        from sadakit.adasde import scheduler_for_pipeline
 
-        pipe.scheduler = AdaSDEScheduler.from_file(args.adasde_file, pipe.scheduler)
+        pipe.scheduler = scheduler_for_pipeline(pipe, args.adasde_file, allow_other_model=args.allow_other_model)
         steps = args.steps or pipe.scheduler.meta.nfe
         if pipe.scheduler.meta.guidance_scale is not None:
             call_kwargs.setdefault("guidance_scale", pipe.scheduler.meta.guidance_scale)
@@ -77,7 +89,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         _compile_networks(pipe)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if hasattr(pipe, "vocoder"):  # audio pipelines
+    if is_audio:
         from sadakit.audio_io import generate_audio
 
         summary = generate_audio(
@@ -86,8 +98,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     else:
         generator = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
-        image = pipe(prompt=args.prompt, num_inference_steps=steps, generator=generator, **call_kwargs).images[0]
-        image.save(out)
+        images = pipe(prompt=args.prompt, num_inference_steps=steps, generator=generator, output_type="np",
+                      **call_kwargs).images
+        _refuse_non_finite(images, name)
+        pipe.numpy_to_pil(images)[0].save(out)
         summary = {"output": str(out)}
     summary["sampler"] = (f"AdaSDE {pipe.scheduler.meta.solver}, {pipe.scheduler.nfe} calls" if args.adasde_file
                           else f"{type(pipe.scheduler).__name__}, {steps} steps" + (" + SADA" if use_sada else ""))
@@ -96,6 +110,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(sadakit.report(pipe))
     print(json.dumps({k: v for k, v in summary.items() if k != "report"}, default=str))
     return 0
+
+
+def _refuse_non_finite(values, pipeline_name: str) -> None:
+    """A NaN output would be written as a black image with exit status 0: refuse it instead."""
+    import numpy as np
+
+    if not np.isfinite(np.asarray(values)).all():
+        raise SystemExit(f"sadakit generate: {pipeline_name} produced non-finite values (NaN or inf); nothing was "
+                         "written. With --adasde-file, check the file (sadakit adasde inspect); otherwise try "
+                         "--dtype float32")
 
 
 def _compile_networks(pipe) -> None:
@@ -153,6 +177,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sadakit", description="Training-free diffusion acceleration.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="list plugins and supported pipelines")
@@ -166,23 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--pipeline", required=True,
                      help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--steps", type=int, default=None, help="default: 30, or the AdaSDE file's NFE")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--steps", type=positive_int, default=None, help="default: 30, or the AdaSDE file's NFE")
+    gen.add_argument("--seed", type=non_negative_int, default=0)
+    gen.add_argument("--height", type=image_side, default=None)
+    gen.add_argument("--width", type=image_side, default=None)
     gen.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     gen.add_argument("--device", default=None, help="e.g. cuda; default: where the pipeline loads")
     gen.add_argument("--guidance", type=float, default=None,
                      help="guidance scale (default: the pipeline's, the bundled model's, or the AdaSDE file's)")
-    gen.add_argument("--control-image", default=None, help="condition image file for ControlNet pipelines")
-    gen.add_argument("--adasde-file", default=None,
+    gen.add_argument("--control-image", type=existing_file, default=None,
+                     help="condition image file for ControlNet pipelines")
+    gen.add_argument("--adasde-file", type=existing_file, default=None,
                      help="sample with AdaSDE from this coefficient file (steps default to its NFE; no SADA)")
+    gen.add_argument("--allow-other-model", action="store_true",
+                     help="use an AdaSDE file distilled for another model (refused by default)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the denoiser (and ControlNet) in place")
     group = gen.add_mutually_exclusive_group()
     group.add_argument("--accelerate", dest="accelerate", action="store_true", default=None,
                        help="SADA (the default unless --adasde-file is given)")
     group.add_argument("--no-accelerate", dest="accelerate", action="store_false")
-    gen.add_argument("--out", required=True, help="output file (.png for images, .wav for audio)")
+    gen.add_argument("--out", required=True, type=output_file, help="output file (.png for images, .wav for audio)")
     gen.set_defaults(func=_cmd_generate)
 
     bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
@@ -190,10 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
     bench.add_argument("--prompts", nargs="+", default=None,
                        help="default: 4 of the bundled model's evaluation prompts for bundled:*, else two short prompts")
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0])
-    bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--images-per-prompt", type=int, default=1,
+    bench.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0])
+    bench.add_argument("--steps", type=positive_int, default=20)
+    bench.add_argument("--repeats", type=positive_int, default=3)
+    bench.add_argument("--images-per-prompt", type=positive_int, default=1,
                        help="batch per generation (small models are overhead-bound at batch 1)")
     bench.add_argument("--methods", nargs="+", default=None,
                        help="method[:knob] list, or a knob sweep method:k1,k2,k3 (e.g. fbcache:0.2,0.4,0.6); "
@@ -201,15 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep", action="store_true",
                        help="methods given without a knob run their default knob sweep (sadakit.bench.SWEEPS); "
                             "without --methods, every method does")
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    bench.add_argument("--adasde-file", default=None, help="AdaSDE coefficient file for the 'adasde' method")
-    bench.add_argument("--control-image", default=None,
+    bench.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--adasde-file", type=existing_file, default=None,
+                       help="AdaSDE coefficient file for the 'adasde' method")
+    bench.add_argument("--control-image", type=existing_file, default=None,
                        help="condition image file for ControlNet pipelines (tiny ControlNets use a built-in one)")
-    bench.add_argument("--height", type=int, default=None)
-    bench.add_argument("--width", type=int, default=None)
+    bench.add_argument("--height", type=image_side, default=None)
+    bench.add_argument("--width", type=image_side, default=None)
     bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     bench.add_argument("--device", default=None)
-    bench.add_argument("--out", default="bench-output")
+    bench.add_argument("--out", type=output_directory, default="bench-output")
     bench.set_defaults(func=_cmd_bench)
 
     adasde = sub.add_parser("adasde", help="AdaSDE coefficients: distill / inspect")
@@ -218,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_adasde_parser(adasde)
 
     demo = sub.add_parser("demo", help="baseline vs SADA on the bundled pipelines; writes outputs")
-    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--out", type=output_directory, default="demo-output")
     demo.add_argument("--quick", action="store_true", help="smaller sizes (for tests)")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -230,11 +259,21 @@ QUIET_COMMANDS = frozenset({"demo", "generate", "bench"})
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error prints one line (``--debug``: the traceback) and returns 1."""
     args = build_parser().parse_args(argv)
     from sadakit.quiet import quiet
 
-    with quiet() if getattr(args, "command", None) in QUIET_COMMANDS else contextlib.nullcontext():
-        status = args.func(args)
+    command = getattr(args, "command", None)
+    try:
+        with quiet() if command in QUIET_COMMANDS else contextlib.nullcontext():
+            status = args.func(args)
+    except Exception as error:  # SystemExit and KeyboardInterrupt pass through
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(error).split()) or "(no message)"
+        print(f"sadakit {command}: error: {type(error).__name__}: {message} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
     _close_process_group()  # on success only: after a failure a barrier would wait for ever
     return status
 

@@ -36,8 +36,15 @@ def test_adasde_file_samples_like_the_python_api(tmp_path, capsys):
 
 
 def test_adasde_file_at_another_guidance_is_refused(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    argv = ["generate", "--prompt", PROMPT, "--out", str(out), "--pipeline", "bundled:shapes",
+            "--adasde-file", str(SHAPES.path(5)), "--guidance", "2"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CoefficientMismatchError" in err and "guidance_scale=2" in err
+    assert not out.exists()
     with pytest.raises(CoefficientMismatchError, match="guidance_scale=2"):
-        _generate(tmp_path, capsys, "--pipeline", "bundled:shapes", "--adasde-file", str(SHAPES.path(5)), "--guidance", "2")
+        cli.main(["--debug", *argv])  # --debug: the exception itself, with its traceback
 
 
 def test_adasde_file_and_sada_exclude_each_other(tmp_path, capsys):
@@ -62,3 +69,62 @@ def test_compile_compiles_the_denoiser_and_the_controlnet(tmp_path, capsys, monk
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
     _generate(tmp_path, capsys, "--pipeline", "tiny:sd-controlnet", "--steps", "6", "--compile")
     assert sorted(compiled) == ["ControlNetModel", "UNet2DConditionModel"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["--steps", "-3"], "--steps: must be at least 1, got -3"),
+    (["--steps", "five"], "--steps: expected a positive integer"),
+    (["--height", "60"], "--height: must be a multiple of 8"),
+    (["--seed", "-1"], "--seed: must be at least 0"),
+    (["--adasde-file", "no-such.safetensors"], "--adasde-file: no such file: no-such.safetensors"),
+    (["--control-image", "."], "--control-image: not a regular file"),
+])
+def test_generate_arguments_are_checked_before_loading(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr("sadakit.loading.load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--pipeline", "bundled:shapes", "--prompt", PROMPT, "--out", str(tmp_path / "o.png"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out,message", [
+    ("image", "has no output extension"),
+    ("sub.png", "is a directory"),
+    ("notes.txt/out.png", "notes.txt is not a writable directory"),
+])
+def test_generate_output_path_is_checked_before_loading(tmp_path, capsys, monkeypatch, out, message):
+    (tmp_path / "sub.png").mkdir()
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sadakit.loading.load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--pipeline", "bundled:shapes", "--prompt", PROMPT, "--out", out])
+    assert message in capsys.readouterr().err
+
+
+def test_generate_refuses_an_image_pipeline_writing_wav(tmp_path):
+    with pytest.raises(SystemExit, match=r"makes images; --out must end in \.png"):
+        cli.main(["generate", "--pipeline", "tiny:sd", "--prompt", PROMPT, "--steps", "2", "--out", str(tmp_path / "a.wav")])
+
+
+def test_generate_refuses_to_write_a_non_finite_image(tmp_path, monkeypatch):
+    import diffusers
+
+    original = diffusers.UNet2DConditionModel.forward
+
+    def nan_forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        return (out[0] * float("nan"),) if isinstance(out, tuple) else type(out)(sample=out.sample * float("nan"))
+
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "forward", nan_forward)
+    out = tmp_path / "nan.png"
+    with pytest.raises(SystemExit, match="non-finite values"):
+        cli.main(["generate", "--pipeline", "tiny:sd", "--prompt", PROMPT, "--steps", "3", "--no-accelerate",
+                  "--out", str(out)])
+    assert not out.exists()
+
+
+def test_bench_arguments_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--pipeline", "tiny:sd", "--steps", "0"])
+    assert "--steps: must be at least 1, got 0" in capsys.readouterr().err
