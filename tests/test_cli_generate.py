@@ -128,3 +128,13 @@ def test_bench_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--pipeline", "tiny:sd", "--steps", "0"])
     assert "--steps: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_adasde_file_of_another_model(tmp_path, capsys):
+    out = tmp_path / "other.png"
+    argv = ["generate", "--pipeline", "tiny:sd-v", "--prompt", PROMPT, "--adasde-file", str(SHAPES.path(5)),
+            "--out", str(out)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "OtherModelError" in err and "--allow-other-model" in err and not out.exists()
+    assert cli.main([*argv, "--allow-other-model"]) == 0 and out.exists()
