@@ -85,7 +85,11 @@ class Decider:
         x0_hat = None
         if cfg.skip_steps and phase in ("criterion", "late") and state.values is not None:
             x0_hat = self.extrapolate(state, lvl, x_model, order)
-            finite = torch.isfinite(x0_hat.reshape(b, -1)).all(dim=1)[state.groups].all(dim=1)
+            # checked as the pipeline would get it: after the cast to the model's dtype, where an
+            # fp16 overflow becomes inf
+            out_hat = state.parameterization.output_from_x0(x_model.float(), x0_hat, lvl).to(x_model.dtype)
+            finite = (torch.isfinite(x0_hat.reshape(b, -1)).all(dim=1)
+                      & torch.isfinite(out_hat.reshape(b, -1)).all(dim=1))[state.groups].all(dim=1)
         else:
             finite = torch.zeros(g, device=device)
         grids: list[Grid] = []
@@ -100,13 +104,15 @@ class Decider:
             grids = eligible_grids() if cfg.token_sparsity else []
             if grids:
                 tok = self.latent_to_grid(m, arguments)  # (B, *grid)
-                tok = tok[state.groups].mean(dim=1)[torch.tensor(state.row_group, device=device)]
+                tok = tok[state.groups].mean(dim=1)[state.index(state.row_group)]
                 for grid in grids:
                     p = tokens.pool_scores(tok, grid)
                     anchors = tokens.anchor_mask(grid, cfg.anchor_window, state.call_index, device)
                     pooled[grid], required[grid] = p, tokens.required_mask(p, anchors)
-        host = HostRead.read(lvl.tau, uniform, finite, stable,
-                             {grid: r.sum(dim=1) for grid, r in required.items()})
+        counts = {grid: r.sum(dim=1) for grid, r in required.items()}
+        # per stream: tokens any of its rows requires, for blocks whose rows share one token set
+        unions = {grid: r.reshape(state.streams, -1, r.shape[-1]).any(dim=1).sum(dim=1) for grid, r in required.items()}
+        host = HostRead.read(lvl.tau, uniform, finite, stable, counts, unions)
         full = CallPlan(lvl, x_flow, list(range(g)), [], None, None, host.tau)
         if state.last_tau is not None and host.tau > state.last_tau + _NEW_GENERATION_TOL:
             return Decision(full, new_generation=True)  # the previous generation was interrupted
@@ -120,7 +126,7 @@ class Decider:
         computed = [gi for gi in range(g) if gi not in skipped_set]
         token_plan = None
         if grids and computed and all(state.last_computed[gi] for gi in computed):
-            token_plan = self._token_plan(state, computed, grids, pooled, required, host, device)
+            token_plan = self._token_plan(state, computed, grids, pooled, required, host)
         return Decision(CallPlan(lvl, x_flow, computed, skipped, x0_hat, token_plan, host.tau))
 
     def _skipped_groups(self, state: GenerationState, phase: str, order: int, use_criterion: bool,
@@ -146,7 +152,7 @@ class Decider:
         return skipped
 
     def _token_plan(self, state: GenerationState, computed: list[int], grids: list[Grid], pooled: dict,
-                    required: dict, host: HostRead, device: torch.device) -> TokenPlan | None:
+                    required: dict, host: HostRead) -> TokenPlan | None:
         """Tokens per grid for the computed rows: the most any of them requires, if worth it."""
         cfg = self.config
         rows_host = state.group_rows(computed)
@@ -161,7 +167,8 @@ class Decider:
                       "tokens were unstable (SADAConfig.max_token_fraction)")
             return None
         if len(rows_host) != state.batch_size:
-            rows = torch.tensor(rows_host, device=device)
+            rows = state.index(rows_host)
             pooled = {kk: v.index_select(0, rows) for kk, v in pooled.items()}
             required = {kk: v.index_select(0, rows) for kk, v in required.items()}
-        return TokenPlan(pooled=pooled, required=required, k=ks)
+        shared_k = {grid: [max(int(u), 1) for u in host.union_tokens[grid]] for grid in ks}
+        return TokenPlan(pooled=pooled, required=required, k=ks, shared_k=shared_k)

@@ -19,16 +19,21 @@ class TokenPlan:
     pooled: dict[Grid, torch.Tensor]  # grid -> (B_active, N) scores
     required: dict[Grid, torch.Tensor]  # grid -> (B_active, N) bool
     k: dict[Grid, int]  # grid -> tokens per row, only grids worth pruning
+    #: grid -> per call stream, the tokens any of the stream's rows requires (read with the
+    #: decision, so a shared token set costs no host read of its own)
+    shared_k: dict[Grid, list[int]] = field(default_factory=dict)
+    stream: int = 0  # the call stream this plan serves (after ``subset``)
     _indices: dict = field(default_factory=dict)
 
-    def subset(self, positions: list[int]) -> "TokenPlan":
-        """The plan for some of its rows (one call stream's rows of a step)."""
+    def subset(self, positions: list[int], stream: int = 0) -> "TokenPlan":
+        """The plan for some of its rows: one call stream's rows of a step."""
         first = next(iter(self.pooled.values()))
-        if positions == list(range(first.shape[0])):
+        if positions == list(range(first.shape[0])) and stream == self.stream:
             return self
         index = torch.tensor(positions, device=first.device)
         return TokenPlan({g: v.index_select(0, index) for g, v in self.pooled.items()},
-                         {g: v.index_select(0, index) for g, v in self.required.items()}, dict(self.k))
+                         {g: v.index_select(0, index) for g, v in self.required.items()}, dict(self.k),
+                         self.shared_k, stream)
 
     def indices(self, grid: Grid) -> torch.Tensor | None:
         """(B, k) sorted token indices per row, or None when this grid is not pruned."""
@@ -41,8 +46,9 @@ class TokenPlan:
     def shared_indices(self, grid: Grid) -> torch.Tensor | None:
         """(k,) one sorted index set for every row: the union of the rows' required tokens.
 
-        For blocks whose per-token arguments have no batch dimension (rotary tables).
-        With several rows the union size costs one scalar host read per call and grid.
+        For blocks whose per-token arguments have no batch dimension (rotary tables). The size
+        is the union over the stream's rows, read with the decision: exact when every row of
+        the stream is computed, a superset (more tokens, never fewer) otherwise.
         """
         if grid not in self.k:
             return None
@@ -50,7 +56,10 @@ class TokenPlan:
         if key not in self._indices:
             required = self.required[grid].any(dim=0, keepdim=True)
             pooled = self.pooled[grid].amax(dim=0, keepdim=True)
-            k = self.k[grid] if self.required[grid].shape[0] == 1 else max(int(required.sum()), 1)
+            if self.required[grid].shape[0] == 1:
+                k = self.k[grid]
+            else:
+                k = min(self.shared_k[grid][self.stream], required.shape[-1])
             self._indices[key] = tokens.select_indices(pooled, required, k)[0]
         return self._indices[key]
 
@@ -81,14 +90,16 @@ class HostRead:
     finite: list[bool]
     stable: list[bool]
     required_tokens: dict[Grid, list[float]]
+    union_tokens: dict[Grid, list[float]]  # per grid and call stream
 
     @classmethod
     def read(cls, tau: torch.Tensor, uniform: torch.Tensor, finite: torch.Tensor, stable: torch.Tensor | None,
-             required_counts: dict[Grid, torch.Tensor]) -> "HostRead":
+             required_counts: dict[Grid, torch.Tensor], union_counts: dict[Grid, torch.Tensor]) -> "HostRead":
         """Pack the device values, read them with one ``.tolist()``, unpack by name."""
         parts = [tau.reshape(1), uniform.reshape(1), finite.reshape(-1)]
         parts += [stable.reshape(-1)] if stable is not None else []
         parts += [c.reshape(-1) for c in required_counts.values()]
+        parts += [c.reshape(-1) for c in union_counts.values()]
         host = torch.cat([p.to(torch.float32) for p in parts]).tolist()  # the one host read
         groups = finite.numel()
         finite_host = [v > 0.5 for v in host[2: 2 + groups]]
@@ -101,4 +112,8 @@ class HostRead:
         for grid, counts in required_counts.items():
             required[grid] = host[at: at + counts.numel()]
             at += counts.numel()
-        return cls(host[0], host[1] > 0.5, finite_host, stable_host, required)
+        unions: dict[Grid, list[float]] = {}
+        for grid, counts in union_counts.items():
+            unions[grid] = host[at: at + counts.numel()]
+            at += counts.numel()
+        return cls(host[0], host[1] > 0.5, finite_host, stable_host, required, unions)

@@ -22,7 +22,7 @@ from ..config import SADAConfig
 from ..core.parameterization import flow_drift
 from ..spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 from .accounting import Accounting
-from .batching import map_tensors, output_tensor, rebuild_output, scatter_rows, select_rows
+from .batching import output_tensor, rebuild_output, scatter_rows, select_rows
 from .decision import Decider
 from .plans import CallPlan
 from .report import GenerationReport
@@ -71,7 +71,8 @@ class SADASession:
         self.signature = inspect.signature(denoiser.module.forward)
         self.accounting = Accounting(plugin.family)
         self.decider = Decider(config, denoiser.latent_to_grid, self._note)
-        self.tokens = TokenCache(token_blocks, config.token_sparsity, self.accounting.account_block,
+        self.tokens = TokenCache(token_blocks, config.token_sparsity, config.token_resolutions == "highest",
+                                 self.accounting.account_block,
                                  self.accounting.block_flops)
         self.state: GenerationState | None = None
         self._last_output: Any = None
@@ -171,6 +172,7 @@ class SADASession:
             for r in g:
                 row_group[r] = gi
         state = GenerationState(
+            streams=streams,
             parameterization=param,
             batch_shape=tuple(x_model.shape),
             groups=torch.tensor(groups_list, dtype=torch.long, device=x_model.device),
@@ -263,7 +265,9 @@ class SADASession:
             if template is None:  # cannot happen after the always-computed warm-up; be safe
                 self.current.control_calls_run += 1
                 return None, args, kwargs, None
-            return None, None, None, map_tensors(template, torch.zeros_like)
+            # the denoiser does not run this step at all, so nothing reads the branch's output:
+            # hand back the last one rather than allocating zeros of its size
+            return None, None, None, template
         rows = torch.tensor(run_rows, dtype=torch.long, device=sample.device)
         self.current.control_calls_run += 1
         return rows, select_rows(args, rows, bc), select_rows(kwargs, rows, bc, spec.unbatched_args), None
@@ -316,14 +320,19 @@ class SADASession:
             virtual = state.group_rows(plan.computed_groups)
             positions = [i for i, r in enumerate(virtual) if offset <= r < offset + b]
             call.rows_host = [virtual[i] - offset for i in positions]
-            call.rows = torch.tensor(call.rows_host, dtype=torch.long, device=x_model.device)
-            token_plan = plan.token_plan.subset(positions) if plan.token_plan is not None and positions else None
+            if len(call.rows_host) != b:
+                call.rows = state.index(call.rows_host)
+            stream_index = offset // b
+            token_plan = (plan.token_plan.subset(positions, stream_index)
+                          if plan.token_plan is not None and positions else None)
             full_batch = len(call.rows_host) == b and state.batch_size == b
-            tokens.begin_call(token_plan, None if full_batch else [r + offset for r in call.rows_host], x_model.device)
+            step_rows = None if full_batch else [r + offset for r in call.rows_host]
+            tokens.begin_call(token_plan, step_rows, None if step_rows is None else state.index(step_rows))
         elif call.stream_order is not None and self.layout is None:  # the first step's streams
-            tokens.begin_call(None, list(range(call.stream_order * b, (call.stream_order + 1) * b)), x_model.device)
+            step_rows = list(range(call.stream_order * b, (call.stream_order + 1) * b))
+            tokens.begin_call(None, step_rows, torch.tensor(step_rows, dtype=torch.long, device=x_model.device))
         else:  # SADA off for this generation: the call runs in full, caches untouched
-            tokens.begin_call(None, None, x_model.device)
+            tokens.begin_call(None, None, None)
         call.overhead = time.perf_counter() - started
         self.accounting.call_shape = tuple(x_model.shape)
         if not call.rows_host:

@@ -44,7 +44,23 @@ class GenerationState:
     last_computed: list[bool] = field(default_factory=list)  # per group
     latent_grid: tuple[int, ...] | None = None  # the latent's token grid (any number of axes)
     judged: bool = True  # False: a sampler SADA cannot judge (every call computed)
+    streams: int = 1  # call streams per step (their rows side by side)
     _members: list[list[int]] | None = None
+    _indices: dict = field(default_factory=dict)  # row lists -> device index tensors
+
+    def index(self, rows: list[int]) -> torch.Tensor:
+        """``rows`` as a long tensor on the state's device, made once per generation.
+
+        Why: building it from a host list every call is a host-to-device copy per call (and
+        on a GPU one that can wait for the network); a generation sees few distinct row sets.
+        """
+        key = tuple(rows)
+        hit = self._indices.get(key)
+        if hit is None:
+            if len(self._indices) >= 256:
+                self._indices.clear()
+            hit = self._indices[key] = torch.tensor(key, dtype=torch.long, device=self.groups.device)
+        return hit
 
     @property
     def batch_size(self) -> int:
@@ -99,14 +115,17 @@ class GenerationState:
         device = values.device
         view = [1, b] + [1] * (values.dim() - 1)
         if roll:
-            mask = torch.zeros(b, dtype=torch.bool, device=device)
-            mask[torch.tensor(roll, device=device)] = True
             rolled = torch.cat([values.unsqueeze(0), self.values[:-1]], dim=0)
             rolled_t = torch.cat([tau.reshape(1, 1).expand(1, b), self.value_times[:-1]], dim=0)
-            self.values = torch.where(mask.reshape(view), rolled, self.values)
-            self.value_times = torch.where(mask.reshape(1, b), rolled_t, self.value_times)
+            if len(roll) == b:
+                self.values, self.value_times = rolled, rolled_t
+            else:
+                mask = torch.zeros(b, dtype=torch.bool, device=device)
+                mask[self.index(roll)] = True
+                self.values = torch.where(mask.reshape(view), rolled, self.values)
+                self.value_times = torch.where(mask.reshape(1, b), rolled_t, self.value_times)
         if replace:
-            idx = torch.tensor(replace, device=device)
+            idx = self.index(replace)
             self.values[0, idx] = values[idx]
         for r in roll:
             self.value_counts[r] = min(self.value_counts[r] + 1, self.history_len)

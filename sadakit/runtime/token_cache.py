@@ -24,10 +24,13 @@ BlockAccount = Callable[[str, int, int, int, "float | None"], None]
 class TokenCache:
     """Residual caches and the current call's token plan, for every eligible block."""
 
-    def __init__(self, blocks: list[TokenBlockSpec], keep_residuals: bool, account: BlockAccount,
-                 block_flops: Callable[[str], "float | None"]) -> None:
+    def __init__(self, blocks: list[TokenBlockSpec], keep_residuals: bool, highest_only: bool,
+                 account: BlockAccount, block_flops: Callable[[str], "float | None"]) -> None:
         self.layouts = {b.name: b.layout for b in blocks}
         self.keep_residuals = keep_residuals
+        #: ``token_resolutions="highest"``: only the blocks with the most tokens are ever pruned,
+        #: so only theirs need a residual cache
+        self.highest_only = highest_only
         self._account = account
         self._block_flops = block_flops
         self.caches: dict[str, torch.Tensor] = {}
@@ -45,10 +48,11 @@ class TokenCache:
         self.end_call()
         self.latent_grid = None
 
-    def begin_call(self, plan: TokenPlan | None, rows: list[int] | None, device: torch.device) -> None:
+    def begin_call(self, plan: TokenPlan | None, rows: list[int] | None, rows_tensor: torch.Tensor | None) -> None:
+        """The call's token plan and its rows among the step's (None: all of them)."""
         self.plan = plan
         self.rows_host = rows
-        self.rows = None if rows is None else torch.tensor(rows, dtype=torch.long, device=device)
+        self.rows = rows_tensor
         self.used = False
 
     def end_call(self) -> None:
@@ -109,9 +113,21 @@ class TokenCache:
         """A full block forward: its token count, and the residuals for later partial calls."""
         n = hidden.shape[1]
         self.block_tokens[name] = n
-        if self.keep_residuals:
+        if self.keep_residuals and self._prunable(name, n):
             self._store(name, (out - hidden).detach())
         self._account(name, n, n, hidden.shape[0], None)
+
+    def _prunable(self, name: str, n: int) -> bool:
+        """Whether block ``name`` can ever run partially under the config (so needs a cache)."""
+        if not self.highest_only:
+            return True
+        most = max(self.block_tokens.values())
+        if n < most:
+            self.caches.pop(name, None)
+            return False
+        for other in [o for o, c in self.block_tokens.items() if c < most and o in self.caches]:
+            del self.caches[other]  # a block with more tokens appeared: the smaller ones are never pruned
+        return True
 
     def _store(self, name: str, residual: torch.Tensor) -> None:
         """Keep each computed row's residual, at its row of the step."""
