@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Commands that load third-party pipelines: run inside :func:`sadakit.quiet.quiet`, so their
 #: known deprecation notices and loading bars do not bury sadakit's own output.
-QUIET_COMMANDS = frozenset({"demo", "generate", "bench"})
+QUIET_COMMANDS = frozenset({"demo", "generate", "bench", "info"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ _BUILTIN_PLUGINS = (
     "sadakit.plugins.image.flux",
     "sadakit.plugins.controlnet.plugin",
     "sadakit.plugins.audio.musicldm",
-    "sadakit.plugins.video.wan",
+    "sadakit.plugins.video.wan:plugin",
 )
 
 _manager: pluggy.PluginManager | None = None
@@ -38,13 +38,20 @@ def plugin_manager() -> pluggy.PluginManager:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         for name in _BUILTIN_PLUGINS:
-            _register_or_warn(pm, name, lambda name=name: importlib.import_module(name), "built-in plugin")
+            _register_or_warn(pm, name, lambda name=name: _import_plugin(name), "built-in plugin")
         for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
             if pm.get_plugin(entry_point.name) is None and not pm.is_blocked(entry_point.name):
                 _register_or_warn(pm, entry_point.name, entry_point.load,
                                   f"plugin from entry point {entry_point.value!r}")
         _manager = pm
     return _manager
+
+
+def _import_plugin(path: str) -> Any:
+    """``"package.module"`` (a module of hook functions) or ``"package.module:object"``."""
+    module_name, _, attribute = path.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
 
 
 def _register_or_warn(pm: pluggy.PluginManager, name: str, load, what: str) -> None:

@@ -141,6 +141,8 @@ def test_a_grid_that_does_not_match_the_blocks_is_reported(wan):
         def sadakit_family(self, pipe):
             return "wan-wrong-grid" if isinstance(pipe, diffusers.WanPipeline) else None
 
+        # the built-in plugin's answers, through its public hook methods
+
         @sadakit.hookimpl
         def sadakit_denoiser(self, pipe):
             # the latent's (F, H, W) grid, not the patchified one the blocks see
@@ -148,11 +150,11 @@ def test_a_grid_that_does_not_match_the_blocks_is_reported(wan):
 
         @sadakit.hookimpl
         def sadakit_parameterization(self, pipe):
-            return wan_plugin.wan_parameterization(pipe)
+            return wan_plugin.plugin.sadakit_parameterization(pipe)
 
         @sadakit.hookimpl
         def sadakit_token_blocks(self, pipe, denoiser):
-            return wan_plugin.wan_token_blocks(denoiser)
+            return wan_plugin.plugin.sadakit_token_blocks(pipe, denoiser)
 
     plugin = WrongGrid()
     sadakit.register_plugin(plugin, name="wrong-grid")
