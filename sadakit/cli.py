@@ -61,8 +61,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                          "a few steps, SADA skips calls of long runs; pass one of them")
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     name = type(pipe).__name__
-    is_audio = hasattr(pipe, "vocoder")
-    check_output_kind(args.out, is_audio, name)
+    kind = _output_kind(pipe)
+    is_audio = kind == "audio"
+    check_output_kind(args.out, kind, name)
     call_kwargs = default_call_kwargs(args.pipeline)  # sizes of the offline pipelines, bundled guidance
     if args.control_image:
         call_kwargs.update(control_image_kwargs(pipe, args.control_image))
@@ -74,6 +75,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         call_kwargs["height"] = args.height
     if args.width:
         call_kwargs["width"] = args.width
+    if args.num_frames:
+        if kind != "video":
+            raise SystemExit(f"sadakit generate: --num-frames is for video pipelines; {name} makes {kind}")
+        call_kwargs["num_frames"] = args.num_frames
     steps = args.steps or 30
     use_sada = args.accelerate is not False and not args.adasde_file
     if args.adasde_file:
@@ -96,6 +101,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             pipe, args.prompt, steps, args.seed, accelerate=False, out_path=str(out),
             audio_length_in_s=call_kwargs.get("audio_length_in_s"), guidance_scale=call_kwargs.get("guidance_scale"),
         )
+    elif kind == "video":
+        from sadakit.video_io import write_video
+
+        generator = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
+        frames = pipe(prompt=args.prompt, num_inference_steps=steps, generator=generator, output_type="np",
+                      **call_kwargs).frames
+        _refuse_non_finite(frames, name)
+        written, note = write_video(frames[0], out, fps=args.fps)
+        summary = {"output": str(written), "frames": len(frames[0])}
+        if note:
+            summary["note"] = note
     else:
         generator = torch.Generator(device=args.device or "cpu").manual_seed(args.seed)
         images = pipe(prompt=args.prompt, num_inference_steps=steps, generator=generator, output_type="np",
@@ -110,6 +126,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(sadakit.report(pipe))
     print(json.dumps({k: v for k, v in summary.items() if k != "report"}, default=str))
     return 0
+
+
+def _output_kind(pipe) -> str:
+    """What the pipeline makes, from its plugin (a pipeline no plugin claims: image, or audio with a vocoder)."""
+    from sadakit.errors import UnsupportedPipelineError
+    from sadakit.registry import find_plugin
+
+    try:
+        return find_plugin(pipe).output_kind(pipe)
+    except UnsupportedPipelineError:
+        return "audio" if hasattr(pipe, "vocoder") else "image"
 
 
 def _refuse_non_finite(values, pipeline_name: str) -> None:
@@ -189,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate an image or audio clip, optionally accelerated")
     gen.add_argument("--pipeline", required=True,
-                     help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
+                     help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--steps", type=positive_int, default=None, help="default: 30, or the AdaSDE file's NFE")
     gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--height", type=image_side, default=None)
     gen.add_argument("--width", type=image_side, default=None)
+    gen.add_argument("--num-frames", type=positive_int, default=None, help="video pipelines: frames to generate")
+    gen.add_argument("--fps", type=positive_int, default=8, help="video pipelines: frames per second of the file")
     gen.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     gen.add_argument("--device", default=None, help="e.g. cuda; default: where the pipeline loads")
     gen.add_argument("--guidance", type=float, default=None,
@@ -210,12 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--accelerate", dest="accelerate", action="store_true", default=None,
                        help="SADA (the default unless --adasde-file is given)")
     group.add_argument("--no-accelerate", dest="accelerate", action="store_false")
-    gen.add_argument("--out", required=True, type=output_file, help="output file (.png for images, .wav for audio)")
+    gen.add_argument("--out", required=True, type=output_file,
+                     help="output file: .png/.jpg/.webp for images, .mp4/.gif for video, .wav for audio")
     gen.set_defaults(func=_cmd_generate)
 
     bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
     bench.add_argument("--pipeline", required=True,
-                       help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
+                       help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
     bench.add_argument("--prompts", nargs="+", default=None,
                        help="default: 4 of the bundled model's evaluation prompts for bundled:*, else two short prompts")
     bench.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 AUDIO_SUFFIXES = (".wav",)
+VIDEO_SUFFIXES = (".mp4", ".gif")
+SUFFIXES = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES, "video": VIDEO_SUFFIXES}
 
 
 def positive_int(text: str) -> int:
@@ -58,9 +60,9 @@ def existing_file(text: str) -> str:
 def output_file(text: str) -> str:
     """argparse type: an image or WAV file path whose directory exists or can be created, and is writable."""
     path = Path(text)
-    if path.suffix.lower() not in IMAGE_SUFFIXES + AUDIO_SUFFIXES:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} has no output extension; use one of {', '.join(IMAGE_SUFFIXES + AUDIO_SUFFIXES)}")
+    allowed = IMAGE_SUFFIXES + AUDIO_SUFFIXES + VIDEO_SUFFIXES
+    if path.suffix.lower() not in allowed:
+        raise argparse.ArgumentTypeError(f"{text!r} has no output extension; use one of {', '.join(allowed)}")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
     _writable_directory(path.parent, text)
@@ -84,11 +86,10 @@ def _writable_directory(directory: Path, text: str) -> None:
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: {existing} is not a writable directory")
 
 
-def check_output_kind(out: str, is_audio: bool, pipeline_name: str) -> None:
+def check_output_kind(out: str, kind: str, pipeline_name: str) -> None:
     """The output extension fits what the pipeline makes (checked after loading, before generating)."""
-    suffix = Path(out).suffix.lower()
-    wanted = AUDIO_SUFFIXES if is_audio else IMAGE_SUFFIXES
-    if suffix not in wanted:
-        kind = "audio" if is_audio else "images"
-        raise SystemExit(f"sadakit generate: {pipeline_name} makes {kind}; --out must end in {', '.join(wanted)}, "
+    wanted = SUFFIXES[kind]
+    if Path(out).suffix.lower() not in wanted:
+        noun = {"image": "images", "audio": "audio", "video": "videos"}[kind]
+        raise SystemExit(f"sadakit generate: {pipeline_name} makes {noun}; --out must end in {', '.join(wanted)}, "
                          f"got {out!r}")

@@ -25,6 +25,7 @@ At the start of every generation (the first denoiser call, once the call streams
   ``sadakit_parameterization``, then ``sadakit_cfg_groups`` with the batch of one call.
 ``sadakit.remove(pipe)``: ``sadakit_restore``, once.
 ``sadakit.supported_pipelines()`` / ``sadakit info``: ``sadakit_supported_pipelines`` of every plugin.
+``sadakit generate``: ``sadakit_output_kind``, once, before generating.
 
 The value types (``DenoiserSpec``, ``TokenBlockSpec``, ``TokenArg``, ``ControlSpec``) live in
 :mod:`sadakit.spec`; they and the parameterisations (``VPParameterization``,
@@ -108,6 +109,13 @@ def sadakit_control_modules(pipe: Any) -> list["ControlSpec"]:
     """Control branches (ControlNets) called with the step's latent and timestep just before the
     denoiser; a skipped call skips them too, a call computed on some rows runs them on those
     rows. Empty list when the pipeline has none."""
+
+
+@hookspec(firstresult=True)
+def sadakit_output_kind(pipe: Any) -> str:
+    """What the pipeline makes: ``"image"``, ``"video"`` or ``"audio"``; ``sadakit generate``
+    writes PNG, MP4/GIF or WAV accordingly. Default: audio when the pipeline has a vocoder,
+    else image. Asked by the command line only."""
 
 
 @hookspec(firstresult=True)

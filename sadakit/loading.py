@@ -24,6 +24,7 @@ TINY_BUILDERS = {
     "sdxl-controlnet": ("tiny_sdxl_controlnet_pipeline", {}),
     "flux-controlnet": ("tiny_flux_controlnet_pipeline", {}),
     "musicldm": ("tiny_musicldm_pipeline", {}),
+    "wan": ("tiny_wan_pipeline", {}),
 }
 
 
@@ -80,6 +81,8 @@ def default_call_kwargs(name: str) -> dict:
     medium = name.endswith(":medium")
     if family == "musicldm":
         return {"audio_length_in_s": 5.12 if medium else 0.64}
+    if family == "wan":  # 9 frames (the VAE compresses time 4x: 4k + 1), a non-square size
+        return {"height": 64 if medium else 32, "width": 96 if medium else 48, "num_frames": 9}
     side = 256 if medium else 64
     kwargs: dict = {"height": side, "width": side}
     if family.startswith("flux"):

@@ -30,6 +30,8 @@ _BUILTIN_PLUGINS = (
 
 _manager: pluggy.PluginManager | None = None
 
+OUTPUT_KINDS = ("image", "video", "audio")
+
 
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide manager, with built-ins and ``sadakit`` entry points loaded once."""
@@ -157,6 +159,14 @@ class PluginHandle:
                     f"plugin {self.name!r} declares {what}.{field_name}={arg!r} for {type(pipe).__name__}, but "
                     f"{type(module).__name__}.forward takes ({', '.join(accepted)})"
                 )
+
+    def output_kind(self, pipe) -> str:
+        default = "audio" if hasattr(pipe, "vocoder") else "image"
+        kind = self._call("sadakit_output_kind", default=default, pipe=pipe)
+        if kind not in OUTPUT_KINDS:
+            raise PluginContractError(f"plugin {self.name!r} says {type(pipe).__name__} makes {kind!r}; "
+                                      f"allowed: {', '.join(OUTPUT_KINDS)}")
+        return kind
 
     def default_config(self, pipe):
         from .config import SADAConfig

@@ -138,3 +138,25 @@ def test_generate_refuses_an_adasde_file_of_another_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "OtherModelError" in err and "--allow-other-model" in err and not out.exists()
     assert cli.main([*argv, "--allow-other-model"]) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_generate_writes_a_playable_video(tmp_path, capsys, suffix):
+    import imageio.v3 as iio
+
+    out = tmp_path / f"clip{suffix}"
+    assert cli.main(["generate", "--pipeline", "tiny:wan", "--prompt", "a red ball rolling", "--steps", "12",
+                     "--num-frames", "9", "--fps", "6", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["output"] == str(out) and summary["frames"] == 9
+    frames = iio.imread(out, index=None)  # decoded back: every frame, at the generated size
+    assert frames.shape[0] == 9 and frames.shape[1:3] == (32, 48)
+    assert frames.std() > 0  # not a blank clip
+
+
+def test_video_arguments_fit_the_pipeline(tmp_path):
+    with pytest.raises(SystemExit, match="makes videos; --out must end in .mp4, .gif"):
+        cli.main(["generate", "--pipeline", "tiny:wan", "--prompt", "x", "--steps", "2", "--out", str(tmp_path / "a.png")])
+    with pytest.raises(SystemExit, match="--num-frames is for video pipelines"):
+        cli.main(["generate", "--pipeline", "tiny:sd", "--prompt", "x", "--steps", "2", "--num-frames", "9",
+                  "--out", str(tmp_path / "a.png")])

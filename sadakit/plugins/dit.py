@@ -57,6 +57,7 @@ class DiTFamily:
     #: a family that is not flow matching (a VP or EDM DiT) gives its own parameterisation for
     #: the pipeline's current scheduler (raise UnsupportedPipelineError for one it cannot serve)
     parameterization: Callable[[Any], Parameterization] | None = None
+    output_kind: str = "image"  # "image", "video" or "audio": what sadakit generate writes
 
 
 class DiTPlugin:
@@ -123,6 +124,10 @@ class DiTPlugin:
             for name, module in denoiser.named_modules()
             if isinstance(module, family.block_classes)
         ]
+
+    @hookimpl
+    def sadakit_output_kind(self, pipe: Any) -> str:
+        return self._of(pipe).output_kind
 
     @hookimpl
     def sadakit_default_config(self, pipe: Any) -> SADAConfig:

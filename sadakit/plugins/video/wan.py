@@ -41,6 +41,7 @@ WAN = DiTFamily(
     block_classes=(WanTransformerBlock,),
     token_args={"rotary_emb": TokenArg(dim=1), "temb": TokenArg(dim=1)},
     refuse=_second_expert,
+    output_kind="video",
     scheduler_hint="UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True) (the "
                    "pipeline's own) or FlowMatchEulerDiscreteScheduler",
 )
