@@ -55,13 +55,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     import sadakit
     from sadakit.loading import control_image_kwargs, default_call_kwargs, load_pipeline
+    from sadakit.registry import output_kind_of
 
     if args.adasde_file and args.accelerate:
         raise SystemExit("sadakit generate: --adasde-file and --accelerate exclude each other: AdaSDE samples in "
                          "a few steps, SADA skips calls of long runs; pass one of them")
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     name = type(pipe).__name__
-    kind = _output_kind(pipe)
+    kind = output_kind_of(pipe)
     is_audio = kind == "audio"
     check_output_kind(args.out, kind, name)
     call_kwargs = default_call_kwargs(args.pipeline)  # sizes of the offline pipelines, bundled guidance
@@ -126,17 +127,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(sadakit.report(pipe))
     print(json.dumps({k: v for k, v in summary.items() if k != "report"}, default=str))
     return 0
-
-
-def _output_kind(pipe) -> str:
-    """What the pipeline makes, from its plugin (a pipeline no plugin claims: image, or audio with a vocoder)."""
-    from sadakit.errors import UnsupportedPipelineError
-    from sadakit.registry import find_plugin
-
-    try:
-        return find_plugin(pipe).output_kind(pipe)
-    except UnsupportedPipelineError:
-        return "audio" if hasattr(pipe, "vocoder") else "image"
 
 
 def _refuse_non_finite(values, pipeline_name: str) -> None:

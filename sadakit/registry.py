@@ -204,6 +204,23 @@ def supported_pipelines() -> list[str]:
     return sorted(set(names))
 
 
+def output_kind_of(pipe: Any) -> str:
+    """What ``pipe`` makes ("image", "video", "audio"), from its plugin; a pipeline no plugin
+    claims makes audio if it has a vocoder, else images."""
+    try:
+        return find_plugin(pipe).output_kind(pipe)
+    except UnsupportedPipelineError:
+        return "audio" if hasattr(pipe, "vocoder") else "image"
+
+
+def family_of(pipe: Any) -> str | None:
+    """The family name of the plugin that claims ``pipe``, or None."""
+    try:
+        return find_plugin(pipe).family
+    except UnsupportedPipelineError:
+        return None
+
+
 def find_plugin(pipe: Any) -> PluginHandle:
     """The plugin that claims ``pipe``; later-registered plugins are asked first."""
     pm = plugin_manager()

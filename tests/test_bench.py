@@ -348,3 +348,21 @@ def test_cli_shuts_the_process_group_down_after_a_command(tmp_path, monkeypatch)
     monkeypatch.setattr(parser, "parse_args", lambda argv: type("Args", (), {"func": staticmethod(command)})())
     assert cli.main([]) == 0
     assert not dist.is_initialized()
+
+
+def test_bench_on_wan_runs_the_video_caches_each_knob_a_row():
+    from sadakit.loading import default_call_kwargs, load_pipeline
+
+    pipe = load_pipeline("tiny:wan")
+    methods = ["sada", "fewer-steps:0.5", "fbcache:0.2,0.5", "magcache:0.1", "taylorseer:3", "pab:2", "cache-dit:0.3,0.6",
+               "fastercache"]
+    result = run_bench(pipe, prompts=["a red ball rolling"], seeds=[0], steps=8, methods=methods, repeats=1,
+                       call_kwargs=default_call_kwargs("tiny:wan"), progress=False, sweep=False)
+    rows = {r["method"]: r for r in summarize(result)}
+    expected = {"baseline", "sada", "fewer-steps:0.5", "fbcache:0.2", "fbcache:0.5", "magcache:0.1", "taylorseer:3",
+                "pab:2", "cache-dit:0.3", "cache-dit:0.6"}
+    assert set(rows) == expected, result.not_applicable
+    assert "separate calls" in result.not_applicable["fastercache"]
+    for name, row in rows.items():  # per-frame and temporal fidelity for every row
+        assert row["psnr_db"] > 20 and row["temporal_psnr_db"] > 20 and 0.5 < row["ssim"] <= 1, (name, row)
+    assert rows["sada"]["denoiser_forwards"] < rows["baseline"]["denoiser_forwards"] == 16  # both CFG branches counted

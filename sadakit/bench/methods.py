@@ -17,6 +17,10 @@ import sadakit
 
 
 def _family(pipe: Any) -> str:
+    from ..registry import family_of
+
+    if family_of(pipe) == "wan":
+        return "wan"
     name = type(pipe).__name__
     if "ControlNet" in name:
         return "flux-controlnet" if "Flux" in name else "unet-controlnet"
@@ -217,9 +221,13 @@ class DiffusersCache(Method):
         if denoiser is None or not hasattr(denoiser, "enable_cache"):
             denoiser_kind = "a UNet" if hasattr(pipe, "unet") else "no transformer"
             return f"diffusers' cache hooks need a CacheMixin transformer; {type(pipe).__name__} has {denoiser_kind}"
-        if _family(pipe) not in ("flux", "flux-controlnet"):
-            return (f"the bench configures diffusers' caches for Flux-style DiTs (timestep callback, tensor "
+        family = _family(pipe)
+        if family not in ("flux", "flux-controlnet", "wan"):
+            return (f"the bench configures diffusers' caches for Flux and Wan DiTs (timestep callback, tensor "
                     f"layout); {type(pipe).__name__} is not one")
+        if family == "wan" and self.name == "fastercache":
+            return ("the bench sets FasterCache up for guidance-distilled Flux (one branch per call); Wan's CFG "
+                    "branches are separate calls, which FasterCache's guidance reuse does not model")
         if self.name in self.NEEDS_CACHE_CONTEXT and not _sets_cache_context(pipe):
             import diffusers
 
@@ -252,6 +260,8 @@ class DiffusersCache(Method):
             call_pipeline_quietly(pipe, kwargs)
         finally:
             pipe.transformer.disable_cache()
+        if len(ratios) == 2 * steps:  # CFG as two calls per step (cond, uncond): one ratio per step, the cond call's
+            ratios = ratios[0::2]
         if len(ratios) != steps:
             raise RuntimeError(f"MagCache calibration recorded {len(ratios)} ratios for {steps} steps")
         self._state.update(steps=steps, ratios=ratios)
@@ -348,8 +358,8 @@ class CacheDiT(Method):
             # baseline on tiny:flux-controlnet, 18 dB / SSIM 0.60 at 0.6 on the medium one
             return ("cache-dit's patched Flux forward does not reproduce FluxControlNetPipeline: even with "
                     "nothing cached its output departs from the baseline (21 dB PSNR), so its numbers would mislead")
-        if _family(pipe) != "flux":
-            return f"the bench sets cache-dit up for Flux transformers; {type(pipe).__name__} has none"
+        if _family(pipe) not in ("flux", "wan"):
+            return f"the bench sets cache-dit up for Flux and Wan transformers; {type(pipe).__name__} has neither"
         return _missing("cache_dit")
 
     def apply(self, pipe: Any) -> None:

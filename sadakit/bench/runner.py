@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..registry import output_kind_of
+
 from .methods import Method, expand_specs, parse_method
 
 
@@ -67,7 +69,7 @@ class BenchResult:
 
 
 def is_audio(pipe: Any) -> bool:
-    return hasattr(pipe, "vocoder")
+    return output_kind_of(pipe) == "audio"
 
 
 def denoiser_of(pipe: Any) -> torch.nn.Module:
@@ -249,9 +251,12 @@ def _fingerprint_diff(before: tuple, after: tuple) -> str:
 
 def call_pipeline(pipe: Any, kwargs: dict) -> torch.Tensor:
     """Run the pipeline and return its output as a float tensor (images in [0, 1] or waveforms)."""
-    if is_audio(pipe):
+    kind = output_kind_of(pipe)
+    if kind == "audio":
         audios = pipe(**kwargs).audios
         return torch.as_tensor(audios, dtype=torch.float32)
+    if kind == "video":  # (B, F, C, H, W) in [0, 1]
+        return pipe(output_type="pt", **kwargs).frames.float().cpu()
     return pipe(output_type="pt", **kwargs).images.float().cpu()
 
 
@@ -264,6 +269,10 @@ def fidelity(pipe: Any, test: torch.Tensor, reference: torch.Tensor, notices: li
         from ..metrics.audio import audio_fidelity
 
         return audio_fidelity(test, reference, pipeline_sample_rate(pipe))
+    if output_kind_of(pipe) == "video":
+        from ..metrics.video import video_fidelity
+
+        return video_fidelity(test, reference)
     from ..metrics.image import lpips, psnr, ssim
 
     lp = lpips(test, reference)
