@@ -22,6 +22,9 @@ from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
 from ..spec import DenoiserSpec, LatentToGrid, TokenArg, TokenBlockSpec
 
+#: names the call stream of one denoiser call from its bound arguments (see DenoiserSpec.call_stream)
+CallStream = Callable[[dict[str, Any]], "str | None"]
+
 
 def is_flow_scheduler(scheduler: Any) -> bool:
     """Flow-matching schedulers name themselves so, or run a solver on flow sigmas."""
@@ -58,6 +61,16 @@ class DiTFamily:
     #: the pipeline's current scheduler (raise UnsupportedPipelineError for one it cannot serve)
     parameterization: Callable[[Any], Parameterization] | None = None
     output_kind: str = "image"  # "image", "video" or "audio": what sadakit generate writes
+    #: builds :attr:`DenoiserSpec.call_stream` for a pipeline that calls the denoiser once per
+    #: CFG branch without diffusers' ``cache_context`` (e.g. ``lambda pipe:
+    #: StreamsByRepeatedSample("hidden_states")``); called once per ``accelerate``, since such
+    #: namers may keep state
+    call_stream: Callable[[Any], CallStream] | None = None
+    #: why one denoiser call cannot be served, from its bound arguments (a call the pipeline
+    #: makes only under some options, e.g. SD3's skip-layer guidance), or None. Asked at every
+    #: call made outside a cache context, where it raises UnsupportedPipelineError; a
+    #: pipeline-wide refusal belongs in ``refuse``, which is asked before anything changes
+    refuse_call: Callable[[dict[str, Any]], "str | None"] | None = None
 
 
 class DiTPlugin:
@@ -95,6 +108,7 @@ class DiTPlugin:
             latent_to_grid=family.latent_to_grid(pipe),
             output_field="sample",
             unbatched_args=family.unbatched_args,
+            call_stream=_call_stream(family, pipe),
         )
 
     @hookimpl
@@ -141,6 +155,23 @@ class DiTPlugin:
             raise UnsupportedPipelineError(f"{type(pipe).__name__}: {reason}")
 
 
+def _call_stream(family: DiTFamily, pipe: Any) -> CallStream | None:
+    """The family's stream namer, with its per-call refusal in front of it."""
+    streams = family.call_stream(pipe) if family.call_stream is not None else None
+    refuse = family.refuse_call
+    if refuse is None:
+        return streams
+    pipeline = type(pipe).__name__  # the name only: the denoiser spec keeps no reference to the pipeline
+
+    def name(arguments: dict[str, Any]) -> str | None:
+        reason = refuse(arguments)
+        if reason:
+            raise UnsupportedPipelineError(f"{pipeline}: {reason}")
+        return streams(arguments) if streams is not None else None
+
+    return name
+
+
 def patchified_grid(patch_attr: str = "patch_size", channels_dim: int = 1) -> Callable[[Any], LatentToGrid]:
     """A ``latent_to_grid`` for (B, C, *axes) latents patchified by the transformer's patch size
     (an int for every spatial axis, or a tuple per axis): the mean over channels, average-pooled
@@ -165,4 +196,4 @@ def patchified_grid(patch_attr: str = "patch_size", channels_dim: int = 1) -> Ca
     return for_pipe
 
 
-__all__ = ["DiTFamily", "DiTPlugin", "is_flow_scheduler", "patchified_grid"]
+__all__ = ["CallStream", "DiTFamily", "DiTPlugin", "is_flow_scheduler", "patchified_grid"]
