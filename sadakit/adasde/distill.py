@@ -210,9 +210,16 @@ def trajectory_loss(
 
 
 @torch.no_grad()
-def teacher_trajectory(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, factor: int) -> list[torch.Tensor]:
-    """Teacher states at the student's sigmas ``sigmas[1:]`` (mid-point on a refined grid)."""
-    fine = refine_sigmas(sigmas, factor)
+def teacher_trajectory(
+    denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, factor: int, fine: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Teacher states at the student's sigmas ``sigmas[1:]`` (mid-point on a refined grid).
+
+    ``fine`` is that refined grid when the caller built it once (``distill`` does, in float32
+    on the model's device); otherwise it is refined here, in float64 on the host.
+    """
+    if fine is None:
+        fine = refine_sigmas(sigmas, factor)
     states: list[torch.Tensor] = []
     sample_midpoint(lambda x, s: denoiser(x, s).to(torch.float32), x_start.to(torch.float32), fine, states)
     return [states[factor * (n + 1) - 1] for n in range(len(sigmas) - 1)]
@@ -325,8 +332,10 @@ def distill(
     main = rank == 0
     local_bs = shard_sizes(config.batch_size, world)[rank]
 
+    # the grid is a host table (float64 so the teacher's refinement nests exactly); the loop
+    # reads float32 copies on the model's device, built once below
     grid = (
-        sigmas.to(torch.float64)
+        sigmas.detach().cpu().to(torch.float64).clone()
         if sigmas is not None
         else make_sigmas(config.steps, config.sigma_min, config.sigma_max, config.schedule, config.rho)
     )
@@ -360,6 +369,8 @@ def distill(
     raw.requires_grad_(True)
 
     dev = sample_noise(1, torch.Generator().manual_seed(0)).device  # the model's device, as the caller chose it
+    grid_on_dev = grid.to(torch.float32).to(dev)
+    fine_on_dev = refine_sigmas(grid, config.teacher_factor).to(torch.float32).to(dev)
 
     def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
         z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
@@ -367,9 +378,9 @@ def distill(
 
     def evaluate(iteration: int, stream: int, with_grad: bool) -> torch.Tensor:
         x, g = batch(iteration, stream)
-        teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor)
+        teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor, fine_on_dev)
         with torch.set_grad_enabled(with_grad):
-            local = trajectory_loss(denoiser, x, grid, raw, teacher, config, g, feature_loss)
+            local = trajectory_loss(denoiser, x, grid_on_dev, raw, teacher, config, g, feature_loss)
         return local
 
     # loss of the untrained coefficients on a fixed held-out batch, for the log and the report
@@ -409,7 +420,7 @@ def distill(
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
     training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
     meta = attrs.evolve(file_meta, training=training)
-    cf = CoefficientFile(raw.detach().cpu().clone(), grid.clone(), meta)
+    cf = CoefficientFile(raw.detach().cpu().clone(), grid, meta)
     if output is not None and main:
         save_coefficients(output, cf.raw, cf.sigmas, meta)
     return DistillResult(cf, losses, initial_loss, seconds, start_it)

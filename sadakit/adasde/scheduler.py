@@ -44,6 +44,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..core.adasde import GeneratorLike, Plan, solver_plan, squash
+from ..core.parameterization import HostTable
 from .chart import ModelChart, alphas_cumprod_from_config, is_flow_config, scheduler_config
 from .coefficients import (
     CoefficientFile,
@@ -157,6 +158,9 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                     f"sigma_min: file has {self.meta.sigma_min:.4g}, pipeline's schedule starts at {smin_model:.4g}"
                 )
         self.init_noise_sigma = 1.0 if flow_matching else float(self.coefficients.sigmas[0])
+        # the float64 grid stays on the host; a sampling run reads it as float32 on its device
+        self._grid = HostTable(self.coefficients.sigmas)
+        self._sigma_end = float(self.coefficients.sigmas[-1])
         self.num_inference_steps: int | None = None
         self.timesteps = torch.empty(0)
         self.sigmas = torch.empty(0)
@@ -296,7 +300,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         # gives it exactly, with the very code that will run the real sample.
         requests: list[float] = []
         dry = solver_plan(
-            torch.zeros(1, device=device), self.coefficients.sigmas, coeffs, meta.solver,
+            torch.zeros(1, device=device), self._grid.on(device), coeffs, meta.solver,
             torch.Generator(device=device).manual_seed(0), meta.analytic_first_step,
         )
         try:
@@ -308,7 +312,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
             pass
         self._calls = [_Call(s, self.chart.timestep(s)) for s in requests]
         self.timesteps = torch.tensor([c.timestep for c in self._calls], dtype=torch.float32, device=device)
-        self.sigmas = torch.tensor(requests + [float(self.coefficients.sigmas[-1])], dtype=torch.float32, device=device)
+        self.sigmas = torch.tensor(requests + [self._sigma_end], dtype=torch.float32, device=device)
         self.num_inference_steps = len(self._calls)
         self._coeffs_cache = (device, coeffs)
         self._step_index = None
@@ -367,7 +371,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         if self.config.flow_matching:
             x = x * (1.0 + self._calls[0].sigma)  # the model reads the latents as x_flow at the first sigma
         plan = solver_plan(
-            x, self.coefficients.sigmas, coeffs, self.meta.solver, generator, self.meta.analytic_first_step
+            x, self._grid.on(x.device), coeffs, self.meta.solver, generator, self.meta.analytic_first_step
         )
         xr, sr = next(plan)
         return plan, xr, sr
@@ -422,7 +426,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
         except StopIteration as stop:
             final = stop.value
             self._plan, self._pending = None, None
-            sigma_end = float(self.coefficients.sigmas[-1])
+            sigma_end = self._sigma_end
             # the last state sits at sigma_min > 0: hand it back in the model's own chart, as
             # VP-state schedulers (DDIM, DPM-Solver, UniPC) do and as the latents decoder expects
             scale = (1.0 + sigma_end) if self.config.flow_matching else math.sqrt(1.0 + sigma_end**2)

@@ -160,7 +160,7 @@ def refine_sigmas(sigmas: torch.Tensor, factor: int, rho: float = 7.0) -> torch.
     """
     if factor < 1:
         raise ValueError(f"factor={factor} must be >= 1")
-    s = sigmas.to(torch.float64)
+    s = sigmas.detach().cpu().to(torch.float64)  # a host-side table: float64 never on a device
     w = s ** (1.0 / rho)
     u = torch.arange(factor, dtype=torch.float64) / factor
     parts = [(w[i] + u * (w[i + 1] - w[i])) ** rho for i in range(len(s) - 1)]
@@ -315,14 +315,15 @@ def solver_plan(
 
     ``x`` is the VE starting state (``sigma_max * z``); ``sigmas`` has ``steps + 1`` entries.
     ``trajectory`` (if given) receives the state after every step (for per-step losses).
-    State is float32; the caller casts back.
+    State is float32; the caller casts back. A float64 host grid is converted on the host, then
+    moved (pass a float32 grid already on ``x.device`` to save the copy, as distillation does).
     """
     steps = len(sigmas) - 1
     if len(coeffs) != steps:
         raise ValueError(f"got {len(coeffs)} step coefficients for a grid of {steps} steps")
     if solver not in BASE_SOLVERS:
         raise ValueError(f"solver={solver!r} is not known; allowed: {', '.join(BASE_SOLVERS)}")
-    s = sigmas.to(device=x.device, dtype=torch.float32)
+    s = sigmas.to(torch.float32).to(x.device)
     x = x.to(torch.float32)
     for n in range(steps):
         afs = analytic_first_step and n == 0
@@ -450,7 +451,7 @@ def sample_midpoint(
 
     Two calls per step, float32 state; ``trajectory`` receives the state after every step.
     """
-    s = sigmas.to(device=x.device, dtype=torch.float32)
+    s = sigmas.to(torch.float32).to(x.device)
     f = _f32_denoiser(denoiser, x.dtype)
     x = x.to(torch.float32)
     zero = torch.zeros((), device=x.device)

@@ -14,6 +14,8 @@ kept for AdaSDE and for tests; every function avoids the divisions that blow up 
 of a schedule (alphas_cumprod -> 0, t -> 1, t -> 0).
 
 Every per-call coefficient is computed in float32 on the input's device; callers cast back.
+Schedule tables are computed in float64 on the CPU once and reach a device only as float32
+(:class:`HostTable`): Apple's MPS has no float64 and consumer GPUs run it many times slower.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 _TINY = 1e-12
@@ -84,10 +87,54 @@ def flow_drift(x_flow: torch.Tensor, x0: torch.Tensor, tau: torch.Tensor) -> tor
 
 
 def vp_log_sigma(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The VE ``log sigma`` of every DDPM step, float64: the one table SADA's VP
-    parameterisation and AdaSDE's model chart both interpolate (finite even at ab = 0)."""
-    ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clamp(1e-20, 1.0)
+    """The VE ``log sigma`` of every DDPM step, float64 on the CPU: the one table SADA's VP
+    parameterisation and AdaSDE's model chart both interpolate (finite even at ab = 0).
+
+    The schedule is read to the host first (img2img pipelines move ``alphas_cumprod`` to the
+    sample's device), so the float64 math never runs on a device.
+    """
+    ab = torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64).clamp(1e-20, 1.0)
     return 0.5 * torch.log((1.0 - ab).clamp_min(1e-30) / ab)
+
+
+class HostTable:
+    """A table computed in float64 on the CPU, handed to each device as float32 (cached).
+
+    The float64 values stay on the host; a device receives one float32 copy, converted on the
+    host before the transfer, so no float64 tensor is ever created on it.
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.float64 = values.detach().cpu().to(torch.float64)
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def on(self, device: torch.device | str) -> torch.Tensor:
+        device = torch.device(device)
+        table = self._on.get(device)
+        if table is None:
+            table = self._on[device] = self.float64.to(torch.float32).to(device)
+        return table
+
+
+_LOG_SIGMA_TABLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def log_sigma_table(alphas_cumprod: torch.Tensor) -> HostTable:
+    """:func:`vp_log_sigma` as a :class:`HostTable`, kept as long as the ``alphas_cumprod`` tensor lives.
+
+    SADA builds its parameterisation at every generation from the scheduler's own tensor; keyed
+    on that tensor (and its version, so an in-place change is seen), the float64 table is
+    computed once and its device copies are reused, without reading the schedule back from a
+    device at every generation.
+    """
+    ab = torch.as_tensor(alphas_cumprod)
+    version = -1 if ab.is_inference() else ab._version  # inference tensors keep no version counter
+    cached = _LOG_SIGMA_TABLES.get(ab)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    table = HostTable(vp_log_sigma(ab))
+    _LOG_SIGMA_TABLES[ab] = (version, table)
+    return table
 
 
 @dataclass(frozen=True)
@@ -130,7 +177,13 @@ class Parameterization(abc.ABC):
 
 
 def _as_time(timestep: torch.Tensor | float, device: torch.device) -> torch.Tensor:
-    """First element of a (possibly batched) timestep as a float32 device scalar; no host read."""
+    """First element of a (possibly batched) timestep as a float32 device scalar; no host read.
+
+    A host value (Python or numpy float) becomes float32 before it reaches the device: numpy's
+    float64 would otherwise become a float64 device tensor.
+    """
+    if not torch.is_tensor(timestep):
+        timestep = torch.as_tensor(timestep, dtype=torch.float32)
     t = torch.as_tensor(timestep, device=device)
     return t.reshape(-1)[0].to(torch.float32)
 
@@ -157,13 +210,11 @@ class VPParameterization(Parameterization):
             )
         self.prediction_type = prediction_type
         self.continuous_log_sigma = continuous_log_sigma
-        self._log_sigma = vp_log_sigma(alphas_cumprod)
-        self._cache: dict[torch.device, torch.Tensor] = {}
+        self._table = log_sigma_table(alphas_cumprod)
 
     def _log_sigma_on(self, device: torch.device) -> torch.Tensor:
-        if device not in self._cache:
-            self._cache[device] = self._log_sigma.to(device=device, dtype=torch.float32)
-        return self._cache[device]
+        """The float32 log-sigma table on ``device`` (float64 only on the host, built once)."""
+        return self._table.on(device)
 
     def level(self, timestep: torch.Tensor | float, device: torch.device) -> NoiseLevel:
         t = _as_time(timestep, device)
