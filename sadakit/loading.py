@@ -25,6 +25,10 @@ TINY_BUILDERS = {
     "flux-controlnet": ("tiny_flux_controlnet_pipeline", {}),
     "musicldm": ("tiny_musicldm_pipeline", {}),
     "wan": ("tiny_wan_pipeline", {}),
+    "sd3": ("tiny_sd3_pipeline", {}),
+    "chroma": ("tiny_chroma_pipeline", {}),
+    "cogvideox": ("tiny_cogvideox_pipeline", {}),
+    "ltx": ("tiny_ltx_pipeline", {}),
 }
 
 
@@ -83,9 +87,13 @@ def default_call_kwargs(name: str) -> dict:
         return {"audio_length_in_s": 5.12 if medium else 0.64}
     if family == "wan":  # 9 frames (the VAE compresses time 4x: 4k + 1), a non-square size
         return {"height": 64 if medium else 32, "width": 96 if medium else 48, "num_frames": 9}
+    if family == "cogvideox":  # 9 frames of 48 x 64: a 3 x 3 x 4 token grid
+        return {"height": 48, "width": 64, "num_frames": 9}
+    if family == "ltx":  # the VAE compresses 32x in space, 8x in time: 17 frames of 96 x 128
+        return {"height": 96, "width": 128, "num_frames": 17}
     side = 256 if medium else 64
     kwargs: dict = {"height": side, "width": side}
-    if family.startswith("flux"):
+    if family.startswith("flux") or family in ("sd3", "chroma"):
         kwargs["max_sequence_length"] = 32
     if family.endswith("controlnet"):  # a fixed control map (square, stripe, ramp) of the output size
         from .testing.pipelines import control_probe

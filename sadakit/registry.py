@@ -26,6 +26,10 @@ _BUILTIN_PLUGINS = (
     "sadakit.plugins.controlnet.plugin",
     "sadakit.plugins.audio.musicldm",
     "sadakit.plugins.video.wan:plugin",
+    "sadakit.plugins.image.sd3:plugin",
+    "sadakit.plugins.image.chroma:plugin",
+    "sadakit.plugins.video.cogvideox:plugin",
+    "sadakit.plugins.video.ltx:plugin",
 )
 
 _manager: pluggy.PluginManager | None = None

@@ -226,7 +226,10 @@ class VPParameterization(Parameterization):
             lo = t.floor().long()
             hi = (lo + 1).clamp(max=table.numel() - 1)
             w = t - lo.to(t.dtype)
-            log_sigma = table[lo] * (1 - w) + table[hi] * w
+            # index_select with a 1-element index: indexing with a 0-d tensor reads it to the host
+            lo_hi = torch.stack([lo, hi]).reshape(2)
+            pair = table.index_select(0, lo_hi)
+            log_sigma = (pair[0] * (1 - w) + pair[1] * w).reshape(t.shape)
         # a = 1/sqrt(1+sigma^2), s = sigma/sqrt(1+sigma^2), written to stay finite at both ends
         a = torch.sigmoid(-2.0 * log_sigma).sqrt()
         s = torch.sigmoid(2.0 * log_sigma).sqrt()

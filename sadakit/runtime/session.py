@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import SADAConfig
-from ..core.parameterization import flow_drift
+from ..core.parameterization import flow_drift, to_flow
 from ..spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 from .accounting import Accounting
 from .batching import output_tensor, rebuild_output, scatter_rows, select_rows
@@ -366,6 +366,9 @@ class SADASession:
                     if self.state is not None or self.current.denoiser_calls:
                         self.finish_generation()
                     step = self.step = StepCalls(None, timestep=timestep, arguments=arguments)
+                    # this call's one host read: the step's noise level, for recording it later
+                    level = self.plugin.parameterization(self.pipe).level(timestep, x_model.device)
+                    step.tau_host = float(level.tau)
                 if stream not in step.x:
                     first = next(iter(step.x.values()), None)
                     if first is not None and tuple(first.shape) != tuple(x_model.shape):
@@ -420,10 +423,11 @@ class SADASession:
         step = self.step
         names = self.layout.names
         x_all = torch.cat([step.x[n] for n in names])
-        self._start_generation(x_all, step.arguments, fresh=False)
-        plan = self.decide(x_all, step.timestep, step.arguments)
-        if plan.skipped_groups:  # cannot happen: the first call of a generation is always computed
-            raise RuntimeError("sadakit: the first step of a generation was not computed")
+        state = self._start_generation(x_all, step.arguments, fresh=False)
+        # every row computed; the noise level was read at the step's first call, so recording
+        # the step costs no host read of its own
+        lvl = state.parameterization.level(step.timestep, x_all.device)
+        plan = CallPlan(lvl, to_flow(x_all, lvl), list(range(state.num_groups)), [], None, None, step.tau_host)
         self._record_step(plan, x_all, torch.cat([step.out[n] for n in names]))
         self.step = None
 

@@ -38,6 +38,7 @@ class StepCalls:
     out: dict = field(default_factory=dict)
     timestep: Any = None
     arguments: dict | None = None
+    tau_host: float | None = None  # the step's noise level on the host (read once, at its first call)
 
     def next_stream(self, layout: StreamLayout) -> Any:
         """The stream whose call should come next, or a sentinel when none can."""

@@ -15,6 +15,8 @@ from sadakit.testing.pipelines import (
     tiny_sdxl_pipeline,
     tiny_wan_pipeline,
 )
+from sadakit.testing.dit_image_pipelines import tiny_chroma_pipeline, tiny_sd3_pipeline
+from sadakit.testing.video_pipelines import tiny_cogvideox_pipeline, tiny_ltx_pipeline
 from sadakit.testing.tokenizers import clip_tokenizer, roberta_tokenizer, t5_tokenizer
 
 __all__ = [
@@ -23,12 +25,16 @@ __all__ = [
     "clip_tokenizer",
     "roberta_tokenizer",
     "t5_tokenizer",
+    "tiny_chroma_pipeline",
+    "tiny_cogvideox_pipeline",
     "tiny_flux_controlnet_pipeline",
     "tiny_flux_pipeline",
+    "tiny_ltx_pipeline",
     "tiny_musicldm_pipeline",
     "tiny_sd_controlnet_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_controlnet_pipeline",
+    "tiny_sd3_pipeline",
     "tiny_sdxl_pipeline",
     "tiny_wan_pipeline",
 ]
