@@ -1,0 +1,150 @@
+"""SADA on HunyuanVideo text-to-video (tiny, random weights), through the public plugin contract:
+flow matching fed 1000 * sigma, embedded (distilled) guidance, optional true CFG as two calls in
+cache contexts, a (B, C, F, H, W) latent patchified 1 x 2 x 2; step skipping only (the blocks'
+[video, text] attention mask cannot be sliced by the contract, so no token blocks)."""
+
+import diffusers
+import pytest
+import torch
+
+import sadakit
+from sadakit.errors import UnsupportedPipelineError
+from sadakit.plugins.video import hunyuan_video
+from sadakit.registry import plugin_manager
+from sadakit.testing.video_pipelines_2 import HUNYUAN_PROMPT_TEMPLATE, tiny_hunyuan_video_pipeline
+
+PLUGIN_NAME = "sadakit.plugins.video.hunyuan_video:plugin"
+FRAMES, HEIGHT, WIDTH = 9, 48, 64  # latent 3 x 6 x 8, token grid 3 x 3 x 4 (non-square)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hunyuan_plugin():
+    """The built-in plugin until the registry lists it: registered here only if missing."""
+    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
+    if registered:
+        sadakit.register_plugin(hunyuan_video.plugin, name=PLUGIN_NAME)
+    yield
+    if registered:
+        sadakit.unregister_plugin(name=PLUGIN_NAME)
+
+
+@pytest.fixture(scope="module")
+def hv_pipe():
+    return tiny_hunyuan_video_pipeline()
+
+
+@pytest.fixture
+def pipe(hv_pipe):
+    sadakit.remove(hv_pipe)
+    scheduler = hv_pipe.scheduler
+    yield hv_pipe
+    sadakit.remove(hv_pipe)
+    hv_pipe.scheduler = scheduler
+
+
+def run(pipe, steps=30, seed=0, true_cfg_scale=3.0, batch=1):
+    return pipe(prompt=["a red ball rolling"] * batch, negative_prompt=["blurry"] * batch, true_cfg_scale=true_cfg_scale,
+                guidance_scale=6.0, num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_inference_steps=steps,
+                max_sequence_length=16, prompt_template=HUNYUAN_PROMPT_TEMPLATE,
+                generator=torch.Generator().manual_seed(seed), output_type="latent").frames
+
+
+class Forwards:
+    """Real transformer forwards (the patch embedding runs once per computed call)."""
+
+    def __init__(self, pipe):
+        self.count = 0
+        self._handle = pipe.transformer.x_embedder.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.count += 1
+
+    def close(self):
+        self._handle.remove()
+
+
+def psnr(a, b):
+    mse = torch.mean((a - b) ** 2).item()
+    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_hunyuan_video_skips_calls_with_true_cfg_and_remove_restores(pipe, batch):
+    base = run(pipe, batch=batch)
+    forwards = Forwards(pipe)
+    try:
+        sadakit.accelerate(pipe)
+        out = run(pipe, batch=batch)
+    finally:
+        forwards.close()
+    rep = sadakit.report(pipe)
+    assert rep.family == "hunyuan_video" and sorted(rep.streams) == ["cond", "uncond"]
+    assert rep.denoiser_calls == 60 and rep.batch_size == 2 * batch  # two calls per step (cond, uncond)
+    assert rep.network_calls == forwards.count < 60, rep.decisions
+    assert rep.skipped_calls == 60 - forwards.count
+    assert rep.partial_calls == 0 and "token sparsity inactive: the plugin names no eligible block" in rep.notes
+    assert torch.isfinite(out).all() and psnr(out, base) > 30, psnr(out, base)
+    sadakit.remove(pipe)
+    assert torch.equal(run(pipe, batch=batch), base)
+
+
+def test_hunyuan_video_distilled_guidance_one_call_per_step(pipe):
+    base = run(pipe, true_cfg_scale=1.0)
+    forwards = Forwards(pipe)
+    try:
+        sadakit.accelerate(pipe)
+        out = run(pipe, true_cfg_scale=1.0)
+    finally:
+        forwards.close()
+    rep = sadakit.report(pipe)
+    assert rep.denoiser_calls == 30 and rep.batch_size == 1
+    assert rep.network_calls == forwards.count < 30, rep.decisions
+    assert rep.skipped_calls == 30 - forwards.count
+    assert torch.isfinite(out).all() and psnr(out, base) > 30, psnr(out, base)
+    sadakit.remove(pipe)
+    assert torch.equal(run(pipe, true_cfg_scale=1.0), base)
+
+
+def test_no_token_blocks_are_declared(pipe):
+    assert hunyuan_video.plugin.sadakit_token_blocks(pipe, pipe.transformer) == []
+    assert hunyuan_video.plugin.sadakit_output_kind(pipe) == "video"
+
+
+def test_the_token_grid_is_the_patch_grid(pipe):
+    to_grid = hunyuan_video.hunyuan_video_grid(pipe)
+    latent = torch.zeros(1, 8, 3, 6, 8)
+    latent[0, 2, 1, 5, 6] = 1.0  # frame 1, patch row 2, patch column 3
+    grid = to_grid(latent, {})
+    assert grid.shape == (1, 3, 3, 4)
+    assert grid.flatten().nonzero().flatten().tolist() == [1 * 12 + 2 * 4 + 3]
+
+
+def test_hunyuan_video_flow_time_is_the_schedulers_sigma(pipe):
+    sched = pipe.scheduler
+    sched.set_timesteps(30)
+    param = hunyuan_video.plugin.sadakit_parameterization(pipe)
+    for t, sigma in zip(sched.timesteps, sched.sigmas):
+        tau = param.level(t.expand(2), torch.device("cpu")).tau
+        torch.testing.assert_close(tau.expand(2), sigma.expand(2).float())
+
+
+def test_a_vp_scheduler_is_refused_before_anything_changes(pipe):
+    pipe.scheduler = diffusers.DDIMScheduler()
+    with pytest.raises(UnsupportedPipelineError, match="not a flow-matching scheduler"):
+        sadakit.accelerate(pipe)
+    assert not sadakit.is_accelerated(pipe)
+
+
+def test_an_image_conditioned_transformer_is_refused(pipe):
+    class Config:
+        image_condition_type = "token_replace"
+
+    class Fake:
+        transformer = type("T", (), {"config": Config()})()
+
+    assert "image-conditioned" in hunyuan_video._image_conditioned(Fake())
+    assert hunyuan_video._image_conditioned(pipe) is None
+
+
+def test_registered_as_a_supported_pipeline():
+    assert "HunyuanVideoPipeline" in sadakit.supported_pipelines()
