@@ -1,0 +1,132 @@
+"""SADA on Qwen-Image text-to-image (tiny, random weights), through the public plugin contract:
+flow matching, packed latents on the img_shapes grid, true CFG as two cache-context streams.
+
+No tiny Qwen2.5-VL text encoder is built: the pipeline runs with ``text_encoder=None`` and
+``prompt_embeds`` / ``prompt_embeds_mask`` passed directly. Real forwards are counted with a
+pre-hook on the transformer's first projection (``img_in``).
+"""
+
+import diffusers
+import pytest
+import torch
+
+import sadakit
+from sadakit.errors import UnsupportedPipelineError
+from sadakit.plugins.image import qwen_image
+from sadakit.registry import plugin_manager
+from sadakit.testing.dit_pipelines_2 import qwen_image_text, tiny_qwen_image_pipeline
+
+PLUGIN_NAME = "sadakit.plugins.image.qwen_image:plugin"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def qwen_image_plugin():
+    """The built-in plugin until the registry lists it: registered here only if missing."""
+    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
+    if registered:
+        sadakit.register_plugin(qwen_image.plugin, name=PLUGIN_NAME)
+    yield
+    if registered:
+        sadakit.unregister_plugin(name=PLUGIN_NAME)
+
+
+@pytest.fixture(scope="module")
+def qwen_pipe():
+    return tiny_qwen_image_pipeline()
+
+
+@pytest.fixture
+def qwen(qwen_pipe):
+    sadakit.remove(qwen_pipe)
+    scheduler = qwen_pipe.scheduler
+    yield qwen_pipe
+    sadakit.remove(qwen_pipe)
+    qwen_pipe.scheduler = scheduler
+
+
+def run(pipe, steps=30, seed=0, cfg=True, batch=1, height=64, width=96):
+    embeds, mask = qwen_image_text(batch, seed=10, pad=2)
+    kw = {}
+    if cfg:
+        neg, neg_mask = qwen_image_text(batch, seed=11)
+        kw = dict(negative_prompt_embeds=neg, negative_prompt_embeds_mask=neg_mask, true_cfg_scale=4.0)
+    return pipe(prompt_embeds=embeds, prompt_embeds_mask=mask, height=height, width=width,
+                num_inference_steps=steps, output_type="pt", generator=torch.Generator().manual_seed(seed),
+                **kw).images
+
+
+class Forwards:
+    """Real transformer forwards: the first projection runs once per computed call."""
+
+    def __init__(self, pipe):
+        self.count = 0
+        self._handle = pipe.transformer.img_in.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.count += 1
+
+    def close(self):
+        self._handle.remove()
+
+
+def psnr(a, b):
+    mse = torch.mean((a - b) ** 2).item()
+    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_qwen_image_skips_calls_with_true_cfg_and_remove_restores(qwen, batch):
+    base = run(qwen, batch=batch)
+    other_seed = run(qwen, seed=1, batch=batch)
+    forwards = Forwards(qwen)
+    try:
+        sadakit.accelerate(qwen)
+        out = run(qwen, batch=batch)
+    finally:
+        forwards.close()
+    rep = sadakit.report(qwen)
+    assert rep.family == "qwen-image" and rep.streams == ["cond", "uncond"]
+    assert rep.denoiser_calls == 60 and rep.batch_size == 2 * batch  # the rows of both streams
+    assert rep.network_calls == forwards.count < 60, rep.decisions
+    assert rep.skipped_calls == 60 - forwards.count
+    assert out.shape == base.shape == (batch, 3, 64, 96) and torch.isfinite(out).all()
+    close, apart = psnr(out, base), psnr(other_seed, base)
+    assert close > 30 and close > apart + 10, (close, apart)
+    sadakit.remove(qwen)
+    assert torch.equal(run(qwen, batch=batch), base)
+
+
+def test_qwen_image_without_cfg_is_one_stream(qwen):
+    sadakit.accelerate(qwen)
+    out = run(qwen, cfg=False)
+    rep = sadakit.report(qwen)
+    assert rep.denoiser_calls == 30 and rep.skipped_calls > 0 and rep.streams in ([], ["cond"])
+    assert torch.isfinite(out).all()
+
+
+def test_the_token_grid_is_img_shapes_row_major():
+    m = torch.arange(2 * 24 * 64, dtype=torch.float32).reshape(2, 24, 64)
+    grid = qwen_image.qwen_image_grid(m, {"img_shapes": [[(1, 4, 6)]] * 2})
+    assert grid.shape == (2, 4, 6)
+    torch.testing.assert_close(grid[1, 2, 3], m[1, 2 * 6 + 3].mean())
+    with pytest.raises(UnsupportedPipelineError, match="img_shapes"):
+        qwen_image.qwen_image_grid(m, {})
+
+
+def test_no_token_blocks_are_declared(qwen):
+    assert qwen_image.plugin.sadakit_token_blocks(qwen, qwen.transformer) == []
+
+
+def test_a_non_flow_scheduler_is_refused_before_anything_changes(qwen):
+    qwen.scheduler = diffusers.DDIMScheduler()
+    with pytest.raises(UnsupportedPipelineError, match="not a flow-matching scheduler"):
+        sadakit.accelerate(qwen)
+    assert not sadakit.is_accelerated(qwen)
+
+
+def test_edit_pipelines_are_left_unclaimed(qwen):
+    img2img = diffusers.QwenImageImg2ImgPipeline(scheduler=qwen.scheduler, vae=qwen.vae, text_encoder=None,
+                                                 tokenizer=None, transformer=qwen.transformer)
+    with pytest.raises(UnsupportedPipelineError, match="No sadakit plugin handles"):
+        sadakit.accelerate(img2img)
+    assert "QwenImagePipeline" in qwen_image.plugin.sadakit_supported_pipelines()

@@ -1,0 +1,153 @@
+"""SADA on Stable Audio Open (tiny, random weights), through the public plugin contract:
+v-prediction on the cosine scheduler's EDM-style sigma schedule (the transformer fed
+atan(sigma) * 2 / pi), CFG batched into one call, (B, C, T) latents on a 1-D time grid.
+
+Real forwards are counted with a pre-hook on the transformer's first projection
+(``preprocess_conv``), never from sadakit's report alone.
+"""
+
+import diffusers
+import pytest
+import torch
+
+import sadakit
+from sadakit.errors import UnsupportedPipelineError
+from sadakit.plugins.audio import stable_audio
+from sadakit.registry import plugin_manager
+from sadakit.testing.dit_pipelines_2 import cosine_dpm_solver, tiny_stable_audio_pipeline
+
+PLUGIN_NAME = "sadakit.plugins.audio.stable_audio:plugin"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stable_audio_plugin():
+    """The built-in plugin until the registry lists it: registered here only if missing."""
+    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
+    if registered:
+        sadakit.register_plugin(stable_audio.plugin, name=PLUGIN_NAME)
+    yield
+    if registered:
+        sadakit.unregister_plugin(name=PLUGIN_NAME)
+
+
+@pytest.fixture(scope="module")
+def sa_pipe():
+    return tiny_stable_audio_pipeline()
+
+
+@pytest.fixture
+def sa(sa_pipe):
+    sadakit.remove(sa_pipe)
+    scheduler = sa_pipe.scheduler
+    yield sa_pipe
+    sadakit.remove(sa_pipe)
+    sa_pipe.scheduler = scheduler
+
+
+def run(pipe, steps=30, seed=0, guidance_scale=7.0, batch=1, output_type="pt"):
+    return pipe(prompt=["a drum loop"] * batch, negative_prompt=["noise"] * batch, audio_end_in_s=1.0,
+                num_inference_steps=steps, guidance_scale=guidance_scale, output_type=output_type,
+                generator=torch.Generator().manual_seed(seed)).audios
+
+
+class Forwards:
+    """Real transformer forwards: the first projection runs once per computed call."""
+
+    def __init__(self, pipe):
+        self.count, self.rows = 0, 0
+        self._handle = pipe.transformer.preprocess_conv.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.count += 1
+        self.rows += args[0].shape[0]
+
+    def close(self):
+        self._handle.remove()
+
+
+def psnr(a, b):
+    mse = torch.mean((a - b) ** 2).item()
+    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_stable_audio_skips_calls_with_batched_cfg_and_remove_restores(sa, batch):
+    base = run(sa, batch=batch)
+    other_seed = run(sa, seed=1, batch=batch)
+    forwards = Forwards(sa)
+    try:
+        sadakit.accelerate(sa)
+        out = run(sa, batch=batch)
+    finally:
+        forwards.close()
+    rep = sadakit.report(sa)
+    assert rep.family == "stable-audio"
+    assert rep.denoiser_calls == 30 and rep.batch_size == 2 * batch  # [uncond..., cond...] in one call
+    assert rep.network_calls == forwards.count < 30, rep.decisions
+    assert rep.skipped_calls == 30 - forwards.count
+    # rows really run = rows not skipped (two prompts may skip apart: calls on some rows only,
+    # the rotary table left whole)
+    assert forwards.rows == 30 * 2 * batch - sum(rep.per_sample_skipped)
+    assert rep.per_sample_skipped[:batch] == rep.per_sample_skipped[batch:]  # CFG halves decide together
+    assert out.shape == base.shape == (batch, 2, 128) and torch.isfinite(out).all()
+    # the solver is stochastic (SDE DPM-Solver++): a skipped call's extrapolated x0 meets fresh
+    # step noise, so the tiny model's waveform stays close but not as close as an ODE's
+    close, apart = psnr(out, base), psnr(other_seed, base)
+    assert close > 22 and close > apart + 8, (close, apart)
+    sadakit.remove(sa)
+    assert torch.equal(run(sa, batch=batch), base)
+
+
+def test_stable_audio_without_cfg(sa):
+    sadakit.accelerate(sa)
+    out = run(sa, guidance_scale=1.0)
+    rep = sadakit.report(sa)
+    assert rep.denoiser_calls == 30 and rep.batch_size == 1 and rep.skipped_calls > 0
+    assert torch.isfinite(out).all()
+
+
+def test_parameterization_is_the_schedulers_own_x0_at_every_step():
+    sched = cosine_dpm_solver(sigma_min=0.3, sigma_max=500, sigma_data=1.0, prediction_type="v_prediction")
+    sched.set_timesteps(30)
+    pipe = type("P", (), {"scheduler": sched})()
+    param = stable_audio.stable_audio_parameterization(pipe)
+    x, v = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    for i, t in enumerate(sched.timesteps):
+        sched._step_index = i
+        x_model = sched.scale_model_input(x, t)  # what the transformer is fed: c_in * x
+        lvl = param.level(t.unsqueeze(0), x.device)  # the pipeline passes t.unsqueeze(0)
+        expected = sched.convert_model_output(v, sample=x)  # precondition_outputs(x, v, sigma)
+        torch.testing.assert_close(param.x0_from_output(x_model, v, lvl), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(param.output_from_x0(x_model, expected, lvl), v, rtol=1e-3, atol=1e-3)
+        sigma = sched.sigmas[i].float()
+        torch.testing.assert_close(lvl.tau, sigma / (1 + sigma), rtol=1e-4, atol=1e-6)
+
+
+def test_another_scheduler_is_refused_before_anything_changes(sa):
+    sa.scheduler = diffusers.EDMDPMSolverMultistepScheduler()
+    with pytest.raises(UnsupportedPipelineError, match="CosineDPMSolverMultistepScheduler"):
+        sadakit.accelerate(sa)
+    assert not sadakit.is_accelerated(sa)
+
+
+def test_sample_prediction_is_refused(sa):
+    sa.scheduler = cosine_dpm_solver(prediction_type="sample")
+    with pytest.raises(UnsupportedPipelineError, match="prediction_type='sample'"):
+        sadakit.accelerate(sa)
+    assert not sadakit.is_accelerated(sa)
+
+
+def test_token_sparsity_runs_blocks_in_full(sa):
+    """The blocks see [global token, T latent tokens]: none is declared, every computed call is full."""
+    assert stable_audio.plugin.sadakit_token_blocks(sa, sa.transformer) == []
+    base = run(sa)
+    sadakit.accelerate(sa, sadakit.SADAConfig.criterion_only(skip_steps=False, max_token_fraction=1.0))
+    out = run(sa)
+    rep = sadakit.report(sa)
+    assert rep.partial_calls == 0 and rep.network_calls == 30
+    torch.testing.assert_close(out, base, rtol=1e-4, atol=1e-5)
+
+
+def test_output_kind_is_audio(sa):
+    assert stable_audio.plugin.sadakit_output_kind(sa) == "audio"
+    assert "StableAudioPipeline" in stable_audio.plugin.sadakit_supported_pipelines()
