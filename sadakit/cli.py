@@ -25,7 +25,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     pm = plugin_manager()
     print(f"sadakit {sadakit.__version__}")
-    print("plugins: " + ", ".join(pm.get_name(p) for p in pm.get_plugins()))
+    print("plugins: " + ", ".join(sorted(pm.get_name(p) for p in pm.get_plugins())))
     print("supported pipelines:")
     for name in sadakit.supported_pipelines():
         print(f"  {name}")

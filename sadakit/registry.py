@@ -30,6 +30,10 @@ _BUILTIN_PLUGINS = (
     "sadakit.plugins.image.chroma:plugin",
     "sadakit.plugins.video.cogvideox:plugin",
     "sadakit.plugins.video.ltx:plugin",
+    "sadakit.plugins.video.hunyuan_video:plugin",
+    "sadakit.plugins.video.wan_i2v:plugin",
+    "sadakit.plugins.audio.stable_audio:plugin",
+    "sadakit.plugins.image.qwen_image:plugin",
 )
 
 _manager: pluggy.PluginManager | None = None

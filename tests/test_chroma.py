@@ -13,24 +13,11 @@ import torch
 
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
-from sadakit.plugins.image import chroma as chroma_plugin
-from sadakit.registry import plugin_manager
 from sadakit.testing.dit_image_pipelines import tiny_chroma_pipeline
 
 PLUGIN = "sadakit.plugins.image.chroma:plugin"
 PROMPTS = ["a red square on the left", "a blue circle at the top"]
 TEXT_TOKENS = 16  # max_sequence_length
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    """The plugin, registered here until it is a built-in (then the built-in serves)."""
-    ours = plugin_manager().get_plugin(PLUGIN) is None
-    if ours:
-        sadakit.register_plugin(chroma_plugin.plugin, name=PLUGIN)
-    yield
-    if ours:
-        sadakit.unregister_plugin(name=PLUGIN)
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,11 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import cogvideox
-from sadakit.registry import plugin_manager
 from sadakit.testing.video_pipelines import tiny_cogvideox_pipeline
 
-PLUGIN_NAME = "sadakit.plugins.video.cogvideox:plugin"
 FRAMES, HEIGHT, WIDTH = 9, 48, 64  # latent 3 x 6 x 8 (frames x rows x columns), patches 2 x 2
 GRID_TOKENS = 3 * 3 * 4
 GRID_TOKENS_15 = 2 * 3 * 4  # CogVideoX 1.5 layout: 3 latent frames padded to 4, 2 frames per patch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cogvideox_plugin():
-    """The built-in plugin until the registry lists it: registered here only if missing."""
-    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
-    if registered:
-        sadakit.register_plugin(cogvideox.plugin, name=PLUGIN_NAME)
-    yield
-    if registered:
-        sadakit.unregister_plugin(name=PLUGIN_NAME)
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,9 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import hunyuan_video
-from sadakit.registry import plugin_manager
 from sadakit.testing.video_pipelines_2 import HUNYUAN_PROMPT_TEMPLATE, tiny_hunyuan_video_pipeline
 
-PLUGIN_NAME = "sadakit.plugins.video.hunyuan_video:plugin"
 FRAMES, HEIGHT, WIDTH = 9, 48, 64  # latent 3 x 6 x 8, token grid 3 x 3 x 4 (non-square)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hunyuan_plugin():
-    """The built-in plugin until the registry lists it: registered here only if missing."""
-    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
-    if registered:
-        sadakit.register_plugin(hunyuan_video.plugin, name=PLUGIN_NAME)
-    yield
-    if registered:
-        sadakit.unregister_plugin(name=PLUGIN_NAME)
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,10 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import ltx
-from sadakit.registry import plugin_manager
 from sadakit.testing.video_pipelines import tiny_ltx_pipeline
 
-PLUGIN_NAME = "sadakit.plugins.video.ltx:plugin"
 FRAMES, HEIGHT, WIDTH = 17, 96, 128  # latent 3 x 3 x 4 (the VAE compresses 8x in time, 32x in space)
 GRID_TOKENS = 3 * 3 * 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ltx_plugin():
-    """The built-in plugin until the registry lists it: registered here only if missing."""
-    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
-    if registered:
-        sadakit.register_plugin(ltx.plugin, name=PLUGIN_NAME)
-    yield
-    if registered:
-        sadakit.unregister_plugin(name=PLUGIN_NAME)
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,8 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.image import qwen_image
-from sadakit.registry import plugin_manager
 from sadakit.testing.dit_pipelines_2 import qwen_image_text, tiny_qwen_image_pipeline
 
-PLUGIN_NAME = "sadakit.plugins.image.qwen_image:plugin"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def qwen_image_plugin():
-    """The built-in plugin until the registry lists it: registered here only if missing."""
-    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
-    if registered:
-        sadakit.register_plugin(qwen_image.plugin, name=PLUGIN_NAME)
-    yield
-    if registered:
-        sadakit.unregister_plugin(name=PLUGIN_NAME)
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,11 @@ import torch
 
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
-from sadakit.plugins.image import sd3 as sd3_plugin
-from sadakit.registry import plugin_manager
 from sadakit.testing.dit_image_pipelines import tiny_sd3_pipeline
 
 PLUGIN = "sadakit.plugins.image.sd3:plugin"
 PROMPTS = ["a red square on the left", "a blue circle at the top"]
 TEXT_TOKENS = 77 + 16  # CLIP + T5 (max_sequence_length=16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    """The plugin, registered here until it is a built-in (then the built-in serves)."""
-    ours = plugin_manager().get_plugin(PLUGIN) is None
-    if ours:
-        sadakit.register_plugin(sd3_plugin.plugin, name=PLUGIN)
-    yield
-    if ours:
-        sadakit.unregister_plugin(name=PLUGIN)
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,8 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.audio import stable_audio
-from sadakit.registry import plugin_manager
 from sadakit.testing.dit_pipelines_2 import cosine_dpm_solver, tiny_stable_audio_pipeline
 
-PLUGIN_NAME = "sadakit.plugins.audio.stable_audio:plugin"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def stable_audio_plugin():
-    """The built-in plugin until the registry lists it: registered here only if missing."""
-    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
-    if registered:
-        sadakit.register_plugin(stable_audio.plugin, name=PLUGIN_NAME)
-    yield
-    if registered:
-        sadakit.unregister_plugin(name=PLUGIN_NAME)
 
 
 @pytest.fixture(scope="module")

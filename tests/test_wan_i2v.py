@@ -11,22 +11,9 @@ from PIL import Image
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import wan_i2v
-from sadakit.registry import plugin_manager
 from sadakit.testing.video_pipelines_2 import tiny_wan_i2v_pipeline
 
-PLUGIN_NAME = "sadakit.plugins.video.wan_i2v:plugin"
 FRAMES, HEIGHT, WIDTH = 9, 48, 64  # non-square
-
-
-@pytest.fixture(scope="module", autouse=True)
-def wan_i2v_plugin():
-    """The built-in plugin until the registry lists it: registered here only if missing."""
-    registered = plugin_manager().get_plugin(PLUGIN_NAME) is None
-    if registered:
-        sadakit.register_plugin(wan_i2v.plugin, name=PLUGIN_NAME)
-    yield
-    if registered:
-        sadakit.unregister_plugin(name=PLUGIN_NAME)
 
 
 @pytest.fixture(scope="module")

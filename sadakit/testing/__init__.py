@@ -16,7 +16,9 @@ from sadakit.testing.pipelines import (
     tiny_wan_pipeline,
 )
 from sadakit.testing.dit_image_pipelines import tiny_chroma_pipeline, tiny_sd3_pipeline
+from sadakit.testing.dit_pipelines_2 import tiny_qwen_image_pipeline, tiny_stable_audio_pipeline
 from sadakit.testing.video_pipelines import tiny_cogvideox_pipeline, tiny_ltx_pipeline
+from sadakit.testing.video_pipelines_2 import tiny_hunyuan_video_pipeline, tiny_wan_i2v_pipeline
 from sadakit.testing.tokenizers import clip_tokenizer, roberta_tokenizer, t5_tokenizer
 
 __all__ = [
@@ -29,12 +31,16 @@ __all__ = [
     "tiny_cogvideox_pipeline",
     "tiny_flux_controlnet_pipeline",
     "tiny_flux_pipeline",
+    "tiny_hunyuan_video_pipeline",
     "tiny_ltx_pipeline",
     "tiny_musicldm_pipeline",
+    "tiny_qwen_image_pipeline",
     "tiny_sd_controlnet_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_controlnet_pipeline",
     "tiny_sd3_pipeline",
     "tiny_sdxl_pipeline",
+    "tiny_stable_audio_pipeline",
+    "tiny_wan_i2v_pipeline",
     "tiny_wan_pipeline",
 ]
