@@ -34,6 +34,7 @@ _BUILTIN_PLUGINS = (
     "sadakit.plugins.video.wan_i2v:plugin",
     "sadakit.plugins.audio.stable_audio:plugin",
     "sadakit.plugins.image.qwen_image:plugin",
+    "sadakit.plugins.image.flux_kontext:plugin",
 )
 
 _manager: pluggy.PluginManager | None = None
