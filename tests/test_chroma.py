@@ -14,6 +14,8 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.testing.dit_image_pipelines import tiny_chroma_pipeline
+from plugin_checks import Forwards, plain, psnr
+
 
 PLUGIN = "sadakit.plugins.image.chroma:plugin"
 PROMPTS = ["a red square on the left", "a blue circle at the top"]
@@ -27,11 +29,7 @@ def chroma_pipe():
 
 @pytest.fixture
 def chroma(chroma_pipe):
-    sadakit.remove(chroma_pipe)
-    scheduler = chroma_pipe.scheduler
-    yield chroma_pipe
-    sadakit.remove(chroma_pipe)
-    chroma_pipe.scheduler = scheduler
+    yield from plain(chroma_pipe)
 
 
 def run(pipe, steps=30, seed=0, height=64, width=96, prompts=PROMPTS[:1], **kw):
@@ -46,25 +44,6 @@ def stochastic(pipe):
     # the stochastic sampler's noise gives stable tokens to prune (as in the Flux tests)
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
         pipe.scheduler.config, stochastic_sampling=True)
-
-
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
-class Forwards:
-    """Real transformer forwards: ``x_embedder`` runs once per computed call."""
-
-    def __init__(self, pipe):
-        self.count = 0
-        self._handle = pipe.transformer.x_embedder.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def close(self):
-        self._handle.remove()
 
 
 class BlockTokens:
@@ -94,7 +73,7 @@ class BlockTokens:
 def test_chroma_cfg_streams_skip_together_and_remove_restores(chroma):
     base = run(chroma)
     other_seed = run(chroma, seed=1)
-    forwards = Forwards(chroma)
+    forwards = Forwards(chroma.transformer.x_embedder)
     try:
         sadakit.accelerate(chroma)
         out = run(chroma)

@@ -11,6 +11,8 @@ import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import cogvideox
 from sadakit.testing.video_pipelines import tiny_cogvideox_pipeline
+from plugin_checks import Forwards, plain, psnr
+
 
 FRAMES, HEIGHT, WIDTH = 9, 48, 64  # latent 3 x 6 x 8 (frames x rows x columns), patches 2 x 2
 GRID_TOKENS = 3 * 3 * 4
@@ -24,11 +26,7 @@ def cog_pipe():
 
 @pytest.fixture
 def cog(cog_pipe):
-    sadakit.remove(cog_pipe)
-    scheduler = cog_pipe.scheduler
-    yield cog_pipe
-    sadakit.remove(cog_pipe)
-    cog_pipe.scheduler = scheduler
+    yield from plain(cog_pipe)
 
 
 def run(pipe, steps=30, seed=0, guidance_scale=6.0, batch=1):
@@ -36,20 +34,6 @@ def run(pipe, steps=30, seed=0, guidance_scale=6.0, batch=1):
     return pipe(prompt=["a red ball rolling"] * batch, negative_prompt=["blurry"] * batch, num_frames=FRAMES,
                 height=HEIGHT, width=WIDTH, num_inference_steps=steps, guidance_scale=guidance_scale,
                 max_sequence_length=16, generator=torch.Generator().manual_seed(seed), output_type="latent").frames
-
-
-class Forwards:
-    """Real transformer forwards (the patch embedding runs once per computed call)."""
-
-    def __init__(self, pipe):
-        self.count = 0
-        self._handle = pipe.transformer.patch_embed.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def close(self):
-        self._handle.remove()
 
 
 class BlockTokens:
@@ -67,15 +51,10 @@ class BlockTokens:
             h.remove()
 
 
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_cogvideox_skips_calls_with_batched_cfg_and_remove_restores(cog, batch):
     base = run(cog, batch=batch)
-    forwards = Forwards(cog)
+    forwards = Forwards(cog.transformer.patch_embed)
     try:
         sadakit.accelerate(cog)
         out = run(cog, batch=batch)

@@ -11,6 +11,8 @@ import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import hunyuan_video
 from sadakit.testing.video_pipelines_2 import HUNYUAN_PROMPT_TEMPLATE, tiny_hunyuan_video_pipeline
+from plugin_checks import Forwards, plain, psnr
+
 
 FRAMES, HEIGHT, WIDTH = 9, 48, 64  # latent 3 x 6 x 8, token grid 3 x 3 x 4 (non-square)
 
@@ -22,11 +24,7 @@ def hv_pipe():
 
 @pytest.fixture
 def pipe(hv_pipe):
-    sadakit.remove(hv_pipe)
-    scheduler = hv_pipe.scheduler
-    yield hv_pipe
-    sadakit.remove(hv_pipe)
-    hv_pipe.scheduler = scheduler
+    yield from plain(hv_pipe)
 
 
 def run(pipe, steps=30, seed=0, true_cfg_scale=3.0, batch=1):
@@ -36,29 +34,10 @@ def run(pipe, steps=30, seed=0, true_cfg_scale=3.0, batch=1):
                 generator=torch.Generator().manual_seed(seed), output_type="latent").frames
 
 
-class Forwards:
-    """Real transformer forwards (the patch embedding runs once per computed call)."""
-
-    def __init__(self, pipe):
-        self.count = 0
-        self._handle = pipe.transformer.x_embedder.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def close(self):
-        self._handle.remove()
-
-
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_hunyuan_video_skips_calls_with_true_cfg_and_remove_restores(pipe, batch):
     base = run(pipe, batch=batch)
-    forwards = Forwards(pipe)
+    forwards = Forwards(pipe.transformer.x_embedder)
     try:
         sadakit.accelerate(pipe)
         out = run(pipe, batch=batch)
@@ -77,7 +56,7 @@ def test_hunyuan_video_skips_calls_with_true_cfg_and_remove_restores(pipe, batch
 
 def test_hunyuan_video_distilled_guidance_one_call_per_step(pipe):
     base = run(pipe, true_cfg_scale=1.0)
-    forwards = Forwards(pipe)
+    forwards = Forwards(pipe.transformer.x_embedder)
     try:
         sadakit.accelerate(pipe)
         out = run(pipe, true_cfg_scale=1.0)

@@ -10,6 +10,8 @@ import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.video import ltx
 from sadakit.testing.video_pipelines import tiny_ltx_pipeline
+from plugin_checks import Forwards, plain, psnr
+
 
 FRAMES, HEIGHT, WIDTH = 17, 96, 128  # latent 3 x 3 x 4 (the VAE compresses 8x in time, 32x in space)
 GRID_TOKENS = 3 * 3 * 4
@@ -22,11 +24,7 @@ def ltx_pipe():
 
 @pytest.fixture
 def pipe(ltx_pipe):
-    sadakit.remove(ltx_pipe)
-    scheduler = ltx_pipe.scheduler
-    yield ltx_pipe
-    sadakit.remove(ltx_pipe)
-    ltx_pipe.scheduler = scheduler
+    yield from plain(ltx_pipe)
 
 
 def run(pipe, steps=30, seed=0, guidance_scale=3.0, batch=1):
@@ -34,20 +32,6 @@ def run(pipe, steps=30, seed=0, guidance_scale=3.0, batch=1):
     return pipe(prompt=["a red ball rolling"] * batch, negative_prompt=["blurry"] * batch, num_frames=FRAMES,
                 height=HEIGHT, width=WIDTH, num_inference_steps=steps, guidance_scale=guidance_scale,
                 max_sequence_length=16, generator=torch.Generator().manual_seed(seed), output_type="latent").frames
-
-
-class Forwards:
-    """Real transformer forwards (the input projection runs once per computed call)."""
-
-    def __init__(self, pipe):
-        self.count = 0
-        self._handle = pipe.transformer.proj_in.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def close(self):
-        self._handle.remove()
 
 
 class BlockTokens:
@@ -65,15 +49,10 @@ class BlockTokens:
             h.remove()
 
 
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_ltx_skips_calls_with_batched_cfg_and_remove_restores(pipe, batch):
     base = run(pipe, batch=batch)
-    forwards = Forwards(pipe)
+    forwards = Forwards(pipe.transformer.proj_in)
     try:
         sadakit.accelerate(pipe)
         out = run(pipe, batch=batch)

@@ -14,7 +14,7 @@ import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.image import qwen_image
 from sadakit.testing.dit_pipelines_2 import qwen_image_text, tiny_qwen_image_pipeline
-
+from plugin_checks import Forwards, plain, psnr
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,7 @@ def qwen_pipe():
 
 @pytest.fixture
 def qwen(qwen_pipe):
-    sadakit.remove(qwen_pipe)
-    scheduler = qwen_pipe.scheduler
-    yield qwen_pipe
-    sadakit.remove(qwen_pipe)
-    qwen_pipe.scheduler = scheduler
+    yield from plain(qwen_pipe)
 
 
 def run(pipe, steps=30, seed=0, cfg=True, batch=1, height=64, width=96):
@@ -42,30 +38,11 @@ def run(pipe, steps=30, seed=0, cfg=True, batch=1, height=64, width=96):
                 **kw).images
 
 
-class Forwards:
-    """Real transformer forwards: the first projection runs once per computed call."""
-
-    def __init__(self, pipe):
-        self.count = 0
-        self._handle = pipe.transformer.img_in.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def close(self):
-        self._handle.remove()
-
-
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_qwen_image_skips_calls_with_true_cfg_and_remove_restores(qwen, batch):
     base = run(qwen, batch=batch)
     other_seed = run(qwen, seed=1, batch=batch)
-    forwards = Forwards(qwen)
+    forwards = Forwards(qwen.transformer.img_in)
     try:
         sadakit.accelerate(qwen)
         out = run(qwen, batch=batch)

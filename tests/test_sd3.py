@@ -13,6 +13,8 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.testing.dit_image_pipelines import tiny_sd3_pipeline
+from plugin_checks import Forwards, plain, psnr
+
 
 PLUGIN = "sadakit.plugins.image.sd3:plugin"
 PROMPTS = ["a red square on the left", "a blue circle at the top"]
@@ -26,11 +28,7 @@ def sd3_pipe():
 
 @pytest.fixture
 def sd3(sd3_pipe):
-    sadakit.remove(sd3_pipe)
-    scheduler = sd3_pipe.scheduler
-    yield sd3_pipe
-    sadakit.remove(sd3_pipe)
-    sd3_pipe.scheduler = scheduler
+    yield from plain(sd3_pipe)
 
 
 def run(pipe, steps=30, seed=0, height=64, width=96, prompts=PROMPTS, **kw):
@@ -45,26 +43,6 @@ def stochastic(pipe):
     # the stochastic sampler's noise gives stable tokens to prune (as in the Flux tests)
     pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
         pipe.scheduler.config, stochastic_sampling=True)
-
-
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
-class Forwards:
-    """Real transformer forwards: the patch embedding runs once per computed call."""
-
-    def __init__(self, pipe):
-        self.count, self.rows = 0, 0
-        self._handle = pipe.transformer.pos_embed.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-        self.rows += args[0].shape[0]
-
-    def close(self):
-        self._handle.remove()
 
 
 class BlockTokens:
@@ -92,7 +70,7 @@ class BlockTokens:
 def test_sd3_skips_calls_with_batched_cfg_and_remove_restores(sd3):
     base = run(sd3)
     other_seed = run(sd3, seed=1)
-    forwards = Forwards(sd3)
+    forwards = Forwards(sd3.transformer.pos_embed)
     try:
         sadakit.accelerate(sd3)
         out = run(sd3)

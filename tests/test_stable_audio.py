@@ -14,7 +14,7 @@ import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.plugins.audio import stable_audio
 from sadakit.testing.dit_pipelines_2 import cosine_dpm_solver, tiny_stable_audio_pipeline
-
+from plugin_checks import Forwards, plain, psnr
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,7 @@ def sa_pipe():
 
 @pytest.fixture
 def sa(sa_pipe):
-    sadakit.remove(sa_pipe)
-    scheduler = sa_pipe.scheduler
-    yield sa_pipe
-    sadakit.remove(sa_pipe)
-    sa_pipe.scheduler = scheduler
+    yield from plain(sa_pipe)
 
 
 def run(pipe, steps=30, seed=0, guidance_scale=7.0, batch=1, output_type="pt"):
@@ -37,31 +33,11 @@ def run(pipe, steps=30, seed=0, guidance_scale=7.0, batch=1, output_type="pt"):
                 generator=torch.Generator().manual_seed(seed)).audios
 
 
-class Forwards:
-    """Real transformer forwards: the first projection runs once per computed call."""
-
-    def __init__(self, pipe):
-        self.count, self.rows = 0, 0
-        self._handle = pipe.transformer.preprocess_conv.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-        self.rows += args[0].shape[0]
-
-    def close(self):
-        self._handle.remove()
-
-
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_stable_audio_skips_calls_with_batched_cfg_and_remove_restores(sa, batch):
     base = run(sa, batch=batch)
     other_seed = run(sa, seed=1, batch=batch)
-    forwards = Forwards(sa)
+    forwards = Forwards(sa.transformer.preprocess_conv)
     try:
         sadakit.accelerate(sa)
         out = run(sa, batch=batch)

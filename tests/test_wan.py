@@ -9,6 +9,8 @@ import torch
 import sadakit
 from sadakit.errors import UnsupportedPipelineError
 from sadakit.testing import tiny_wan_pipeline
+from plugin_checks import Forwards, plain, psnr
+
 
 FRAMES, SIZE = 9, 64  # latent 3 x 8 x 8, token grid 3 x 4 x 4 (48 tokens)
 GRID_TOKENS = 3 * 4 * 4
@@ -21,11 +23,7 @@ def wan_pipe():
 
 @pytest.fixture
 def wan(wan_pipe):
-    sadakit.remove(wan_pipe)
-    scheduler = wan_pipe.scheduler
-    yield wan_pipe
-    sadakit.remove(wan_pipe)
-    wan_pipe.scheduler = scheduler
+    yield from plain(wan_pipe)
 
 
 def run(pipe, steps=30, seed=0, guidance_scale=5.0, batch=1):
@@ -34,20 +32,6 @@ def run(pipe, steps=30, seed=0, guidance_scale=5.0, batch=1):
     return pipe(prompt=["a red ball rolling"] * batch, negative_prompt=["blurry"] * batch, num_frames=FRAMES,
                 height=SIZE, width=SIZE, num_inference_steps=steps, guidance_scale=guidance_scale,
                 generator=generator, output_type="latent").frames
-
-
-class Forwards:
-    """Real transformer forwards (the patch embedding runs once per computed call)."""
-
-    def __init__(self, pipe):
-        self.count = 0
-        self._handle = pipe.transformer.patch_embedding.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def close(self):
-        self._handle.remove()
 
 
 class BlockTokens:
@@ -65,15 +49,10 @@ class BlockTokens:
             h.remove()
 
 
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return 10 * torch.log10((b.max() - b.min()) ** 2 / max(mse, 1e-20)).item()
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_wan_cfg_streams_skip_together_and_remove_restores(wan, batch):
     base = run(wan, batch=batch)
-    forwards = Forwards(wan)
+    forwards = Forwards(wan.transformer.patch_embedding)
     try:
         sadakit.accelerate(wan)
         out = run(wan, batch=batch)
