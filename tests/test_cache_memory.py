@@ -7,7 +7,6 @@ default ``token_resolutions="highest"``, only the blocks with the most tokens).
 """
 
 import pytest
-import torch
 from diffusers.models.attention import BasicTransformerBlock
 
 import sadakit

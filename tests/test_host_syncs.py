@@ -8,7 +8,6 @@ exactly: a dispatch mode sees every ``aten._local_scalar_dense`` (``item()``, ``
 diffusers' own schedulers and pipelines read values too; those are theirs, not counted.
 """
 
-import collections
 import traceback
 
 import pytest

@@ -69,7 +69,8 @@ from sadakit.testing.tokenizers import (
 )
 
 if TYPE_CHECKING:
-    from diffusers import MusicLDMPipeline
+    from diffusers import MusicLDMPipeline, WanPipeline
+    from transformers import UMT5EncoderModel
 
 SIZES = ("tiny", "medium")
 
