@@ -69,3 +69,70 @@ def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config
     assert torch.equal(first, eager) and torch.equal(second, eager)
     sadakit.remove(pipe)
     assert torch.equal(run(), base)
+
+
+class _CountingBackend:
+    """dynamo's eager backend, counting how many compiled graphs each network call runs."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.runs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+
+        def run(*args):
+            self.runs += 1
+            return gm.forward(*args)
+
+        return run
+
+
+@pytest.mark.parametrize(("kind", "config", "how"), [
+    ("sd", None, "in place"),
+    ("sdxl", None, "in place"),
+    ("sd-controlnet", None, "wrapper, after accelerate"),  # pipe.unet = torch.compile(pipe.unet, ...)
+    ("flux", None, "in place"),
+    ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0), "in place"),  # partial token calls
+])
+def test_fullgraph_compile_gives_the_eager_result_in_one_graph_per_call(kind, config, how):
+    if kind == "sdxl":
+        pipe, modules, kw = tp.tiny_sdxl_pipeline(), ["unet"], {"height": 64, "width": 64}
+    else:
+        pipe, modules, kw = _case(kind)
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    kw = {**kw, "prompt": ["a red square", "a blue circle"], "num_inference_steps": 16, "output_type": "latent"}
+
+    def run():
+        return pipe(generator=torch.Generator().manual_seed(seed), **kw).images
+
+    base = run()
+    sadakit.accelerate(pipe, config)
+    eager = run()
+    decisions = sadakit.report(pipe).decisions
+    assert set(decisions) > {"F"}, decisions
+    backend = _CountingBackend()
+    originals = {name: getattr(pipe, name) for name in modules}
+    for name in modules:
+        if how == "in place":
+            getattr(pipe, name).compile(backend=backend, fullgraph=True)
+        else:
+            setattr(pipe, name, torch.compile(getattr(pipe, name), backend=backend, fullgraph=True))
+    first = run()  # fullgraph=True: any graph break would raise here
+    report = sadakit.report(pipe)
+    assert report.decisions == decisions and torch.equal(first, eager)
+    # every network call is one graph (the shape's FLOP-measured eager call was before compiling)
+    assert backend.runs == len(modules) * report.network_calls
+    # one graph per kind of call (full; partial token calls), whatever the number of calls
+    assert backend.graphs <= len(modules) * (2 if "P" in decisions else 1), backend.graphs
+    graphs, runs = backend.graphs, backend.runs
+    second = run()
+    assert torch.equal(second, eager) and backend.graphs == graphs  # no recompile in the next generation
+    assert backend.runs - runs == len(modules) * sadakit.report(pipe).network_calls
+    sadakit.remove(pipe)
+    for name, module in originals.items():  # the slots hold what the user put there again
+        assert getattr(pipe, name)._compiled_call_impl is not None or how != "in place"
+        setattr(pipe, name, module)
+        if how == "in place":
+            module._compiled_call_impl = None
+    assert torch.equal(run(), base)

@@ -16,6 +16,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..spec import TokenBlockSpec
+from .entry import remove_doors
 from .marker import install_marker, raise_copy_error, remove_marker
 from .session import SADASession
 
@@ -44,9 +45,20 @@ class DenoiserHook(ModelHook):
         self.cache_context = StateManager(_NoState)  # diffusers sets the pipeline's context here
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if not self.session.serving():  # another pipeline sharing this module, or a direct call
+        session = self.session
+        # the door (see .entry) decided this call already, or the call is not the pipeline's
+        # (a ``from_pipe`` sibling sharing this module, a direct call)
+        if session.network_open or not session.serving():
             return self.fn_ref.original_forward(*args, **kwargs)
-        return self.session.run(self.fn_ref.original_forward, args, kwargs, self._context_name())
+        # reached without the door (a pipeline without a progress bar, compiled after accelerate):
+        # decide here, in a compiler-disabled region
+        return session.run(self.fn_ref.original_forward, args, kwargs, self._context_name())
+
+    def serve(self, network: Any, eager: Any, args: tuple, kwargs: dict) -> Any:
+        """The door's call: decide, then run ``network`` on what must be computed."""
+        if not self.session.serving():
+            return network(*args, **kwargs)
+        return self.session.run(network, args, kwargs, self._context_name(), eager)
 
     def __deepcopy__(self, memo: dict) -> Any:
         raise_copy_error(self.session)
@@ -102,37 +114,60 @@ class TokenBlockHook(ModelHook):
         return tuple(args), kwargs
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        # Traced by torch.compile as part of the network: the session is read and written only
-        # in its eager (compiler-disabled) methods, so no guard ever sees the plan's objects.
+        # Traced by torch.compile as part of the network (``fullgraph`` too): the call's jobs were
+        # prepared before the network ran, and here there is only tensor work on them. The
+        # eager exception is a shape's first call, which runs uncompiled (see TokenCache.begin_call).
         original = self.fn_ref.original_forward
-        if not self.session.serving():
+        route = self.session.tokens.route
+        if route is None:
             return original(*args, **kwargs)
         spec = self.spec
         hidden = self._get(spec.hidden_arg, args, kwargs)
+        if route.learning:
+            return self._learning_forward(original, hidden, args, kwargs)
+        job = route.jobs.get(self.name)
+        if job is None or hidden.shape[1] != job.n_tokens:
+            return original(*args, **kwargs)
+        if job.idx is None:  # a full call: keep the residual for the calls that prune
+            out = original(*args, **kwargs)
+            job.residual_out = _tokens_of(out, spec.output_index) - hidden
+            return out
         token_args = {name: self._get(name, args, kwargs) for name in spec.token_args}
         token_args = {name: value for name, value in token_args.items() if value is not None}
         shared = any(_without_batch(value, spec.token_args[name].dim, hidden.shape[0])
                      for name, value in token_args.items())
-        tokens, accounting = self.session.tokens, self.session.accounting
-        idx = tokens.selection(self.name, hidden.shape[1], shared)
-        if idx is None:
-            before = accounting.flops_before()
-            out = original(*args, **kwargs)
-            accounting.block_measured(self.name, before)
-            tokens.computed(self.name, hidden, _tokens_of(out, spec.output_index))
-            return out
+        idx = job.shared_idx if shared else job.idx
+        job.k = idx.shape[-1]  # a static shape: the tokens this block computes, for the report
         n = hidden.shape[1]
-        values = {spec.hidden_arg: _take(hidden, 1, idx, 0)}
+        h_sel = _take(hidden, 1, idx, 0)
+        values = {spec.hidden_arg: h_sel}
         for name, value in token_args.items():
             values[name] = _take_argument(value, spec.token_args[name].dim, idx, n)
         run_args, run_kwargs = self._replaced(args, kwargs, values)
         out = original(*run_args, **run_kwargs)
-        merged = tokens.merged(self.name, hidden, idx, values[spec.hidden_arg], _tokens_of(out, spec.output_index))
+        residual = job.residual_in
+        delta = (_tokens_of(out, spec.output_index) - h_sel).to(residual.dtype)
+        if idx.dim() == 1:
+            residual = residual.index_copy(1, idx, delta)
+        else:
+            residual = residual.scatter(1, idx.unsqueeze(-1).expand(-1, -1, residual.shape[-1]), delta)
+        job.residual_out = residual
+        merged = hidden + residual.to(hidden.dtype)
         if spec.output_index is None:
             return merged
         out = list(out)
         out[spec.output_index] = merged
         return tuple(out)
+
+    @torch.compiler.disable
+    def _learning_forward(self, original: Any, hidden: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+        """The block on a shape's first (eager, possibly FLOP-measured) call: full, reported."""
+        accounting = self.session.accounting
+        before = accounting.flops_before()
+        out = original(*args, **kwargs)
+        accounting.block_measured(self.name, before)
+        self.session.tokens.learned(self.name, hidden, _tokens_of(out, self.spec.output_index))
+        return out
 
 
 def _tokens_of(out: Any, index: int | None) -> torch.Tensor:
@@ -187,9 +222,15 @@ class ControlHook(ModelHook):
         self.spec = spec
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if not self.session.serving():
+        session = self.session
+        if session.network_open or not session.serving():
             return self.fn_ref.original_forward(*args, **kwargs)
-        return self.session.run_control(self.spec, self.fn_ref.original_forward, args, kwargs)
+        return session.run_control(self.spec, self.fn_ref.original_forward, args, kwargs)
+
+    def serve(self, network: Any, eager: Any, args: tuple, kwargs: dict) -> Any:
+        if not self.session.serving():
+            return network(*args, **kwargs)
+        return self.session.run_control(self.spec, network, args, kwargs)
 
     def __deepcopy__(self, memo: dict) -> Any:
         raise_copy_error(self.session)
@@ -200,19 +241,22 @@ def install(session: SADASession) -> None:
     module = session.denoiser.module
     with _beneath_accelerate_hook(module):
         registry = HookRegistry.check_if_exists_or_initialize(module)
-        registry.register_hook(DenoiserHook(session), DENOISER_HOOK)
+        denoiser_hook = DenoiserHook(session)
+        registry.register_hook(denoiser_hook, DENOISER_HOOK)
+    session.door_keepers = [(module, denoiser_hook.serve)]
     if session.config.token_sparsity:
         for block in session.token_blocks:
             with _beneath_accelerate_hook(block.module):
                 block_registry = HookRegistry.check_if_exists_or_initialize(block.module)
                 block_registry.register_hook(TokenBlockHook(session, block), BLOCK_HOOK)
     for control in session.controls:
+        control_hook = ControlHook(session, control)
         with _beneath_accelerate_hook(control.module):
-            HookRegistry.check_if_exists_or_initialize(control.module).register_hook(
-                ControlHook(session, control), CONTROL_HOOK
-            )
+            HookRegistry.check_if_exists_or_initialize(control.module).register_hook(control_hook, CONTROL_HOOK)
+        session.door_keepers.append((control.module, control_hook.serve))
     registry.invalidate_child_registries_cache()
     session.marked = install_marker(session.pipe, session)
+    session.check_doors()
 
 
 def uninstall(session: SADASession) -> None:
@@ -239,6 +283,8 @@ def uninstall(session: SADASession) -> None:
     with _beneath_accelerate_hook(module):
         _drop_empty_registry(module)
     remove_marker(session.pipe, session)
+    remove_doors(session.doors)
+    session.door_keepers = []
     session.marked = False
     session.finish_generation()
 

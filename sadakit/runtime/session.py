@@ -24,6 +24,7 @@ from ..spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 from .accounting import Accounting
 from .batching import output_tensor, rebuild_output, scatter_rows, select_rows
 from .decision import Decider
+from .entry import NetworkDoor, Serve, ensure_doors
 from .plans import CallPlan
 from .report import GenerationReport
 from .samplers import unjudgeable_sampler
@@ -48,6 +49,7 @@ class _Call:
     run_args: tuple | None = None
     run_kwargs: dict | None = None
     output: Any = None
+    forward: Callable | None = None  # the network's call (compiled or eager) for run_args
 
 
 class SADASession:
@@ -86,6 +88,10 @@ class SADASession:
         self.marked = False  # the pipeline reports them; otherwise every denoiser call is served
         self._in_pipeline_call = 0
         self.marker_previous: Any = None
+        # the eager doors in front of the denoiser and control branches (see .entry)
+        self.network_open = False  # a door is running the network: the hooks inside pass through
+        self.doors: dict[int, NetworkDoor] = {}
+        self.door_keepers: list[tuple[torch.nn.Module, Serve]] = []
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -115,6 +121,13 @@ class SADASession:
     def begin_generation(self) -> None:
         """The pipeline starts its denoising loop: whatever the last one left behind is over."""
         self.finish_generation()
+        self.check_doors()
+
+    def check_doors(self) -> None:
+        """Keep a door in front of each hooked network (a compile after ``accelerate`` moves it)."""
+        pipe = self.pipe
+        for module, serve in self.door_keepers:
+            ensure_doors(self.doors, pipe, module, serve, self)
 
     def enter_pipeline_call(self) -> None:
         self._in_pipeline_call += 1
@@ -199,6 +212,7 @@ class SADASession:
         state = self.state
         if state is None or tuple(x_model.shape) != state.batch_shape:
             state = self._start_generation(x_model, arguments)
+        self.tokens.use_shape(x_model.shape)
         decision = self.decider.decide(
             state, x_model, timestep, arguments,
             lambda: self.tokens.eligible_grids(state.latent_grid, self.config.token_resolutions == "highest",
@@ -281,26 +295,31 @@ class SADASession:
         return scatter_rows(out, rows, bound.arguments[spec.sample_arg].shape[0])
 
     # ------------------------------------------------------------------ execution
-    # Under torch.compile the decision logic must stay out of the compiled graph (as diffusers'
-    # FirstBlockCache keeps its check out): ``run`` itself is skipped by dynamo without its
-    # callees, everything it calls for bookkeeping is eager, and only the network's own forward
-    # (called from ``run``) is compiled, as a frame of its own.
+    # Under torch.compile the decision logic stays out of the compiled graph (as diffusers'
+    # FirstBlockCache keeps its check out). Normally ``run`` is called by the door in front of
+    # the network (.entry), eagerly, and ``network`` is the module's (compiled) call; the
+    # token-block hooks inside only do tensor work on jobs prepared here. Reached from inside a
+    # forward instead (no door), ``run`` is skipped by dynamo without its callees.
     @torch.compiler.disable(recursive=False)
-    def run(self, original_forward: Callable, args: tuple, kwargs: dict, context: str | None = None) -> Any:
-        """Execute one denoiser call under SADA; ``context`` is diffusers' cache-context name."""
-        call = self._prepare_call(original_forward, args, kwargs, context)
+    def run(self, network: Callable, args: tuple, kwargs: dict, context: str | None = None,
+            eager: Callable | None = None) -> Any:
+        """Execute one denoiser call under SADA; ``context`` is diffusers' cache-context name,
+        ``eager`` the network's uncompiled call (for a shape's first, measured call)."""
+        call = self._prepare_call(network, eager or network, args, kwargs, context)
         output = call.output
         if call.run_args is not None:
             try:
-                output = original_forward(*call.run_args, **call.run_kwargs)
+                output = call.forward(*call.run_args, **call.run_kwargs)
             finally:
                 self._end_network_call()
         return self._finish_call(call, output)
 
     @torch.compiler.disable
-    def _prepare_call(self, original_forward: Callable, args: tuple, kwargs: dict, context: str | None = None) -> "_Call":
-        """Decide the call; the network's arguments (all rows or the computed ones), or its output
-        when it had to run here (the once-per-shape FLOP-measured call, eager by design)."""
+    def _prepare_call(self, network: Callable, eager: Callable, args: tuple, kwargs: dict,
+                      context: str | None = None) -> "_Call":
+        """Decide the call; the network's arguments (all rows or the computed ones) and the
+        blocks' jobs, or its output when it had to run here (the once-per-shape FLOP-measured
+        call, eager by design)."""
         bound = self.signature.bind(*args, **kwargs)
         x_model = bound.arguments[self.denoiser.sample_arg]
         timestep = bound.arguments[self.denoiser.timestep_arg]
@@ -314,7 +333,7 @@ class SADASession:
         call = _Call(None, x_model, bound.arguments.get("return_dict", True), None, list(range(b)),
                      overhead=0.0, stream=stream, offset=0)
         call.plan = plan = self._plan_for_stream(call, x_model, timestep, bound.arguments)
-        tokens = self.tokens
+        token_plan, step_rows, step_rows_tensor, record = None, None, None, True
         if plan is not None:
             offset, state = call.offset, self.state
             virtual = state.group_rows(plan.computed_groups)
@@ -327,26 +346,33 @@ class SADASession:
                           if plan.token_plan is not None and positions else None)
             full_batch = len(call.rows_host) == b and state.batch_size == b
             step_rows = None if full_batch else [r + offset for r in call.rows_host]
-            tokens.begin_call(token_plan, step_rows, None if step_rows is None else state.index(step_rows))
+            step_rows_tensor = None if step_rows is None else state.index(step_rows)
         elif call.stream_order is not None and self.layout is None:  # the first step's streams
             step_rows = list(range(call.stream_order * b, (call.stream_order + 1) * b))
-            tokens.begin_call(None, step_rows, torch.tensor(step_rows, dtype=torch.long, device=x_model.device))
-        else:  # SADA off for this generation: the call runs in full, caches untouched
-            tokens.begin_call(None, None, None)
-        call.overhead = time.perf_counter() - started
+            step_rows_tensor = torch.tensor(step_rows, dtype=torch.long, device=x_model.device)
+        else:  # SADA off for this generation: the call runs in full, nothing kept for pruning
+            record = False
         self.accounting.call_shape = tuple(x_model.shape)
-        if not call.rows_host:
-            return call
-        if len(call.rows_host) != b:
-            call.run_args = select_rows(args, call.rows, b)
-            call.run_kwargs = select_rows(kwargs, call.rows, b, self.denoiser.unbatched_args)
-        elif self.accounting.needs_measuring(self.config.count_flops and tokens.plan is None, x_model.shape):
-            try:
-                call.output = self.accounting.forward_measured(original_forward, args, kwargs, x_model.shape)
-            finally:
-                self._end_network_call()
-        else:
-            call.run_args, call.run_kwargs = args, kwargs
+        if call.rows_host:
+            full_rows = len(call.rows_host) == b
+            measure = full_rows and self.accounting.needs_measuring(
+                self.config.count_flops and token_plan is None, x_model.shape)
+            tokens = self.tokens
+            tokens.begin_call(token_plan, step_rows, step_rows_tensor, x_model.shape, record, learn=measure)
+            call.forward = eager if tokens.learning else network
+            if not full_rows:
+                call.run_args = select_rows(args, call.rows, b)
+                call.run_kwargs = select_rows(kwargs, call.rows, b, self.denoiser.unbatched_args)
+            elif measure:
+                call.overhead = time.perf_counter() - started
+                try:
+                    call.output = self.accounting.forward_measured(eager, args, kwargs, x_model.shape)
+                finally:
+                    self._end_network_call()
+                return call
+            else:
+                call.run_args, call.run_kwargs = args, kwargs
+        call.overhead = time.perf_counter() - started
         return call
 
     def _plan_for_stream(self, call: "_Call", x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan | None:

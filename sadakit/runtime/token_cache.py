@@ -3,12 +3,16 @@ that fills in the others.
 
 The cache holds, per row of the step (call streams side by side), each token's last residual
 ``block(h) - h``, so a pruned token follows its current input instead of freezing at an old
-output. ``TokenBlockHook`` calls in here from inside the (possibly compiled) network forward;
-every entry point is eager, so the plan's objects never reach a compiled graph.
+output. Everything a block needs is prepared eagerly before the network runs: one
+:class:`BlockJob` per prunable block, holding its token indices (computed once per call) and
+the cached residuals of the call's rows. Inside the (possibly compiled, ``fullgraph``) network
+``TokenBlockHook`` only does tensor work on them and leaves the new residuals on the job;
+:meth:`TokenCache.end_call` stores them and does the accounting, eagerly, after the network.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -21,22 +25,54 @@ from .plans import Grid, TokenPlan
 BlockAccount = Callable[[str, int, int, int, "float | None"], None]
 
 
+@dataclass(eq=False)
+class BlockJob:
+    """What one block does on this network call, prepared before the call."""
+
+    n_tokens: int
+    #: (B, k) per-row token indices and (k,) one set for blocks whose token arguments have no
+    #: rows; both None: run in full and keep the residual
+    idx: torch.Tensor | None = None
+    shared_idx: torch.Tensor | None = None
+    residual_in: torch.Tensor | None = None  # the call's rows of the cache (partial calls)
+    residual_out: torch.Tensor | None = None  # set inside the network; stored after it
+    k: int = 0
+
+
+@dataclass(eq=False)
+class BlockRoute:
+    """The blocks' jobs for one network call (blocks without a job run in full, untouched).
+
+    ``learning``: the call runs eagerly and every block reports its token count (the first
+    call of each input shape), through the eager :meth:`TokenCache.learned`.
+    """
+
+    jobs: dict[str, BlockJob]
+    learning: bool = False
+
+
 class TokenCache:
-    """Residual caches and the current call's token plan, for every eligible block."""
+    """Residual caches and the current call's block route, for every eligible block."""
 
     def __init__(self, blocks: list[TokenBlockSpec], keep_residuals: bool, highest_only: bool,
-                 account: BlockAccount, block_flops: Callable[[str], "float | None"]) -> None:
+                 account: BlockAccount, block_flops: Callable[[str], "float | None"],
+                 token_buckets: tuple[float, ...] | None = None) -> None:
         self.layouts = {b.name: b.layout for b in blocks}
+        self.with_token_args = {b.name for b in blocks if b.token_args}
         self.keep_residuals = keep_residuals
         #: ``token_resolutions="highest"``: only the blocks with the most tokens are ever pruned,
         #: so only theirs need a residual cache
         self.highest_only = highest_only
+        #: fractions of a grid's tokens that partial calls round up to (static shapes), or None
+        self.token_buckets = token_buckets
         self._account = account
         self._block_flops = block_flops
         self.caches: dict[str, torch.Tensor] = {}
-        self.block_tokens: dict[str, int] = {}  # name -> tokens it saw on a full call
+        #: input shape (without the batch) -> block name -> tokens it saw on a full call
+        self.tokens_by_shape: dict[tuple, dict[str, int]] = {}
+        self.block_tokens: dict[str, int] = {}  # those of the current call's shape
         # set for the duration of one network call
-        self.plan: TokenPlan | None = None
+        self.route: BlockRoute | None = None
         self.rows: torch.Tensor | None = None  # the call's rows among the step's; None: all of them
         self.rows_host: list[int] | None = None
         self.used = False  # a block ran on a token subset during this call
@@ -45,22 +81,15 @@ class TokenCache:
 
     def clear(self) -> None:
         self.caches.clear()
-        self.end_call()
+        self.end_call(ran=False)
         self.latent_grid = None
-
-    def begin_call(self, plan: TokenPlan | None, rows: list[int] | None, rows_tensor: torch.Tensor | None) -> None:
-        """The call's token plan and its rows among the step's (None: all of them)."""
-        self.plan = plan
-        self.rows_host = rows
-        self.rows = rows_tensor
-        self.used = False
-
-    def end_call(self) -> None:
-        self.plan = None
-        self.rows = self.rows_host = None
 
     def nbytes(self) -> int:
         return sum(c.numel() * c.element_size() for c in self.caches.values())
+
+    def knows(self, shape: tuple) -> bool:
+        """Whether the blocks' token counts for calls of this input shape are known."""
+        return not self.layouts or tuple(shape[1:]) in self.tokens_by_shape
 
     def grid_of(self, name: str, n_tokens: int, latent_grid: Grid) -> Grid | None:
         """The grid block ``name``'s N tokens lie on, by its layout; None if none matches."""
@@ -89,48 +118,109 @@ class TokenCache:
         grids = sorted(by_grid, key=lambda g: -by_grid[g])
         return grids[:1] if highest_only else grids
 
-    # ------------------------------------------------------------------ called by TokenBlockHook
-    @torch.compiler.disable
-    def selection(self, name: str, n_tokens: int, shared: bool) -> torch.Tensor | None:
-        """The tokens block ``name`` computes on this call: (B, k), or (k,) for every row when
-        ``shared`` (a per-token argument without rows); None to run the block in full."""
-        plan = self.plan
-        if plan is None or self.latent_grid is None:
-            return None
-        cache = self.caches.get(name)
-        if cache is None or cache.shape[0] != self.step_rows or cache.shape[1] != n_tokens:
-            return None
-        grid = self.grid_of(name, n_tokens, self.latent_grid)
-        if grid is None:
-            return None
-        idx = plan.shared_indices(grid) if shared else plan.indices(grid)
-        if idx is not None:
-            self.used = True
-        return idx
+    # ------------------------------------------------------------------ before the network
+    def use_shape(self, shape: tuple) -> None:
+        """The block token counts of calls shaped like ``shape`` become the current ones."""
+        self.block_tokens = self.tokens_by_shape.get(tuple(shape[1:]), {})
 
-    @torch.compiler.disable
-    def computed(self, name: str, hidden: torch.Tensor, out: torch.Tensor) -> None:
-        """A full block forward: its token count, and the residuals for later partial calls."""
-        n = hidden.shape[1]
-        self.block_tokens[name] = n
-        if self.keep_residuals and self._prunable(name, n):
-            self._store(name, (out - hidden).detach())
-        self._account(name, n, n, hidden.shape[0], None)
+    def begin_call(self, plan: TokenPlan | None, rows: list[int] | None, rows_tensor: torch.Tensor | None,
+                   shape: tuple, record: bool = True, learn: bool = False) -> None:
+        """Prepare the blocks' jobs for one network call on ``rows`` of the step (None: all).
+
+        ``plan`` None: a full call, which keeps the prunable blocks' residuals when ``record``
+        (later calls of the generation may prune). The first call of an input shape, and any
+        call with ``learn`` (the FLOP-measured one), runs eagerly and every block reports its
+        token count and residual through :meth:`learned`.
+        """
+        self.rows_host, self.rows, self.used = rows, rows_tensor, False
+        self.route = None
+        if not self.layouts:
+            return
+        key = tuple(shape[1:])
+        if key not in self.tokens_by_shape or learn:
+            self.block_tokens = self.tokens_by_shape.setdefault(key, {})
+            self.route = BlockRoute({}, learning=True)
+            return
+        self.block_tokens = self.tokens_by_shape[key]
+        if not record or not self.keep_residuals:
+            return
+        jobs: dict[str, BlockJob] = {}
+        for name, n in self.block_tokens.items():
+            if not self._prunable(name, n):
+                continue
+            job = BlockJob(n)
+            if plan is not None:
+                self._plan_job(job, name, plan)
+            jobs[name] = job
+        self.route = BlockRoute(jobs)
+
+    @property
+    def learning(self) -> bool:
+        """Whether the call being prepared must run eagerly (see :meth:`begin_call`)."""
+        return self.route is not None and self.route.learning
+
+    def _plan_job(self, job: BlockJob, name: str, plan: TokenPlan) -> None:
+        """Token indices and cached residuals for a block the plan prunes (else: run in full)."""
+        cache = self.caches.get(name)
+        if cache is None or cache.shape[0] != self.step_rows or cache.shape[1] != job.n_tokens:
+            return
+        grid = self.grid_of(name, job.n_tokens, self.latent_grid) if self.latent_grid is not None else None
+        if grid is None:
+            return
+        idx = plan.indices(grid)
+        if idx is None:
+            return
+        job.idx = idx
+        job.shared_idx = plan.shared_indices(grid) if name in self.with_token_args else None
+        job.k = idx.shape[-1]
+        job.residual_in = cache if self.rows is None else cache.index_select(0, self.rows)
 
     def _prunable(self, name: str, n: int) -> bool:
         """Whether block ``name`` can ever run partially under the config (so needs a cache)."""
         if not self.highest_only:
             return True
-        most = max(self.block_tokens.values())
-        if n < most:
-            self.caches.pop(name, None)
-            return False
-        for other in [o for o, c in self.block_tokens.items() if c < most and o in self.caches]:
-            del self.caches[other]  # a block with more tokens appeared: the smaller ones are never pruned
-        return True
+        return n >= max(self.block_tokens.values())
+
+    # ------------------------------------------------------------------ after the network
+    def end_call(self, ran: bool = True) -> None:
+        """After a network call (``ran``): store the residuals the blocks left on their jobs,
+        and account every block's tokens."""
+        route, self.route = self.route, None
+        if ran and self.layouts and (route is None or not route.learning):
+            batch = len(self.rows_host) if self.rows_host is not None else self.step_rows
+            jobs = route.jobs if route is not None else {}
+            for name, n in self.block_tokens.items():
+                job = jobs.get(name)
+                if job is None or job.residual_out is None:
+                    self._account(name, n, n, batch, None)
+                    continue
+                self._store(name, job.residual_out.detach())
+                job.residual_out = job.residual_in = None
+                if job.idx is not None:
+                    self.used = True
+                    self._account(name, n, job.k, batch, self._block_flops(name))
+                else:
+                    self._account(name, n, n, batch, None)
+        elif ran and route is not None:
+            self._drop_unprunable()
+        self.rows = self.rows_host = None
+
+    @torch.compiler.disable
+    def learned(self, name: str, hidden: torch.Tensor, out: torch.Tensor) -> None:
+        """A block's forward on the eager first call of a shape: its token count, its residual."""
+        n = hidden.shape[1]
+        self.block_tokens[name] = n
+        if self.keep_residuals:
+            self._store(name, (out - hidden).detach())
+        self._account(name, n, n, hidden.shape[0], None)
+
+    def _drop_unprunable(self) -> None:
+        """After a learning call: residuals only for the blocks that can be pruned."""
+        for name in [name for name in self.caches if not self._prunable(name, self.block_tokens.get(name, 0))]:
+            del self.caches[name]
 
     def _store(self, name: str, residual: torch.Tensor) -> None:
-        """Keep each computed row's residual, at its row of the step."""
+        """Keep each computed row's residual (every token of the call's rows), at its row of the step."""
         rows, rows_host = self.rows, self.rows_host
         if rows is None:
             self.caches[name] = residual
@@ -145,24 +235,3 @@ class TokenCache:
                 self.caches[name] = torch.cat([cache, residual])  # the next stream of the first step
             return
         cache.index_copy_(0, rows, residual.to(cache.dtype))
-
-    @torch.compiler.disable
-    def merged(self, name: str, hidden: torch.Tensor, idx: torch.Tensor, h_sel: torch.Tensor,
-               out_sel: torch.Tensor) -> torch.Tensor:
-        """The block's output on every token: computed ones from ``out_sel``, the others
-        input + cached residual; the cache takes the new residuals."""
-        rows = self.rows
-        cache = self.caches[name]
-        residual = cache if rows is None else cache.index_select(0, rows)
-        delta = (out_sel - h_sel).to(residual.dtype)
-        if idx.dim() == 1:
-            residual = residual.index_copy(1, idx, delta)
-        else:
-            residual = residual.scatter(1, idx.unsqueeze(-1).expand(-1, -1, residual.shape[-1]), delta)
-        out = hidden + residual.to(hidden.dtype)
-        if rows is None:
-            self.caches[name] = residual
-        else:
-            cache.index_copy_(0, rows, residual)
-        self._account(name, hidden.shape[1], idx.shape[-1], hidden.shape[0], self._block_flops(name))
-        return out
