@@ -33,6 +33,10 @@ def _one_of(*allowed):
     return check
 
 
+#: Token counts of partial calls under ``SADAConfig.static_shapes``, as fractions of the grid.
+TOKEN_BUCKETS = (0.25, 0.5, 0.75)
+
+
 @attrs.frozen(kw_only=True)
 class SADAConfig:
     """What SADA may do on a pipeline, and the guard rails around it.
@@ -78,6 +82,11 @@ class SADAConfig:
     )
     #: Measure the denoiser's FLOPs once per input shape (torch's flop counter) for ``report``.
     count_flops: bool = field(default=True, validator=validators.instance_of(bool))
+    #: For CUDA graphs (``torch.compile(mode="reduce-overhead")``): partial calls round their
+    #: token count up to one of ``TOKEN_BUCKETS`` (fractions of the grid; the extra tokens are the
+    #: next least stable ones) and a step computes all rows or none, so a generation shows each
+    #: block at most ``len(TOKEN_BUCKETS) + 1`` shapes (docs/gpu.md#cuda-graphs).
+    static_shapes: bool = field(default=False, validator=validators.instance_of(bool))
 
     @extrapolation_order.validator
     def _check_order(self, attribute, value):

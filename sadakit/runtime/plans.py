@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,16 @@ class TokenPlan:
         return TokenPlan({g: v.index_select(0, index) for g, v in self.pooled.items()},
                          {g: v.index_select(0, index) for g, v in self.required.items()}, dict(self.k),
                          self.shared_k, stream)
+
+    def bucketed(self, fractions: tuple[float, ...]) -> "TokenPlan":
+        """The plan with every token count rounded up to the next bucket (a fraction of the
+        grid's tokens, else all of them): few distinct shapes per generation, for CUDA graphs."""
+        def up(k: int, grid: Grid) -> int:
+            n = math.prod(grid)
+            return next((size for size in sorted(math.ceil(f * n) for f in fractions) if size >= k), n)
+
+        return TokenPlan(self.pooled, self.required, {g: up(k, g) for g, k in self.k.items()},
+                         {g: [up(k, g) for k in ks] for g, ks in self.shared_k.items()}, self.stream)
 
     def indices(self, grid: Grid) -> torch.Tensor | None:
         """(B, k) sorted token indices per row, or None when this grid is not pruned."""

@@ -10,6 +10,7 @@ output, and records the step.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 import weakref
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import SADAConfig
+from ..config import TOKEN_BUCKETS, SADAConfig
 from ..core.parameterization import flow_drift, to_flow
 from ..spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 from .accounting import Accounting
@@ -220,7 +221,10 @@ class SADASession:
         )
         if decision.new_generation:
             self._start_generation(x_model, arguments)
-        return decision.plan
+        plan = decision.plan
+        if self.config.static_shapes:
+            plan = _with_static_shapes(plan)
+        return plan
 
     def _note(self, note: str) -> None:
         self.accounting.note(note)
@@ -529,3 +533,14 @@ class SADASession:
         state.call_index += 1
         if state.expected_calls is not None and state.call_index >= state.expected_calls:
             self.finish_generation()  # UNets get no reset from diffusers: free caches here
+
+
+def _with_static_shapes(plan: CallPlan) -> CallPlan:
+    """``SADAConfig.static_shapes``: a step computes all its rows or none (a mixed step runs in
+    full), and partial calls use bucketed token counts."""
+    if plan.computed_groups and plan.skipped_groups:
+        groups = sorted(plan.computed_groups + plan.skipped_groups)
+        return dataclasses.replace(plan, computed_groups=groups, skipped_groups=[], token_plan=None)
+    if plan.token_plan is not None:
+        return dataclasses.replace(plan, token_plan=plan.token_plan.bucketed(TOKEN_BUCKETS))
+    return plan
