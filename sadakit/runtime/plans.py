@@ -9,6 +9,7 @@ import torch
 
 from ..core import tokens
 from ..core.parameterization import NoiseLevel
+from .host_read import to_host
 
 Grid = tuple[int, ...]
 
@@ -111,7 +112,7 @@ class HostRead:
         parts += [stable.reshape(-1)] if stable is not None else []
         parts += [c.reshape(-1) for c in required_counts.values()]
         parts += [c.reshape(-1) for c in union_counts.values()]
-        host = torch.cat([p.to(torch.float32) for p in parts]).tolist()  # the one host read
+        host = to_host(torch.cat([p.to(torch.float32) for p in parts]))  # the one host read
         groups = finite.numel()
         finite_host = [v > 0.5 for v in host[2: 2 + groups]]
         at = 2 + groups

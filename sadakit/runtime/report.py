@@ -33,9 +33,11 @@ class GenerationReport:
     flops_per_call: float | None = None
     flops_saved: float = 0.0
     cache_bytes: int = 0
-    #: host time spent in sadakit's own logic (decision, extrapolation, bookkeeping); on GPUs
-    #: this excludes asynchronous kernel time and is a lower bound
+    #: host time spent in sadakit's own logic (decision, extrapolation, bookkeeping), without
+    #: the time its one read per call waits for the device (the network's time, on a GPU)
     overhead_seconds: float = 0.0
+    #: device time of sadakit's own kernels, from CUDA events (None off CUDA)
+    device_overhead_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -51,6 +53,12 @@ class GenerationReport:
         return 1000.0 * self.overhead_seconds / max(self.denoiser_calls, 1)
 
     @property
+    def device_overhead_ms_per_call(self) -> float | None:
+        if self.device_overhead_seconds is None:
+            return None
+        return 1000.0 * self.device_overhead_seconds / max(self.denoiser_calls, 1)
+
+    @property
     def flops_saved_fraction(self) -> float | None:
         if not self.flops_per_call or not self.denoiser_calls:
             return None
@@ -62,6 +70,7 @@ class GenerationReport:
         d["partial_calls"] = self.partial_calls
         d["flops_saved_fraction"] = self.flops_saved_fraction
         d["overhead_ms_per_call"] = self.overhead_ms_per_call
+        d["device_overhead_ms_per_call"] = self.device_overhead_ms_per_call
         return d
 
     def __str__(self) -> str:
@@ -86,7 +95,9 @@ class GenerationReport:
         frac = self.flops_saved_fraction
         if frac is not None:
             lines.append(f"  estimated FLOPs saved: {self.flops_saved:.3g} ({100 * frac:.1f}%)")
-        lines.append(f"  sadakit overhead: {self.overhead_ms_per_call:.2f} ms per call")
+        device = self.device_overhead_ms_per_call
+        lines.append(f"  sadakit overhead: {self.overhead_ms_per_call:.2f} ms per call (host)"
+                     + (f", {device:.2f} ms per call on the device" if device is not None else ""))
         if self.cache_bytes:
             lines.append(f"  cache memory: {self.cache_bytes / 2**20:.2f} MiB")
         lines.extend(f"  note: {n}" for n in self.notes)

@@ -26,6 +26,7 @@ from .accounting import Accounting
 from .batching import output_tensor, rebuild_output, scatter_rows, select_rows
 from .decision import Decider
 from .entry import NetworkDoor, Serve, ensure_doors
+from .host_read import DeviceTimer, to_host, waited_seconds
 from .plans import CallPlan
 from .report import GenerationReport
 from .samplers import unjudgeable_sampler
@@ -93,6 +94,7 @@ class SADASession:
         self.network_open = False  # a door is running the network: the hooks inside pass through
         self.doors: dict[int, NetworkDoor] = {}
         self.door_keepers: list[tuple[torch.nn.Module, Serve]] = []
+        self.device_timer = DeviceTimer()  # sadakit's own kernel time, on CUDA
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -106,6 +108,9 @@ class SADASession:
     def finish_generation(self) -> None:
         """Called by diffusers at the end of every pipeline call (and on a new generation)."""
         cache_bytes = None if self.state is None else self.state.cache_bytes() + self.tokens.nbytes()
+        device_seconds = self.device_timer.total_seconds()
+        if device_seconds is not None:
+            self.current.device_overhead_seconds = device_seconds
         self.accounting.finish(cache_bytes)
         self.state = None
         self.tokens.clear()
@@ -327,7 +332,8 @@ class SADASession:
         bound = self.signature.bind(*args, **kwargs)
         x_model = bound.arguments[self.denoiser.sample_arg]
         timestep = bound.arguments[self.denoiser.timestep_arg]
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), waited_seconds()
+        self.device_timer.start(x_model.device)
         stream = context
         if stream is None and self.denoiser.call_stream is not None:
             stream = self.denoiser.call_stream(bound.arguments)
@@ -368,7 +374,7 @@ class SADASession:
                 call.run_args = select_rows(args, call.rows, b)
                 call.run_kwargs = select_rows(kwargs, call.rows, b, self.denoiser.unbatched_args)
             elif measure:
-                call.overhead = time.perf_counter() - started
+                call.overhead = self._host_seconds(started, waited, x_model)
                 try:
                     call.output = self.accounting.forward_measured(eager, args, kwargs, x_model.shape)
                 finally:
@@ -376,8 +382,13 @@ class SADASession:
                 return call
             else:
                 call.run_args, call.run_kwargs = args, kwargs
-        call.overhead = time.perf_counter() - started
+        call.overhead = self._host_seconds(started, waited, x_model)
         return call
+
+    def _host_seconds(self, started: float, waited: float, x_model: torch.Tensor) -> float:
+        """sadakit's host time since ``started``, without the time its read waited for the device."""
+        self.device_timer.stop(x_model.device)
+        return time.perf_counter() - started - (waited_seconds() - waited)
 
     def _plan_for_stream(self, call: "_Call", x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan | None:
         """The decision covering this call: made at the first stream's call of each step for
@@ -398,7 +409,7 @@ class SADASession:
                     step = self.step = StepCalls(None, timestep=timestep, arguments=arguments)
                     # this call's one host read: the step's noise level, for recording it later
                     level = self.plugin.parameterization(self.pipe).level(timestep, x_model.device)
-                    step.tau_host = float(level.tau)
+                    step.tau_host = to_host(level.tau.reshape(1).float())[0]
                 if stream not in step.x:
                     first = next(iter(step.x.values()), None)
                     if first is not None and tuple(first.shape) != tuple(x_model.shape):
@@ -468,7 +479,8 @@ class SADASession:
     @torch.compiler.disable
     def _finish_call(self, call: "_Call", output: Any) -> Any:
         """Merge extrapolated rows into the output, record the call, return what the pipeline gets."""
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), waited_seconds()
+        self.device_timer.start(call.x_model.device)
         plan, x_model, rows = call.plan, call.x_model, call.rows
         b = x_model.shape[0]
         computed_tensor = None
@@ -502,7 +514,7 @@ class SADASession:
                                       torch.cat([step.out[n] for n in names]))
         elif call.stream_order is not None and self.step is not None and self.layout is None:
             self.step.out[call.stream] = final_tensor  # the first step, while the streams are learned
-        self.current.overhead_seconds += call.overhead + time.perf_counter() - started
+        self.current.overhead_seconds += call.overhead + self._host_seconds(started, waited, x_model)
         return output
 
     def _approximate(self, plan: CallPlan, x_model: torch.Tensor, offset: int = 0) -> torch.Tensor:
