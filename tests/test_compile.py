@@ -32,9 +32,7 @@ def _case(kind: str):
     return tp.tiny_flux_pipeline(), ["transformer"], {"height": 64, "width": 64, "max_sequence_length": 32}
 
 
-@pytest.mark.parametrize(("kind", "config", "how"), [
-    ("sd", None, "in place"),  # step skipping
-    ("sd-controlnet", None, "in place"),
+@pytest.mark.parametrize(("kind", "config", "how"), [  # without fullgraph (fullgraph: below)
     ("sd-controlnet", None, "wrapper, before accelerate"),  # pipe.unet = torch.compile(pipe.unet)
     ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0), "in place"),  # partial token calls
 ])
@@ -136,3 +134,29 @@ def test_fullgraph_compile_gives_the_eager_result_in_one_graph_per_call(kind, co
         if how == "in place":
             module._compiled_call_impl = None
     assert torch.equal(run(), base)
+
+
+def test_compile_repeated_blocks_fullgraph_with_token_block_hooks():
+    """diffusers' regional compile (each Flux block compiled on its own) under ``fullgraph=True``:
+    the blocks' token hooks trace; a shape's first call runs them eagerly (force_eager stance)."""
+    pipe, _, kw = _case("flux")
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    kw = {**kw, "prompt": ["a red square", "a blue circle"], "num_inference_steps": 16, "output_type": "latent"}
+
+    def run():
+        return pipe(generator=torch.Generator().manual_seed(seed), **kw).images
+
+    # without FLOP counting the first call is not under the flop counter's dispatch mode (which
+    # keeps dynamo away by itself): the force_eager stance has to
+    config = sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0, count_flops=False)
+    sadakit.accelerate(pipe, config)
+    eager = run()
+    decisions = sadakit.report(pipe).decisions
+    assert "P" in decisions, decisions
+    sadakit.remove(pipe)
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+    sadakit.accelerate(pipe, config)  # the first call of the shape is eager again: a new session
+    first = run()
+    assert sadakit.report(pipe).decisions == decisions and torch.equal(first, eager)
+    graphs = counters["stats"]["unique_graphs"]
+    assert torch.equal(run(), eager) and counters["stats"]["unique_graphs"] == graphs

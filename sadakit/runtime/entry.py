@@ -54,10 +54,12 @@ class NetworkDoor:
             self.session.network_open = False
 
     def eager(self, *args: Any, **kwargs: Any) -> Any:
-        """The module's uncompiled call (hooks passing through)."""
+        """The module's uncompiled call (hooks passing through), compiled submodules included
+        (``compile_repeated_blocks`` compiles each block on its own)."""
         self.session.network_open = True
         try:
-            return self.inner._call_impl(*args, **kwargs)
+            with torch.compiler.set_stance("force_eager"):
+                return self.inner._call_impl(*args, **kwargs)
         finally:
             self.session.network_open = False
 
