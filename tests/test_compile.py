@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import sadakit
+from sadakit.runtime.entry import NetworkDoor
 from sadakit.testing import pipelines as tp
 
 
@@ -127,13 +128,13 @@ def test_fullgraph_compile_gives_the_eager_result_in_one_graph_per_call(kind, co
     second = run()
     assert torch.equal(second, eager) and backend.graphs == graphs  # no recompile in the next generation
     assert backend.runs - runs == len(modules) * sadakit.report(pipe).network_calls
+    compiled = {name: getattr(pipe, name) for name in modules}
     sadakit.remove(pipe)
-    for name, module in originals.items():  # the slots hold what the user put there again
-        assert getattr(pipe, name)._compiled_call_impl is not None or how != "in place"
-        setattr(pipe, name, module)
-        if how == "in place":
-            module._compiled_call_impl = None
-    assert torch.equal(run(), base)
+    for name, module in originals.items():  # each slot holds what the user put there again
+        slot = compiled[name]._compiled_call_impl
+        assert not isinstance(slot, NetworkDoor)
+        assert (slot is not None) if how == "in place" else (slot is None and module._compiled_call_impl is None)
+    assert torch.equal(run(), base)  # the user's compiled network, plain
 
 
 def test_compile_repeated_blocks_fullgraph_with_token_block_hooks():
