@@ -31,6 +31,10 @@ def __getattr__(name: str):
         from . import adasde
 
         return getattr(adasde, name)
+    if name == "generate_many":  # the batch runner pulls in the output writers
+        from .prompt_runs import generate_many
+
+        return generate_many
     raise AttributeError(f"module 'sadakit' has no attribute {name!r}")
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "accelerate",
     "default_config",
     "distill",
+    "generate_many",
     "hookimpl",
     "is_accelerated",
     "register_plugin",

@@ -57,6 +57,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from sadakit.loading import control_image_kwargs, default_call_kwargs, load_pipeline
     from sadakit.registry import output_kind_of
 
+    _check_outputs(args)
     if args.adasde_file and args.accelerate:
         raise SystemExit("sadakit generate: --adasde-file and --accelerate exclude each other: AdaSDE samples in "
                          "a few steps, SADA skips calls of long runs; pass one of them")
@@ -64,7 +65,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     name = type(pipe).__name__
     kind = output_kind_of(pipe)
     is_audio = kind == "audio"
-    check_output_kind(args.out, kind, name)
+    if not args.prompts:
+        check_output_kind(args.out, kind, name)
     call_kwargs = default_call_kwargs(args.pipeline)  # sizes of the offline pipelines, bundled guidance
     if args.control_image:
         call_kwargs.update(control_image_kwargs(pipe, args.control_image))
@@ -93,6 +95,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         sadakit.accelerate(pipe)
     if args.compile:
         _compile_networks(pipe)
+    if args.prompts:
+        return _generate_prompt_set(pipe, args, steps, call_kwargs, use_sada)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if is_audio:
@@ -126,6 +130,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         summary["report"] = sadakit.report(pipe).to_dict()
         print(sadakit.report(pipe))
     print(json.dumps({k: v for k, v in summary.items() if k != "report"}, default=str))
+    return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out is a file for --prompt and a directory for --prompts; the prompt set reads cleanly
+    (both before the pipeline loads)."""
+    try:
+        if args.prompts:
+            output_directory(args.out)
+        else:
+            output_file(args.out)
+    except argparse.ArgumentTypeError as error:
+        raise SystemExit(f"sadakit generate: --out: {error}") from None
+    if args.batch_size > 1 and not args.prompts:
+        raise SystemExit("sadakit generate: --batch-size groups the rows of --prompts; with --prompt it has no effect")
+    if args.prompts:
+        from sadakit.prompt_sets import PromptSetError, read_rows
+
+        try:
+            args.rows = read_rows(args.prompts, base_seed=args.seed)
+        except PromptSetError as error:
+            raise SystemExit(f"sadakit generate: --prompts: {error}") from None
+
+
+def _generate_prompt_set(pipe, args: argparse.Namespace, steps: int, call_kwargs: dict, use_sada: bool) -> int:
+    from sadakit.prompt_runs import generate_many
+
+    sampler = (f"AdaSDE {pipe.scheduler.meta.solver}, {pipe.scheduler.nfe} calls" if args.adasde_file else None)
+    summary = generate_many(pipe, args.rows, args.out, steps=steps, call_kwargs=call_kwargs,
+                            batch_size=args.batch_size, fps=args.fps, sampler=sampler)
+    print(json.dumps({"rows": summary.rows, "done_before": summary.done_before, "generated": summary.generated,
+                      "failed": summary.failed, "rows_per_second": round(summary.rows_per_second, 3),
+                      "manifest": str(summary.manifest) if summary.manifest else None}))
+    if summary.failed:
+        print(f"sadakit generate: {summary.failed} row(s) failed on this process; their errors are in "
+              f"{Path(args.out) / 'manifest.jsonl'}", file=sys.stderr)
     return 0
 
 
@@ -207,7 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate an image or audio clip, optionally accelerated")
     gen.add_argument("--pipeline", required=True,
                      help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
-    gen.add_argument("--prompt", required=True)
+    prompts = gen.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="one prompt: --out is a file")
+    prompts.add_argument("--prompts", type=existing_file, default=None,
+                         help="a prompt set: a text file (one prompt per line) or JSONL (prompt, seed, negative_prompt, "
+                              "options); --out is a directory (one file per row + manifest.jsonl); rerunning skips "
+                              "finished rows; under torchrun the rows are sharded across ranks")
+    gen.add_argument("--batch-size", type=positive_int, default=1,
+                     help="with --prompts: rows per pipeline call (rows keep their own seeds)")
     gen.add_argument("--steps", type=positive_int, default=None, help="default: 30, or the AdaSDE file's NFE")
     gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--height", type=image_side, default=None)
@@ -229,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--accelerate", dest="accelerate", action="store_true", default=None,
                        help="SADA (the default unless --adasde-file is given)")
     group.add_argument("--no-accelerate", dest="accelerate", action="store_false")
-    gen.add_argument("--out", required=True, type=output_file,
-                     help="output file: .png/.jpg/.webp for images, .mp4/.gif for video, .wav for audio")
+    gen.add_argument("--out", required=True,
+                     help="output file: .png/.jpg/.webp for images, .mp4/.gif for video, .wav for audio; "
+                          "with --prompts, a directory")
     gen.set_defaults(func=_cmd_generate)
 
     bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
