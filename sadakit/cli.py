@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.adasde_file and args.accelerate:
         raise SystemExit("sadakit generate: --adasde-file and --accelerate exclude each other: AdaSDE samples in "
                          "a few steps, SADA skips calls of long runs; pass one of them")
+    args.device = _device_of_this_process(args.device)
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     name = type(pipe).__name__
     kind = output_kind_of(pipe)
@@ -133,25 +135,38 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_of_this_process(device: str | None) -> str | None:
+    """Under torchrun / accelerate launch, ``--device cuda`` means this process's own GPU."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(local_rank)}"
+    return device
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """--out is a file for --prompt and a directory for --prompts; the prompt set reads cleanly
-    (both before the pipeline loads)."""
+    (both before the pipeline loads; reported as argparse reports a bad argument, exit 2)."""
     try:
         if args.prompts:
             output_directory(args.out)
         else:
             output_file(args.out)
     except argparse.ArgumentTypeError as error:
-        raise SystemExit(f"sadakit generate: --out: {error}") from None
+        _argument_error("--out", str(error))
     if args.batch_size > 1 and not args.prompts:
-        raise SystemExit("sadakit generate: --batch-size groups the rows of --prompts; with --prompt it has no effect")
+        _argument_error("--batch-size", "groups the rows of --prompts; with --prompt there is one row")
     if args.prompts:
         from sadakit.prompt_sets import PromptSetError, read_rows
 
         try:
             args.rows = read_rows(args.prompts, base_seed=args.seed)
         except PromptSetError as error:
-            raise SystemExit(f"sadakit generate: --prompts: {error}") from None
+            _argument_error("--prompts", str(error))
+
+
+def _argument_error(flag: str, message: str) -> None:
+    print(f"sadakit generate: error: argument {flag}: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _generate_prompt_set(pipe, args: argparse.Namespace, steps: int, call_kwargs: dict, use_sada: bool) -> int:

@@ -160,3 +160,33 @@ def test_video_arguments_fit_the_pipeline(tmp_path):
     with pytest.raises(SystemExit, match="--num-frames is for video pipelines"):
         cli.main(["generate", "--pipeline", "tiny:sd", "--prompt", "x", "--steps", "2", "--num-frames", "9",
                   "--out", str(tmp_path / "a.png")])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prompt", PROMPT, "--batch-size", "2", "--out", "o.png"], "--batch-size: groups the rows of --prompts"),
+    (["--prompts", "bad.jsonl", "--out", "outdir"], "--prompts: bad.jsonl:2: not valid JSON"),
+    (["--prompts", "good.txt", "--out", "a-file.txt"], "--out: 'a-file.txt' exists and is not a directory"),
+    (["--prompts", "good.txt", "--prompt", PROMPT, "--out", "outdir"], "not allowed with argument"),
+])
+def test_prompt_set_arguments_are_checked_before_loading(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
+    (tmp_path / "good.txt").write_text("a red square\n")
+    (tmp_path / "a-file.txt").write_text("x")
+    monkeypatch.setattr("sadakit.loading.load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--pipeline", "bundled:shapes", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_generate_prompts_writes_a_directory_and_reruns_nothing(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red square", "seed": 3}\n{"prompt": "a blue circle"}\n')
+    argv = ["generate", "--pipeline", "tiny:sd", "--prompts", str(prompts), "--steps", "4", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["rows"], summary["generated"], summary["failed"]) == (2, 2, 0)
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["000000.png", "000001.png"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["done_before"], summary["generated"]) == (2, 0)
