@@ -28,6 +28,8 @@ import torch
 
 import sadakit
 from sadakit.bench.runner import call_pipeline, fidelity
+from sadakit.core import criterion
+from sadakit.core.parameterization import to_flow
 from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
 from sadakit.runtime import decision as decision_module
 
@@ -116,13 +118,20 @@ def trace(args: argparse.Namespace) -> None:
     original = decision_module.Decider.decide
 
     def recording(self, state, x_model, timestep, arguments, eligible_grids):
+        nodes = state.newest_nodes()
+        stable = None
+        if len(nodes) == 3:  # what the criterion would say, asked or not
+            lvl = state.parameterization.level(timestep, x_model.device)
+            m = criterion.stability_momentum(to_flow(x_model, lvl), nodes[0].x_flow, [n.drift for n in nodes],
+                                             [n.tau for n in nodes], lvl.tau)
+            stable = float((criterion.group_scores(criterion.sample_scores(m), state.groups) <= 0).float().mean())
         d = original(self, state, x_model, timestep, arguments, eligible_grids)
         plan = d.plan
         seen.append({"n": state.call_index, "phase": self.phase(state, state.call_index), "x": x_model.detach().clone(),
                      "t": timestep, "args": {k: v for k, v in arguments.items() if k not in ("self",)},
                      "skipped": list(plan.skipped_groups), "x0_hat": None if plan.x0_hat is None else plan.x0_hat.clone(),
                      "times": None if state.value_times is None else state.value_times[:, 0].tolist(),
-                     "tau": plan.tau_host})
+                     "tau": plan.tau_host, "stable": stable})
         return d
 
     decision_module.Decider.decide = recording
@@ -137,8 +146,12 @@ def trace(args: argparse.Namespace) -> None:
     f = score(pipe, args.pipeline, out, ref, prompt, quality_scorer(args.pipeline))
     print(f"{args.pipeline} {args.steps} steps, prompt {prompt!r} x {args.images_per_prompt}: {rep.network_calls} calls, "
           f"PSNR {f['psnr']:.1f} dB, adherence {f.get('adherence', float('nan')):.2f}\n{rep.decisions}")
-    print("| call | tau | phase | decision | gap to newest node | node span | rel. x0 error | rel. state drift |")
-    print("|---|---|---|---|---|---|---|---|")
+    scorer = quality_scorer(args.pipeline)
+    if scorer is not None:
+        per_image = [scorer(out[i: i + 1], prompt)["adherence"] for i in range(out.shape[0])]
+        print("adherence per image:", per_image)
+    print("| call | tau | phase | decision | gap to newest node | node span | rel. x0 error | rel. state drift | criterion: groups stable |")
+    print("|---|---|---|---|---|---|---|---|---|")
     last_computed = None
     for rec, x_base in zip(seen, base_inputs):
         lvl = param.level(rec["t"], rec["x"].device)
@@ -156,7 +169,8 @@ def trace(args: argparse.Namespace) -> None:
             gap = f"{rec['n'] - last_computed}" if last_computed is not None else ""
         if not skipped:
             last_computed = rec["n"]
-        print(f"| {rec['n']} | {rec['tau']:.3f} | {rec['phase']} | {'S' if skipped else 'F'} | {gap} | {span} | {err} | {drift:.4f} |")
+        stable = "" if rec["stable"] is None else f"{rec['stable']:.2f}"
+        print(f"| {rec['n']} | {rec['tau']:.3f} | {rec['phase']} | {'S' if skipped else 'F'} | {gap} | {span} | {err} | {drift:.4f} | {stable} |")
 
 
 def main() -> None:
