@@ -64,3 +64,21 @@ def test_unreachable_target_and_bad_arguments_say_so(testbed):
         sadakit.tune(testbed, [None], target=-1, generate=_generate)
     with pytest.raises(ValueError, match="SADAConfig.budget must be"):
         sadakit.tune(testbed, [None], target=30, generate=_generate, budgets=(0.2, 1.5))
+
+
+def test_cli_tune_writes_a_preset_that_generate_takes_and_another_pipeline_refuses(tmp_path, capsys):
+    from sadakit import cli
+
+    preset = tmp_path / "preset.json"
+    argv = ["tune", "--pipeline", "tiny:sd", "--steps", "8", "--target", "12", "--prompts", "a cat",
+            "--images-per-prompt", "1", "--out", str(preset)]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    data = json.loads(preset.read_text())
+    assert summary["budget"] == data["config"]["budget"] and data["steps"] == 8
+    assert data["pipeline"] == "StableDiffusionPipeline"
+    out = tmp_path / "out.png"
+    assert cli.main(["generate", "--pipeline", "tiny:sd", "--prompt", "a dog", "--preset", str(preset), "--out", str(out)]) == 0
+    assert "8 steps + SADA" in capsys.readouterr().out and out.exists()
+    assert cli.main(["generate", "--pipeline", "tiny:sdxl", "--prompt", "a dog", "--preset", str(preset), "--out", str(out)]) == 1
+    assert "tuned for pipeline 'StableDiffusionPipeline'" in capsys.readouterr().err
