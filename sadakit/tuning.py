@@ -104,10 +104,13 @@ class Preset:
 
 
 def identity(pipe: Any) -> dict[str, str]:
-    """What a preset is bound to: pipeline class, model name or path, scheduler class."""
+    """What a preset is bound to: pipeline class, model (hub id, or a local directory's name, so
+    a preset moves with its model between machines), scheduler class."""
     config = getattr(pipe, "config", None)
-    model = getattr(pipe, "name_or_path", None) or (config.get("_name_or_path", "") if isinstance(config, dict) else "")
-    return {"pipeline": type(pipe).__name__, "model": str(model or ""),
+    model = str(getattr(pipe, "name_or_path", None) or (config.get("_name_or_path", "") if isinstance(config, dict) else "") or "")
+    if Path(model).is_absolute():
+        model = Path(model).name
+    return {"pipeline": type(pipe).__name__, "model": model,
             "scheduler": type(getattr(pipe, "scheduler", None)).__name__}
 
 
@@ -150,7 +153,7 @@ def tune(pipe: Any, prompts: Sequence[Any], target: float, *, steps: int = 50, s
          call_kwargs: dict | None = None, generate: Generate | None = None) -> Preset:
     """The cheapest ``SADAConfig(budget=b)`` (over ``budgets``, on top of ``base``) for which at
     least ``coverage`` of the calibration outputs are ``target`` dB PSNR or more from their
-    full-step output."""
+    full-step output. The pipeline is left unaccelerated."""
     from .api import accelerate, remove
 
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
