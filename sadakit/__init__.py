@@ -20,6 +20,7 @@ from .errors import NotAcceleratedError, PluginContractError, SadakitError, Unsu
 from .hookspecs import hookimpl
 from .registry import register_plugin, supported_pipelines, unregister_plugin
 from .runtime.report import GenerationReport
+from .tuning import Preset, PresetMismatchError, TargetNotReachedError, tune
 from .spec import ControlSpec, DenoiserSpec, TokenArg, TokenBlockSpec, channels_first_grid
 
 __version__ = "0.1.0"
@@ -46,6 +47,9 @@ __all__ = [
     "NoiseLevel",
     "Parameterization",
     "PluginContractError",
+    "Preset",
+    "PresetMismatchError",
+    "TargetNotReachedError",
     "TokenArg",
     "TokenBlockSpec",
     "VPParameterization",
@@ -66,5 +70,6 @@ __all__ = [
     "remove",
     "report",
     "supported_pipelines",
+    "tune",
     "unregister_plugin",
 ]

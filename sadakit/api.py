@@ -14,6 +14,7 @@ from .runtime import hooks
 from .runtime.report import GenerationReport
 from .runtime.samplers import unjudgeable_sampler
 from .runtime.session import SADASession
+from .tuning import Preset
 
 logger = logging.getLogger("sadakit")
 
@@ -38,12 +39,16 @@ def is_accelerated(pipe: Any) -> bool:
     return _lookup(_sessions, pipe) is not None
 
 
-def accelerate(pipe: Any, config: SADAConfig | None = None) -> Any:
+def accelerate(pipe: Any, config: SADAConfig | Preset | None = None) -> Any:
     """Apply SADA to ``pipe`` (in place) and return it.
 
-    Everything is validated before anything is changed: on error the pipeline is untouched.
-    Accelerating an accelerated pipeline replaces its configuration.
+    ``config`` may be a tuned :class:`sadakit.Preset` (``sadakit.tune``), refused for a pipeline,
+    model or scheduler it was not tuned for. Everything is validated before anything is
+    changed: on error the pipeline is untouched. Accelerating an accelerated pipeline replaces
+    its configuration.
     """
+    if isinstance(config, Preset):
+        config = config.config_for(pipe)
     plugin = find_plugin(pipe)
     if config is None:
         config = plugin.default_config(pipe)

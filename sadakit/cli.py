@@ -1,4 +1,4 @@
-"""Command line: ``sadakit info | doctor | generate | bench | adasde | demo`` (``python -m sadakit ...`` works too)."""
+"""Command line: ``sadakit info | doctor | generate | bench | tune | adasde | demo`` (``python -m sadakit ...`` works too)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit("sadakit generate: --adasde-file and --accelerate exclude each other: AdaSDE samples in "
                          "a few steps, SADA skips calls of long runs; pass one of them")
     args.device = _device_of_this_process(args.device)
+    preset = None
+    if args.preset:
+        if args.adasde_file or args.accelerate is False:
+            raise SystemExit("sadakit generate: --preset is a tuned SADA configuration; it excludes --adasde-file "
+                             "and --no-accelerate")
+        preset = sadakit.Preset.load(args.preset)
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
     name = type(pipe).__name__
     kind = output_kind_of(pipe)
@@ -84,7 +90,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if kind != "video":
             raise SystemExit(f"sadakit generate: --num-frames is for video pipelines; {name} makes {kind}")
         call_kwargs["num_frames"] = args.num_frames
-    steps = args.steps or 30
+    steps = args.steps or (preset.steps if preset is not None else 30)
     use_sada = args.accelerate is not False and not args.adasde_file
     if args.adasde_file:
         from sadakit.adasde import scheduler_for_pipeline
@@ -94,7 +100,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if pipe.scheduler.meta.guidance_scale is not None:
             call_kwargs.setdefault("guidance_scale", pipe.scheduler.meta.guidance_scale)
     if use_sada:
-        sadakit.accelerate(pipe)
+        sadakit.accelerate(pipe, preset.config_for(pipe, steps) if preset is not None else None)
     if args.compile:
         _compile_networks(pipe)
     if args.prompts:
@@ -203,6 +209,30 @@ def _compile_networks(pipe) -> None:
         module.compile()
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    """The cheapest SADA budget that holds ``--target`` on the calibration prompts, as a preset."""
+    import torch
+
+    import sadakit
+    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
+    from sadakit.registry import output_kind_of
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
+    prompts = args.prompts or default_prompts(args.pipeline) or list(DEFAULT_PROMPTS)
+    call_kwargs = default_call_kwargs(args.pipeline)
+    if args.images_per_prompt > 1:
+        key = "num_waveforms_per_prompt" if output_kind_of(pipe) == "audio" else "num_images_per_prompt"
+        call_kwargs[key] = args.images_per_prompt
+    preset = sadakit.tune(pipe, prompts, args.target, steps=args.steps, seeds=args.seeds, coverage=args.coverage,
+                          call_kwargs=call_kwargs)
+    path = preset.save(args.out)
+    print(json.dumps({"preset": str(path), "budget": preset.config.budget, "held": preset.held,
+                      "target_db": preset.target_db, "steps": preset.steps}))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
@@ -287,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--allow-other-model", action="store_true",
                      help="use an AdaSDE file distilled for another model (refused by default)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the denoiser (and ControlNet) in place")
+    gen.add_argument("--preset", type=existing_file, default=None,
+                     help="SADA preset from `sadakit tune` (steps default to the preset's; refused for another pipeline)")
     group = gen.add_mutually_exclusive_group()
     group.add_argument("--accelerate", dest="accelerate", action="store_true", default=None,
                        help="SADA (the default unless --adasde-file is given)")
@@ -324,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=output_directory, default="bench-output")
     bench.set_defaults(func=_cmd_bench)
 
+    tune = sub.add_parser("tune", help="the fastest SADA budget that holds a PSNR target; writes a preset")
+    tune.add_argument("--pipeline", required=True,
+                      help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
+    tune.add_argument("--target", required=True, type=float, help="PSNR in dB against the full-step output")
+    tune.add_argument("--coverage", type=float, default=0.9, help="share of calibration outputs that must hold it")
+    tune.add_argument("--prompts", nargs="+", default=None, help="calibration prompts (default: as for bench)")
+    tune.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0])
+    tune.add_argument("--steps", type=positive_int, default=50)
+    tune.add_argument("--images-per-prompt", type=positive_int, default=4)
+    tune.add_argument("--threads", type=positive_int, default=None)
+    tune.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    tune.add_argument("--device", default=None)
+    tune.add_argument("--out", required=True, help="preset file to write (JSON)")
+    tune.set_defaults(func=_cmd_tune)
+
     adasde = sub.add_parser("adasde", help="AdaSDE coefficients: distill / inspect")
     from sadakit.adasde.cli import build_parser as build_adasde_parser
 
@@ -338,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Commands that load third-party pipelines: run inside :func:`sadakit.quiet.quiet`, so their
 #: known deprecation notices and loading bars do not bury sadakit's own output.
-QUIET_COMMANDS = frozenset({"demo", "generate", "bench", "info"})
+QUIET_COMMANDS = frozenset({"demo", "generate", "bench", "info", "tune"})
 
 
 def main(argv: list[str] | None = None) -> int:

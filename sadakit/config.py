@@ -72,6 +72,18 @@ class SADAConfig:
     #: every 2nd below (fewer nodes make wide extrapolation unsafe).
     late_phase_interval: int | None = field(default=None)
     late_phase_order: int = field(default=2)
+    #: Fraction of the denoiser calls that run the network, planned ahead (sadakit/runtime/budget.py,
+    #: docs/frontier.md): a warm-up, then every s-th call, s as small as the budget allows; each
+    #: skipped call extrapolates x0 at the highest order (<= ``budget_order``) whose nodes span
+    #: the gap. Replaces the criterion and the late phase (and
+    #: with them partial calls); None: the criterion and the late-phase schedule decide.
+    budget: float | None = field(default=None)
+    #: Fewest calls computed in a row at the start of a budget plan (the plan may use more).
+    budget_warmup_calls: int = field(default=1, validator=_int_at_least(1))
+    #: Highest extrapolation order of a budget plan (0 = the solver's own step over the gap).
+    budget_order: int = field(default=1)
+    #: Calls past the newest computed one beyond which a budget plan extrapolates at order 0.
+    budget_order_gap: int = field(default=2, validator=_int_at_least(1))
     #: Side of the window that gets one rotating anchor token on partial calls.
     anchor_window: int = field(default=2, validator=_int_at_least(1))
     #: Partial calls only when at most this fraction of a block's tokens must be recomputed.
@@ -116,6 +128,18 @@ class SADAConfig:
             return self.late_phase_interval
         return 3 if expected_calls is not None and expected_calls >= 40 else 2
 
+    @budget.validator
+    def _check_budget(self, attribute, value):
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+            raise ValueError(f"SADAConfig.budget must be None or a fraction of the calls in (0, 1], got {value!r}")
+
+    @budget_order.validator
+    def _check_budget_order(self, attribute, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+            raise ValueError(f"SADAConfig.budget_order must be an integer in 0..3, got {value!r}")
+
     @late_phase_order.validator
     def _check_late_order(self, attribute, value):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
@@ -125,7 +149,8 @@ class SADAConfig:
     def history_len(self) -> int:
         """Computed x0 values kept per row for extrapolation."""
         late = self.late_phase_order if self.late_phase_start is not None else 0
-        return max(self.extrapolation_order, late) + 1
+        budget = self.budget_order if self.budget is not None else 0
+        return max(self.extrapolation_order, late, budget) + 1
 
     @property
     def enabled(self) -> bool:

@@ -112,4 +112,4 @@ def test_cli_commands_run_quietly_and_restore(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_cmd_demo", fake_demo)
     assert cli.main(["demo", "--out", "unused"]) == 0
     assert seen["demo"] > len(filters) and warnings.filters == filters
-    assert cli.QUIET_COMMANDS == {"demo", "generate", "bench", "info"}
+    assert cli.QUIET_COMMANDS == {"demo", "generate", "bench", "info", "tune"}

@@ -111,7 +111,11 @@ class SADA(Method):
         config = sadakit.default_config(pipe)
         if self.name == "sada-criterion":
             config = sadakit.SADAConfig.criterion_only()
-        if self.knob is not None:  # late-phase interval
+        if self.name == "sada-budget":  # the knob: fraction of the calls computed (SADAConfig.budget)
+            import attrs
+
+            config = attrs.evolve(config, budget=self.knob if self.knob is not None else 0.5)
+        elif self.knob is not None:  # late-phase interval
             import attrs
 
             config = attrs.evolve(config, late_phase_interval=int(self.knob))
@@ -401,6 +405,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "fewer-steps": FewerSteps,
     "sada": SADA,
     "sada-criterion": SADA,
+    "sada-budget": SADA,
     "adasde": AdaSDE,
     "fbcache": DiffusersCache,
     "taylorseer": DiffusersCache,

@@ -19,6 +19,7 @@ from ..core import criterion, tokens
 from ..core.extrapolation import extrapolate
 from ..core.parameterization import NoiseLevel, to_flow
 from ..spec import LatentToGrid
+from . import budget as budget_plan
 from .plans import CallPlan, Grid, HostRead, TokenPlan
 from .state import GenerationState
 
@@ -50,11 +51,22 @@ class Decider:
             warmup = max(warmup, round(cfg.warmup_fraction * expected))
             if n >= expected - cfg.final_calls:
                 return "final"
+        if cfg.skip_steps and cfg.budget is not None:
+            if expected is None:
+                self.note("SADAConfig.budget needs the generation's number of calls (the scheduler's timesteps); "
+                          "every call computed")
+                return "final"
+            return "budget"
         if n < warmup:
             return "warmup"
         if cfg.skip_steps and cfg.late_phase_start is not None and expected is not None and n >= self.late_index(state):
             return "late"
         return "criterion"
+
+    def planned_calls(self, state: GenerationState) -> tuple[int, ...]:
+        """The calls a budget plan computes (cached per call count)."""
+        cfg = self.config
+        return budget_plan.computed_calls(state.expected_calls, cfg.budget, cfg.budget_warmup_calls, cfg.final_calls)
 
     def late_index(self, state: GenerationState) -> int:
         return math.ceil(self.config.late_phase_start * state.expected_calls)
@@ -63,9 +75,9 @@ class Decider:
         """x0 estimate at the current time from the last ``order + 1`` computed calls of every row."""
         t_eval = lvl.tau.expand(state.batch_size)
         values, times = state.values[: order + 1], state.value_times[: order + 1]
-        if self.config.extrapolation == "x0":
-            return extrapolate(values, times, t_eval)
         out_hat = extrapolate(values, times, t_eval)
+        if self.config.extrapolation == "x0":
+            return out_hat
         return state.parameterization.x0_from_output(x_model.float(), out_hat, lvl)
 
     def decide(self, state: GenerationState, x_model: torch.Tensor, timestep: Any, arguments: dict,
@@ -82,8 +94,13 @@ class Decider:
         nodes = state.newest_nodes()
         use_criterion = phase == "criterion" and len(nodes) == 3
         order = cfg.late_phase_order if phase == "late" else cfg.extrapolation_order
+        planned_skip = False
+        if phase == "budget":
+            plan_calls = self.planned_calls(state)
+            planned_skip = state.call_index not in plan_calls
+            order = budget_plan.order_for(plan_calls, state.call_index, cfg.budget_order, cfg.budget_order_gap)
         x0_hat = None
-        if cfg.skip_steps and phase in ("criterion", "late") and state.values is not None:
+        if cfg.skip_steps and (phase in ("criterion", "late") or planned_skip) and state.values is not None:
             x0_hat = self.extrapolate(state, lvl, x_model, order)
             # checked as the pipeline would get it: after the cast to the model's dtype, where an
             # fp16 overflow becomes inf
@@ -121,7 +138,7 @@ class Decider:
             return Decision(full)
         if state.last_tau is not None and abs(host.tau - state.last_tau) <= 1e-7:
             return Decision(full)  # a solver's second stage at the same noise level (Heun): no step to judge
-        skipped = self._skipped_groups(state, phase, order, use_criterion, x0_hat is not None, host)
+        skipped = self._skipped_groups(state, phase, order, use_criterion, x0_hat is not None, host, planned_skip)
         skipped_set = set(skipped)
         computed = [gi for gi in range(g) if gi not in skipped_set]
         token_plan = None
@@ -130,12 +147,12 @@ class Decider:
         return Decision(CallPlan(lvl, x_flow, computed, skipped, x0_hat, token_plan, host.tau))
 
     def _skipped_groups(self, state: GenerationState, phase: str, order: int, use_criterion: bool,
-                        extrapolated: bool, host: HostRead) -> list[int]:
+                        extrapolated: bool, host: HostRead, planned_skip: bool = False) -> list[int]:
         """Groups to skip; host-side work stays O(rows) (this runs on every call, at any batch)."""
         if not extrapolated:
             return []
         cfg = self.config
-        late_skip = phase == "late" and (
+        late_skip = planned_skip or phase == "late" and (
             (state.call_index - self.late_index(state)) % cfg.interval_for(state.expected_calls) != 0
         )
         counts, members = state.value_counts, state.members

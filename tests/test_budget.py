@@ -1,0 +1,121 @@
+"""SADAConfig.budget: the plan of computed calls, the gap-aware order, and what it buys
+(docs/frontier.md)."""
+
+import random
+
+import pytest
+import torch
+
+import sadakit
+from sadakit.runtime.budget import computed_calls, order_for
+from sadakit.testbeds.solvers import make_pipeline
+
+
+def test_plan_spends_exactly_the_budget_as_warmup_plus_a_regular_interval():
+    rng = random.Random()
+    for _ in range(200):
+        n = rng.randint(2, 120)
+        budget = rng.uniform(0.02, 1.0)
+        warmup, final = rng.randint(1, 5), rng.randint(0, 3)
+        calls = computed_calls(n, budget, warmup, final)
+        k = max(1, round(budget * n))
+        assert calls == tuple(sorted(set(calls))) and all(0 <= c < n for c in calls)
+        if k >= n:
+            assert calls == tuple(range(n))
+            continue
+        assert len(calls) <= k
+        final_kept = min(final, k - 1)
+        assert calls[len(calls) - final_kept:] == tuple(range(n - final_kept, n))
+        head = min(warmup, k - final_kept)
+        assert calls[:head] == tuple(range(head))
+    # the measured plans of docs/frontier.md, 50 calls
+    assert computed_calls(50, 0.25, 1, 2) == (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 48, 49)
+    assert computed_calls(50, 0.4, 1, 2) == (0, 1, 2) + tuple(range(5, 48, 3)) + (48, 49)
+    # every count from 1 to 49 of 50 is met exactly
+    assert all(len(computed_calls(50, k / 50, 1, 2)) == k for k in range(1, 51))
+
+
+def test_order_never_extrapolates_beyond_the_nodes_span_or_the_gap_limit():
+    calls = (0, 1, 2, 5, 8, 11, 14)
+    # call 3: one call past node 2, whose neighbour is 1 call back: linear
+    assert order_for(calls, 3, max_order=1, max_gap=2) == 1
+    # call 4: two calls past node 2, the nodes span only 1: constant x0 (the solver's own step)
+    assert order_for(calls, 4, max_order=1, max_gap=2) == 0
+    # call 7: two past 5, nodes 5 and 2 span 3: linear; quadratic too (5, 2, 1 span 4)
+    assert order_for(calls, 7, max_order=1, max_gap=2) == 1
+    assert order_for(calls, 7, max_order=2, max_gap=2) == 2
+    # a gap of 3 is held constant unless allowed
+    plan = (0, 4, 8, 12)
+    assert order_for(plan, 11, max_order=1, max_gap=2) == 0
+    assert order_for(plan, 11, max_order=1, max_gap=3) == 1
+    assert order_for(plan, 3, max_order=1, max_gap=3) == 0  # only one node before call 3
+    assert order_for(plan, 10, max_order=0, max_gap=9) == 0
+
+
+def test_budget_is_validated_with_the_field_named():
+    for bad in (0, 1.5, -0.1, True, "half"):
+        with pytest.raises(ValueError, match="SADAConfig.budget must be"):
+            sadakit.SADAConfig(budget=bad)
+    with pytest.raises(ValueError, match="SADAConfig.budget_order must be"):
+        sadakit.SADAConfig(budget=0.5, budget_order=4)
+    with pytest.raises(ValueError, match="SADAConfig.budget_order_gap must be"):
+        sadakit.SADAConfig(budget=0.5, budget_order_gap=0)
+    assert sadakit.SADAConfig().budget is None  # the default behaviour is unchanged
+    assert sadakit.SADAConfig(budget=0.3, budget_order=2).history_len == 3
+
+
+def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).reshape(a.shape[0], -1).pow(2).mean(1).sqrt().median())
+
+
+@pytest.mark.parametrize("solver", ["euler", "flow-euler"])
+def test_budget_follows_its_plan_and_beats_fewer_steps_on_the_testbed(solver):
+    pipe = make_pipeline("gmm64-16", solver)
+    z = torch.randn(24, *pipe.testbed.mixture.data_shape, dtype=torch.float64)
+    base = pipe(num_inference_steps=50, latents=z).samples
+    for budget in (0.5, 0.25):
+        plan = computed_calls(50, budget, 1, 2)
+        errors = {}
+        for order in (1, 0):
+            config = sadakit.SADAConfig(budget=budget, budget_order=order, token_sparsity=False, count_flops=False)
+            sadakit.accelerate(pipe, config)
+            try:
+                out = pipe(num_inference_steps=50, latents=z).samples
+                rep = sadakit.report(pipe)
+            finally:
+                sadakit.remove(pipe)
+            assert rep.per_sample_computed == [len(plan)] * z.shape[0]
+            assert rep.decisions == "".join("F" if n in plan else "S" for n in range(50))
+            errors[order] = _rmse(out, base)
+        fewer = _rmse(pipe(num_inference_steps=len(plan), latents=z).samples, base)
+        # measured (32 samples): Euler 0.0007 vs 0.024 at 0.5, 0.017 vs 0.064 at 0.25;
+        # flow Euler 0.004 vs 0.014, 0.034 vs 0.046
+        assert errors[1] < 0.9 * fewer, (budget, errors, fewer)
+        # the gap-aware linear extrapolation is what buys it over holding x0 constant
+        assert errors[1] < 0.8 * errors[0], (budget, errors)
+
+
+def test_budget_on_a_tiny_sd_pipeline_runs_the_planned_forwards(sd_vpred_pipe):
+    """A real diffusers pipeline (v-prediction, CFG batched): the network runs exactly on the
+    planned calls, the output stays close, and removing restores the plain output."""
+    from plugin_checks import Forwards, psnr
+
+    pipe = sd_vpred_pipe
+    sadakit.remove(pipe)
+    kwargs = dict(prompt=["a cat", "a dog"], num_inference_steps=20, output_type="latent", guidance_scale=4.0)
+    base = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
+    plan = computed_calls(20, 0.3, 1, 2)
+    forwards = Forwards(pipe.unet.conv_in)
+    sadakit.accelerate(pipe, sadakit.SADAConfig(budget=0.3))
+    try:
+        out = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
+        rep = sadakit.report(pipe)
+    finally:
+        sadakit.remove(pipe)
+        forwards.close()
+    assert forwards.count == len(plan) == 6
+    assert rep.decisions == "".join("F" if n in plan else "S" for n in range(20))
+    assert rep.partial_calls == 0
+    assert torch.isfinite(out).all() and psnr(out, base) > 20
+    again = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
+    assert torch.equal(again, base)

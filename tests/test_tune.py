@@ -1,0 +1,84 @@
+"""sadakit.tune: the cheapest budget that holds a target, kept on held-out seeds; presets."""
+
+import json
+
+import pytest
+import torch
+
+import sadakit
+from sadakit.testbeds.solvers import make_pipeline
+from sadakit.tuning import held_fraction, row_psnr_db
+
+
+def _generate(pipe, prompt, seed, steps):
+    return pipe(batch_size=128, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed)).samples
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return make_pipeline("gmm64-16", "euler")
+
+
+def test_tuned_budget_holds_its_target_on_held_out_seeds(testbed):
+    preset = sadakit.tune(testbed, [None], target=40.0, steps=30, seeds=(0, 1), generate=_generate)
+    # measured (10th percentile of 128 rows): 0.2 -> 38-39 dB, 0.25 -> 44-45 dB, on every seed
+    assert preset.config.budget == 0.25
+    assert preset.held >= 0.9 and preset.calibration_outputs == 256
+    for seed in (7, 8):  # held out
+        reference = _generate(testbed, None, seed, 30)
+        sadakit.accelerate(testbed, preset)
+        try:
+            out = _generate(testbed, None, seed, 30)
+            calls = sadakit.report(testbed).network_calls
+        finally:
+            sadakit.remove(testbed)
+        assert calls == round(0.25 * 30)  # the plan computes exactly the budget
+        assert held_fraction(row_psnr_db(out, reference), 40.0) >= 0.9
+
+
+def test_preset_round_trips_and_refuses_another_pipeline(testbed, tmp_path):
+    preset = sadakit.tune(testbed, [None], target=30.0, steps=20, seeds=(0,), generate=_generate,
+                          budgets=(0.3, 0.5))
+    path = preset.save(tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    assert data["format"] == "sadakit.preset" and data["steps"] == 20 and data["target_db"] == 30.0
+    assert data["pipeline"] == "GMMPipeline" and data["scheduler"] == type(testbed.scheduler).__name__
+    loaded = sadakit.Preset.load(path)
+    assert loaded == preset
+    other = make_pipeline("gmm64-16", "flow-euler")
+    with pytest.raises(sadakit.PresetMismatchError, match="scheduler"):
+        sadakit.accelerate(other, loaded)
+    assert not sadakit.is_accelerated(other)
+    with pytest.raises(sadakit.PresetMismatchError, match="steps 20"):
+        loaded.config_for(testbed, steps=50)
+    data["config"]["no_such_field"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unknown SADAConfig field"):
+        sadakit.Preset.load(path)
+
+
+def test_unreachable_target_and_bad_arguments_say_so(testbed):
+    with pytest.raises(sadakit.TargetNotReachedError, match="share held per budget: 0.12"):
+        sadakit.tune(testbed, [None], target=200.0, steps=20, seeds=(0,), generate=_generate, budgets=(0.12,))
+    with pytest.raises(ValueError, match="target must be"):
+        sadakit.tune(testbed, [None], target=-1, generate=_generate)
+    with pytest.raises(ValueError, match="SADAConfig.budget must be"):
+        sadakit.tune(testbed, [None], target=30, generate=_generate, budgets=(0.2, 1.5))
+
+
+def test_cli_tune_writes_a_preset_that_generate_takes_and_another_pipeline_refuses(tmp_path, capsys):
+    from sadakit import cli
+
+    preset = tmp_path / "preset.json"
+    argv = ["tune", "--pipeline", "tiny:sd", "--steps", "8", "--target", "12", "--prompts", "a cat",
+            "--images-per-prompt", "1", "--out", str(preset)]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    data = json.loads(preset.read_text())
+    assert summary["budget"] == data["config"]["budget"] and data["steps"] == 8
+    assert data["pipeline"] == "StableDiffusionPipeline"
+    out = tmp_path / "out.png"
+    assert cli.main(["generate", "--pipeline", "tiny:sd", "--prompt", "a dog", "--preset", str(preset), "--out", str(out)]) == 0
+    assert "8 steps + SADA" in capsys.readouterr().out and out.exists()
+    assert cli.main(["generate", "--pipeline", "tiny:sdxl", "--prompt", "a dog", "--preset", str(preset), "--out", str(out)]) == 1
+    assert "tuned for pipeline 'StableDiffusionPipeline'" in capsys.readouterr().err
