@@ -10,15 +10,37 @@ timed on the device with CUDA events, read once at the end of a generation.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 import torch
 
+#: the process group whose ranks must take the same decision (context parallelism), if any
+_vote_group: ContextVar[Any] = ContextVar("sadakit_vote_group", default=None)
 _pinned: dict[tuple, torch.Tensor] = {}
 _waited = [0.0]  # seconds this process has spent waiting for a device in these reads
 
 
+@contextmanager
+def voting(group: Any) -> Iterator[None]:
+    """Within this block, every read is first reduced (minimum) across ``group`` (None: no group),
+    so that all its ranks read the same values (see :mod:`.parallel`)."""
+    token = _vote_group.set(group)
+    try:
+        yield
+    finally:
+        _vote_group.reset(token)
+
+
 def to_host(values: torch.Tensor) -> list[float]:
     """``values`` (1-D) as host floats: the one read of a call."""
+    group = _vote_group.get()
+    if group is not None:
+        import torch.distributed as dist
+
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MIN, group=group)
     if values.device.type != "cuda":
         started = time.perf_counter()
         host = values.tolist()  # on the CPU nothing is waited for; on MPS, a plain copy

@@ -26,7 +26,8 @@ from .accounting import Accounting
 from .batching import output_tensor, rebuild_output, scatter_rows, select_rows
 from .decision import Decider
 from .entry import NetworkDoor, Serve, ensure_doors
-from .host_read import DeviceTimer, to_host, waited_seconds
+from .host_read import DeviceTimer, to_host, voting, waited_seconds
+from .parallel import context_parallel_group
 from .plans import CallPlan
 from .report import GenerationReport
 from .samplers import unjudgeable_sampler
@@ -95,6 +96,7 @@ class SADASession:
         self.doors: dict[int, NetworkDoor] = {}
         self.door_keepers: list[tuple[torch.nn.Module, Serve]] = []
         self.device_timer = DeviceTimer()  # sadakit's own kernel time, on CUDA
+        self.context_group: Any = None  # the context-parallel process group, if any (see .parallel)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -208,6 +210,15 @@ class SADASession:
             state.judged = False
             self._note(reason)
         self.tokens.latent_grid, self.tokens.step_rows = state.latent_grid, b
+        self.context_group = context_parallel_group(self.denoiser.module)
+        self.tokens.active = self.context_group is None
+        if self.context_group is not None and self.config.enabled:
+            import torch.distributed as dist
+
+            ranks = dist.get_world_size(self.context_group)
+            self._note(f"context parallelism over {ranks} ranks: one decision for all of them (the stability vote "
+                       "reduced across the ranks, one all-reduce per call); token sparsity off (each rank holds a "
+                       "shard of the tokens)")
         self.current.parameterization = param.describe()
         self.accounting.grow_rows(b)
         self.state = state
@@ -219,11 +230,12 @@ class SADASession:
         if state is None or tuple(x_model.shape) != state.batch_shape:
             state = self._start_generation(x_model, arguments)
         self.tokens.use_shape(x_model.shape)
-        decision = self.decider.decide(
-            state, x_model, timestep, arguments,
-            lambda: self.tokens.eligible_grids(state.latent_grid, self.config.token_resolutions == "highest",
-                                               self._note),
-        )
+        with voting(self.context_group):
+            decision = self.decider.decide(
+                state, x_model, timestep, arguments,
+                lambda: self.tokens.eligible_grids(state.latent_grid, self.config.token_resolutions == "highest",
+                                                   self._note) if self.tokens.active else [],
+            )
         if decision.new_generation:
             self._start_generation(x_model, arguments)
         plan = decision.plan

@@ -78,6 +78,7 @@ class TokenCache:
         self.used = False  # a block ran on a token subset during this call
         self.step_rows = 0  # rows of a full step (for cache shapes)
         self.latent_grid: Grid | None = None
+        self.active = True  # False: no block is pruned (context parallelism shards the tokens)
 
     def clear(self) -> None:
         self.caches.clear()
@@ -134,7 +135,7 @@ class TokenCache:
         """
         self.rows_host, self.rows, self.used = rows, rows_tensor, False
         self.route = None
-        if not self.layouts:
+        if not self.layouts or not self.active:
             return
         key = tuple(shape[1:])
         if key not in self.tokens_by_shape or learn:
@@ -186,7 +187,7 @@ class TokenCache:
         """After a network call (``ran``): store the residuals the blocks left on their jobs,
         and account every block's tokens."""
         route, self.route = self.route, None
-        if ran and self.layouts and (route is None or not route.learning):
+        if ran and self.layouts and self.active and (route is None or not route.learning):
             batch = len(self.rows_host) if self.rows_host is not None else self.step_rows
             jobs = route.jobs if route is not None else {}
             for name, n in self.block_tokens.items():
