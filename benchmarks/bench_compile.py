@@ -1,13 +1,13 @@
 """SADA with and without ``torch.compile`` of the denoiser: do the two speed-ups compose?
 
-Two copies of one pipeline (same weights): one eager, one whose denoiser is compiled in place
-(``module.compile(backend=...)``). Each repeat runs, in turn, eager baseline, eager SADA,
-compiled baseline, compiled SADA (medians of the repeats; compile time is the first compiled
+Three copies of one pipeline (same weights): one eager (run with and without SADA), one whose
+denoiser is compiled in place (``module.compile(backend=...)``), one accelerated and then
+compiled. Each repeat runs, in turn, eager baseline, eager SADA, compiled baseline, compiled SADA (medians of the repeats; compile time is the first compiled
 call of each variant, reported apart). Fidelity: PSNR of each output against the eager
 baseline. Also prints the number of graphs dynamo built and whether a later generation
 built any more (it should not: the decisions run outside the compiled graph).
 
-    .venv/bin/python benchmarks/bench_compile.py --pipeline sdxl-medium --repeats 3
+    .venv/bin/python benchmarks/bench_compile.py --pipeline sdxl-medium --repeats 3 [--fullgraph]
 """
 
 from __future__ import annotations
@@ -50,25 +50,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="a red circle in the top left")
+    parser.add_argument("--fullgraph", action="store_true", help="compile with fullgraph=True")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     eager, denoiser, kw = build(args.pipeline)
+    # one copy per compiled variant: the hooks are traced with the network, so toggling SADA on a
+    # compiled copy would compile it again every time (docs/gpu.md#torch-compile)
     compiled, _, _ = build(args.pipeline)
-    getattr(compiled, denoiser).compile(backend=args.backend)
+    compiled_sada, _, _ = build(args.pipeline)
+    sadakit.accelerate(compiled_sada)
+    for pipe in (compiled, compiled_sada):
+        getattr(pipe, denoiser).compile(backend=args.backend, fullgraph=args.fullgraph)
     kw = {**kw, "prompt": args.prompt, "num_inference_steps": args.steps, "output_type": "pt"}
 
     def run(pipe, sada: bool):
-        if sada:
-            sadakit.accelerate(pipe)
-        else:
-            sadakit.remove(pipe)
+        if pipe is eager:
+            if sada:
+                sadakit.accelerate(pipe)
+            else:
+                sadakit.remove(pipe)
         started = time.perf_counter()
         out = pipe(generator=torch.Generator().manual_seed(args.seed), **kw).images
         return out, time.perf_counter() - started
 
     variants = [("eager", eager, False), ("eager + SADA", eager, True),
-                ("compiled", compiled, False), ("compiled + SADA", compiled, True)]
+                ("compiled", compiled, False), ("compiled + SADA", compiled_sada, True)]
     first = {}
     for label, pipe, sada in variants:  # warm-up; for the compiled copy this is the compilation
         first[label] = run(pipe, sada)[1]
