@@ -438,3 +438,19 @@ def test_inspect_refuses_a_broken_file_in_one_line(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["inspect", str(broken)])
     assert str(info.value).startswith("sadakit adasde inspect: AdaSDE coefficient file ") and str(broken) in str(info.value)
+
+
+def test_a_saved_scheduler_config_with_an_unknown_metadata_field_is_refused_by_name(testbed_file, tmp_path):
+    """A scheduler saved with save_pretrained and read back by another sadakit: an unknown
+    coefficient_meta field gets a named error, not a bare TypeError from the attrs class."""
+    from sadakit.adasde import CoefficientMismatchError
+
+    scheduler = AdaSDEScheduler.from_file(testbed_file, EulerDiscreteScheduler(**SD_SCHEDULE))
+    scheduler.save_pretrained(tmp_path)
+    assert AdaSDEScheduler.from_pretrained(tmp_path).meta == scheduler.meta
+    config_path = tmp_path / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["coefficient_meta"]["learned_grid_v9"] = [1, 2]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CoefficientMismatchError, match=r"unknown field\(s\) \['learned_grid_v9'\]"):
+        AdaSDEScheduler.from_pretrained(tmp_path)

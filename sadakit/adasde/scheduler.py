@@ -128,6 +128,13 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                 "AdaSDEScheduler needs raw_coefficients, grid_sigmas and coefficient_meta; "
                 "build it with AdaSDEScheduler.from_file(path, pipe.scheduler)"
             )
+        known = {field.name for field in attrs.fields(CoefficientMetadata)}
+        unknown = sorted(set(coefficient_meta) - known)
+        if unknown:
+            raise CoefficientMismatchError(
+                f"AdaSDEScheduler: coefficient_meta has unknown field(s) {unknown} (a scheduler config saved by a newer "
+                f"sadakit, or edited by hand); known fields: {sorted(known)}"
+            )
         self.meta = CoefficientMetadata(**coefficient_meta)
         self.coefficients = CoefficientFile(
             torch.tensor(raw_coefficients, dtype=torch.float32),
