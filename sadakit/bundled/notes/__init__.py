@@ -33,8 +33,14 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
+    """The listed names; any other public name of the model or the judge (builders, constants)
+    for the training scripts."""
     module = _WHERE.get(name)
     if module is None:
+        for fallback in ("model", "judging"):
+            found = getattr(importlib.import_module(f".{fallback}", __name__), name, None)
+            if found is not None and not name.startswith("_"):
+                return found
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{module}" if not module.startswith(".") else module, __name__),
                    _ALIASES.get(name, name))
