@@ -353,7 +353,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
 
 def save_pipeline(vae, text_encoder, unet, vocoder) -> None:
     """Save as a MusicLDMPipeline; the UNet goes to disk in float16 (half the bytes; it is
-    loaded back as float32 by ``load_notes_pipeline``)."""
+    loaded back as float32 by ``notes.load_pipeline``)."""
     unet16 = copy.deepcopy(unet).half()
     pipe = N.assemble_pipeline(vae, text_encoder, unet16, vocoder)
     pipe.save_pretrained(OUT, safe_serialization=True)

@@ -13,8 +13,7 @@ generation) is what ``sadakit generate`` needs; the judge (:mod:`.judging`) and 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._namespace import lazy_namespace
 
 _EXPORTS = {
     "model": ("MODEL_DIR", "DEFAULT_STEPS", "DEFAULT_GUIDANCE", "CALL_KWARGS", "IMAGE_SIZE", "PIPELINE_FILES",
@@ -26,23 +25,4 @@ _EXPORTS = {
 }
 _ALIASES = {"available_adasde": "available_shapes_adasde", "adasde_path": "shapes_adasde_path",
             "adasde_scheduler": "shapes_adasde_scheduler"}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    """The listed names; any other public name of the model or the judge (builders, constants)
-    for the training scripts."""
-    module = _WHERE.get(name)
-    if module is None:
-        for fallback in ("model", "judging"):
-            found = getattr(importlib.import_module(f".{fallback}", __name__), name, None)
-            if found is not None and not name.startswith("_"):
-                return found
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}" if not module.startswith(".") else module, __name__),
-                   _ALIASES.get(name, name))
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS, _ALIASES)
