@@ -71,6 +71,11 @@ def denoiser_module(pipe: Any) -> torch.nn.Module:
         raise UnsupportedPipelineError(f"cannot compare on {type(pipe).__name__}: {error}") from None
 
 
+def denoiser_device(pipe: Any) -> torch.device:
+    """Where the denoiser's weights live (CPU for a denoiser without parameters)."""
+    return next(denoiser_module(pipe).parameters(), torch.empty(0)).device
+
+
 class ForwardCounter:
     """Counts real denoiser forwards at its first parameterised layer (hooks that replace the
     denoiser's forward bypass module pre-hooks on the denoiser itself). A denoiser without
@@ -144,7 +149,7 @@ def compare(
             for m in list(alive):
                 attempt(m, m.label, timed=True)
         if cost:
-            device = next(denoiser.parameters(), torch.empty(0)).device
+            device = denoiser_device(pipe)
             method = memory or memory_method(device)
             for m in list(alive):
                 attempt(m, f"{m.label} FLOPs/memory", measure=PeakMemory(device, method))

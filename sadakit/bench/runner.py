@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from ..registry import family_of, output_kind_of
-from .harness import compare, denoiser_module
+from .harness import compare, denoiser_device
 from .memory import MEMORY_METHODS, memory_method
 from .methods import Method, expand_specs, parse_method
 from .restoration import PipelineNotRestoredError  # noqa: F401 (part of the bench's API)
@@ -174,7 +174,7 @@ def run_bench(
             usable.append(m)
     cases = [Case(i, p, s) for i, (p, s) in enumerate((p, s) for p in prompts for s in seeds)]
     base_kwargs = {"num_inference_steps": steps, **(call_kwargs or {})}
-    device = next(denoiser_module(pipe).parameters(), torch.empty(0)).device
+    device = denoiser_device(pipe)
     memory = memory_method(device)
     notices: list[str] = [f"peak memory: {MEMORY_METHODS[memory]}"]
     failures: dict[str, str] = {}
