@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 	$(PY) -m sadakit demo --out demo-output
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_sdxl.py
+	$(PY) benchmarks/bench_sada.py --pipeline tiny:sdxl:medium
 
 doctor: $(VENV)/.installed
 	$(PY) -m sadakit doctor

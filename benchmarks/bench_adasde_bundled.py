@@ -10,7 +10,7 @@ output, prompt adherence independently of the model:
   shipped classifier's adherence (shape, colour and position all right) and position.
 * ``--model notes`` (MusicLDMPipeline, 1.28 s at 16 kHz): log-mel PSNR against 50 DDIM
   steps, pitch and timbre adherence of the audio and pitch adherence of the log-mel
-  (:func:`sadakit.bundled.notes.pitch_adherence`). More clips than the 16 prompts cycle them
+  (:func:`sadakit.bundled.notes.adherence`). More clips than the 16 prompts cycle them
   (clip ``i`` has seed ``seed + i``).
 
     python benchmarks/bench_adasde_bundled.py --nfe 5 7 --prompts 48 --threads 1
@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from sadakit.adasde import AdaSDEScheduler, DistillConfig, distill_pipeline, load_coefficients
-from sadakit.bench.runner import ForwardCounter
+from sadakit.bench.harness import ForwardCounter
 from sadakit.bundled.adasde_files import BundledAdaSDE, bundled_adasde
 
 SOLVERS = {
@@ -63,19 +63,19 @@ class BenchModel:
 
 
 def shapes_model() -> BenchModel:
-    from sadakit.bundled import DEFAULT_STEPS, data_shapes, eval_prompts, generate, load_shapes_pipeline, prompt_adherence
+    from sadakit.bundled import data_shapes, shapes
     from sadakit.bundled.adasde_files import SHAPES
     from sadakit.metrics.image import psnr
 
     def measure(images: torch.Tensor, reference: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-        adh = prompt_adherence(images, prompts)
+        adh = shapes.adherence(images, prompts)
         return {"psnr": float(psnr(images, reference)), "adherence": adh.all_correct, "position": adh.position}
 
     return BenchModel(
-        spec=SHAPES, load=load_shapes_pipeline, default_steps=DEFAULT_STEPS, baseline_solver="euler",
+        spec=SHAPES, load=shapes.load_pipeline, default_steps=shapes.DEFAULT_STEPS, baseline_solver="euler",
         distill_prompts=[label.prompt for label in data_shapes.all_labels()], distill_call_kwargs={},
-        eval_prompts=eval_prompts,
-        generate=lambda pipe, prompts, seed, steps: generate(pipe, prompts, seed=seed, num_inference_steps=steps),
+        eval_prompts=shapes.eval_prompts,
+        generate=lambda pipe, prompts, seed, steps: shapes.generate(pipe, prompts, seed=seed, num_inference_steps=steps),
         measure=measure,
         columns=(("psnr", "PSNR dB vs 50-step", ".2f"), ("adherence", "adherence (all three)", ".1%"),
                  ("position", "position", ".1%")),
@@ -93,15 +93,15 @@ def notes_model() -> BenchModel:
 
     def measure(out: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor],
                 prompts: list[str]) -> dict[str, float]:
-        adh = notes.pitch_adherence(out[0], prompts, out[1])
+        adh = notes.adherence(out[0], prompts, out[1])
         return {"psnr": log_mel_psnr(out[0], reference[0], notes.SAMPLE_RATE), "pitch": adh.pitch, "timbre": adh.timbre,
                 "both": adh.both, "mel_pitch": adh.mel_pitch, "semitones": adh.median_abs_semitones}
 
     return BenchModel(
-        spec=NOTES, load=notes.load_notes_pipeline, default_steps=notes.DEFAULT_STEPS, baseline_solver="ddim",
+        spec=NOTES, load=notes.load_pipeline, default_steps=notes.DEFAULT_STEPS, baseline_solver="ddim",
         distill_prompts=notes.eval_prompts(), distill_call_kwargs={"audio_length_in_s": notes.AUDIO_SECONDS},
         eval_prompts=prompts_for,
-        generate=lambda pipe, prompts, seed, steps: notes.generate_notes_and_mels(pipe, prompts, seed, steps),
+        generate=lambda pipe, prompts, seed, steps: notes.generate_with_mels(pipe, prompts, seed, steps),
         measure=measure,
         columns=(("psnr", "log-mel PSNR dB vs 50-step", ".2f"), ("pitch", "pitch (audio)", ".1%"),
                  ("timbre", "timbre", ".1%"), ("mel_pitch", "pitch (log-mel)", ".1%"),

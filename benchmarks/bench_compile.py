@@ -35,9 +35,9 @@ def build(name: str):
 
         return tiny_flux_pipeline(size="medium"), "transformer", {"height": 256, "width": 256, "max_sequence_length": 64}
     if name == "shapes":
-        from sadakit.bundled import load_shapes_pipeline
+        from sadakit.bundled import shapes
 
-        return load_shapes_pipeline(), "unet", {"guidance_scale": 5.0, "num_images_per_prompt": 8}
+        return shapes.load_pipeline(), "unet", {"guidance_scale": 5.0, "num_images_per_prompt": 8}
     raise SystemExit(f"--pipeline {name!r}: allowed sdxl-medium, flux-medium, shapes")
 
 

@@ -14,7 +14,6 @@ from .cli_args import (
     existing_file,
     image_side,
     non_negative_int,
-    output_directory,
     output_file,
     positive_int,
 )
@@ -214,13 +213,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     import torch
 
     import sadakit
-    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
+    from sadakit.loading import GENERIC_PROMPTS, default_call_kwargs, default_prompts, load_pipeline
     from sadakit.registry import output_kind_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
-    prompts = args.prompts or default_prompts(args.pipeline) or list(DEFAULT_PROMPTS)
+    prompts = args.prompts or default_prompts(args.pipeline) or list(GENERIC_PROMPTS)
     call_kwargs = default_call_kwargs(args.pipeline)
     if args.images_per_prompt > 1:
         key = "num_waveforms_per_prompt" if output_kind_of(pipe) == "audio" else "num_images_per_prompt"
@@ -233,48 +232,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
-    from sadakit.bench import default_methods, markdown, run_bench, write_outputs
-    from sadakit.loading import control_image_kwargs, default_call_kwargs, default_prompts, load_pipeline, quality_scorer
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
-    prompts = args.prompts or default_prompts(args.pipeline) or list(DEFAULT_PROMPTS)
-    call_kwargs = default_call_kwargs(args.pipeline)
-    if args.images_per_prompt > 1:
-        call_kwargs["num_images_per_prompt"] = args.images_per_prompt
-    if args.control_image:
-        call_kwargs.update(control_image_kwargs(pipe, args.control_image))
-    if args.height:
-        call_kwargs["height"] = args.height
-    if args.width:
-        call_kwargs["width"] = args.width
-    result = run_bench(
-        pipe, prompts=prompts, seeds=args.seeds, steps=args.steps,
-        methods=args.methods or default_methods(args.sweep), repeats=args.repeats, call_kwargs=call_kwargs,
-        adasde_file=args.adasde_file, pipeline_name=args.pipeline, sweep=args.sweep,
-        scorer=quality_scorer(args.pipeline),
-    )
-    if PartialState().is_main_process:
-        paths = write_outputs(result, Path(args.out))
-        print(markdown(result))
-        print("\nwritten: " + ", ".join(str(p) for p in paths.values()))
-    return 0
+#: Commands that evaluate rather than generate (``bench``, ``demo``), named like the built-in
+#: plugins: by module, each with ``add_command(subparsers)``. Why by name: the product never
+#: imports evaluation code, so these modules can change (or be left out) without touching it.
+EVALUATION_COMMANDS = ("sadakit.bench.command", "sadakit.demo_command")
 
 
-DEFAULT_PROMPTS = ("a red square on the left", "a blue circle at the top")
+def _add_evaluation_command(sub: argparse._SubParsersAction, module_name: str) -> None:
+    import importlib
 
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from sadakit.demo import run_demo
-
-    run_demo(Path(args.out), quick=args.quick)
-    return 0
+    importlib.import_module(module_name).add_command(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,34 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "with --prompts, a directory")
     gen.set_defaults(func=_cmd_generate)
 
-    bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
-    bench.add_argument("--pipeline", required=True,
-                       help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
-    bench.add_argument("--prompts", nargs="+", default=None,
-                       help="default: 4 of the bundled model's evaluation prompts for bundled:*, else two short prompts")
-    bench.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0])
-    bench.add_argument("--steps", type=positive_int, default=20)
-    bench.add_argument("--repeats", type=positive_int, default=3)
-    bench.add_argument("--images-per-prompt", type=positive_int, default=1,
-                       help="batch per generation (small models are overhead-bound at batch 1)")
-    bench.add_argument("--methods", nargs="+", default=None,
-                       help="method[:knob] list, or a knob sweep method:k1,k2,k3 (e.g. fbcache:0.2,0.4,0.6); "
-                            "default: every method (inapplicable ones are listed with the reason)")
-    bench.add_argument("--sweep", action="store_true",
-                       help="methods given without a knob run their default knob sweep (sadakit.bench.SWEEPS); "
-                            "without --methods, every method does")
-    bench.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    bench.add_argument("--adasde-file", type=existing_file, default=None,
-                       help="AdaSDE coefficient file for the 'adasde' method")
-    bench.add_argument("--control-image", type=existing_file, default=None,
-                       help="condition image file for ControlNet pipelines (tiny ControlNets use a built-in one)")
-    bench.add_argument("--height", type=image_side, default=None)
-    bench.add_argument("--width", type=image_side, default=None)
-    bench.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--out", type=output_directory, default="bench-output")
-    bench.set_defaults(func=_cmd_bench)
-
     tune = sub.add_parser("tune", help="the fastest SADA budget that holds a PSNR target; writes a preset")
     tune.add_argument("--pipeline", required=True,
                       help="hub id, local directory, bundled:shapes, bundled:notes, or tiny:<family>[:medium]")
@@ -376,10 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build_adasde_parser(adasde)
 
-    demo = sub.add_parser("demo", help="baseline vs SADA on the bundled pipelines; writes outputs")
-    demo.add_argument("--out", type=output_directory, default="demo-output")
-    demo.add_argument("--quick", action="store_true", help="smaller sizes (for tests)")
-    demo.set_defaults(func=_cmd_demo)
+    for module_name in EVALUATION_COMMANDS:
+        _add_evaluation_command(sub, module_name)
     return parser
 
 

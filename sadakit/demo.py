@@ -9,18 +9,18 @@ columns first, :mod:`sadakit.demo_table`) and ``summary.md``, a few lines to pas
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
 from .demo_table import DemoRow, fidelity_parts, picture_caption, speedup_text, summary_markdown, versions  # noqa: F401 (DemoRow: re-exported)
+from .bench.harness import Measured, baseline_vs_sada, compare
+from .bench.methods import AdaSDE, Baseline
 from .quiet import quiet
-from .timing import time_pair
 
 #: The shipped notes coefficients the demo runs (docs/adasde.md, "notes model", says why these).
 NOTES_DEMO_NFE = 5
@@ -81,8 +81,26 @@ def _quiet_pipe(pipe: Any) -> Any:
     return pipe
 
 
+def _row(part: str, method: str, steps: int, base: Measured, fast: Measured, fidelity: dict, **fields: Any) -> DemoRow:
+    """A demo row from the harness's two sides; calls and FLOPs from SADA's report unless given."""
+    report = fast.report
+    fields.setdefault("calls_computed", report.get("network_calls"))
+    fields.setdefault("baseline_calls", report.get("denoiser_calls"))
+    fields.setdefault("flops_ratio", report.get("flops_ratio"))
+    return DemoRow(part=part, method=method, steps=steps, baseline_s=base.median_s, sada_s=fast.median_s,
+                   fidelity=fidelity, baseline_times=list(base.times), sada_times=list(fast.times), **fields)
+
+
+def _comparison_row(part: str, method: str, cmp: Any, fidelity: dict) -> DemoRow:
+    """A demo row from a bundled model's :class:`~sadakit.bundled.comparison.Comparison`."""
+    return DemoRow(part=part, method=method, steps=cmp.steps, calls_computed=cmp.network_calls,
+                   baseline_calls=cmp.denoiser_calls, flops_ratio=cmp.flops_ratio, baseline_s=cmp.baseline_s,
+                   sada_s=cmp.sada_s, fidelity=fidelity, baseline_times=list(cmp.baseline_times),
+                   sada_times=list(cmp.sada_times))
+
+
 def image_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
-    from .metrics.image import psnr, ssim
+    from .bench.scorers import image_fidelity
     from .testing import tiny_sdxl_pipeline
     from .visual import comparison_row, save_image, save_labelled
 
@@ -94,29 +112,16 @@ def image_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> 
     progress.expect(2 + 2 * repeats)
     pipe = _quiet_pipe(tiny_sdxl_pipeline(size=size))
 
-    def run():
-        return pipe(
-            prompt="a red square on the left", num_inference_steps=steps, height=side, width=side,
-            output_type="pt", generator=torch.Generator().manual_seed(0),
-        ).images
+    def make_kwargs() -> dict:
+        return {"prompt": "a red square on the left", "num_inference_steps": steps, "height": side, "width": side,
+                "output_type": "pt", "generator": torch.Generator().manual_seed(0)}
 
-    t = time_pair(pipe, run, repeats=repeats, on_run=progress.tick)
-    base, out, rep = t.baseline, t.accelerated, t.report
-    row = DemoRow(
-        part=f"SDXL ({size}, random weights) {side}x{side}",
-        method=f"SADA, {steps} Euler steps",
-        steps=steps,
-        calls_computed=rep.network_calls,
-        baseline_calls=rep.denoiser_calls,
-        flops_ratio=t.flops_ratio,
-        baseline_s=t.baseline_s,
-        sada_s=t.accelerated_s,
-        fidelity={"psnr_db": psnr(out, base), "ssim": ssim(out, base)},
-        baseline_times=list(t.baseline_times),
-        sada_times=list(t.accelerated_times),
-    )
-    paths = [save_image(base[0], out_dir / "sdxl_baseline.png"), save_image(out[0], out_dir / "sdxl_sada.png")]
-    paths.append(save_labelled(comparison_row(base[0], out[0]), out_dir / "sdxl_comparison.png",
+    base, fast = baseline_vs_sada(pipe, lambda kwargs: pipe(**kwargs).images, make_kwargs, repeats=repeats,
+                                  on_run=progress.tick)
+    row = _row(f"SDXL ({size}, random weights) {side}x{side}", f"SADA, {steps} Euler steps", steps, base, fast,
+               image_fidelity(fast.output, base.output, lpips=False))
+    paths = [save_image(base.output[0], out_dir / "sdxl_baseline.png"), save_image(fast.output[0], out_dir / "sdxl_sada.png")]
+    paths.append(save_labelled(comparison_row(base.output[0], fast.output[0]), out_dir / "sdxl_comparison.png",
                                columns=["baseline", "SADA", "|difference| x8"], caption=picture_caption(row)))
     row.outputs = [str(p) for p in paths]
     return row
@@ -133,12 +138,10 @@ def testbed_part(out_dir: Path, quick: bool, progress: Progress | None = None) -
     pipe = make_pipeline("latent-4x16x16", "dpm++2m")
     z = torch.randn(32 if quick else 128, *pipe.testbed.mixture.data_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    def run():
-        return pipe(num_inference_steps=steps, latents=z).samples
-
-    t = time_pair(pipe, run, repeats=repeats, on_run=progress.tick)
-    base, out, rep = t.baseline, t.accelerated, t.report
-    fewer_steps = rep.network_calls
+    base, fast = baseline_vs_sada(pipe, lambda kwargs: pipe(latents=z, **kwargs).samples,
+                                  lambda: {"num_inference_steps": steps}, repeats=repeats, on_run=progress.tick)
+    rep = fast.report
+    fewer_steps = rep["network_calls"]
     fewer = pipe(num_inference_steps=fewer_steps, latents=z).samples
     progress.tick(f"{fewer_steps} plain steps")
 
@@ -146,24 +149,12 @@ def testbed_part(out_dir: Path, quick: bool, progress: Progress | None = None) -
         return float((a - b).reshape(a.shape[0], -1).pow(2).mean(1).sqrt().median())
 
     summary = out_dir / "testbed.json"
-    summary.write_text(json.dumps({"steps": steps, "sada_calls": rep.network_calls, "decisions": rep.decisions}))
-    return DemoRow(
-        part="Gaussian-mixture testbed, 1024-d, exact denoiser",
-        method=f"SADA, {steps} DPM-Solver++ steps",
-        steps=steps,
-        calls_computed=rep.network_calls,
-        baseline_calls=rep.denoiser_calls,
-        flops_ratio=t.flops_ratio,
-        baseline_s=t.baseline_s,
-        sada_s=t.accelerated_s,
-        fidelity={
-            "rmse_to_baseline": rmse(out, base),
-            f"fewer_steps_{fewer_steps}_rmse": rmse(fewer, base),
-        },
+    summary.write_text(json.dumps({"steps": steps, "sada_calls": rep["network_calls"], "decisions": rep["decisions"]}))
+    return _row(
+        "Gaussian-mixture testbed, 1024-d, exact denoiser", f"SADA, {steps} DPM-Solver++ steps", steps, base, fast,
+        {"rmse_to_baseline": rmse(fast.output, base.output), f"fewer_steps_{fewer_steps}_rmse": rmse(fewer, base.output)},
         outputs=[str(summary)],
         wall_note="not the result: the exact denoiser costs ~2 ms/call, so this is sadakit's own overhead",
-        baseline_times=list(t.baseline_times),
-        sada_times=list(t.accelerated_times),
     )
 
 
@@ -184,30 +175,21 @@ def audio_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> 
     pipe = _quiet_pipe(tiny_musicldm_pipeline(size=size))
     fix_musicldm(pipe)  # transformers 5 vs diffusers' MusicLDM, see README
 
-    def run():
-        return pipe("a calm piano note", num_inference_steps=steps, audio_length_in_s=seconds,
-                    generator=torch.Generator().manual_seed(0), output_type="np").audios
+    def make_kwargs() -> dict:
+        return {"prompt": "a calm piano note", "num_inference_steps": steps, "audio_length_in_s": seconds,
+                "generator": torch.Generator().manual_seed(0), "output_type": "np"}
 
-    t = time_pair(pipe, run, repeats=repeats, on_run=progress.tick)
-    base, out, rep = t.baseline, t.accelerated, t.report
+    base, fast = baseline_vs_sada(pipe, lambda kwargs: pipe(**kwargs).audios, make_kwargs, repeats=repeats,
+                                  on_run=progress.tick)
     rate = pipeline_sample_rate(pipe)
-    row = DemoRow(
-        part=f"MusicLDM ({size}, random weights) {seconds:g} s",
-        method=f"SADA, {steps} DDIM steps",
-        steps=steps,
-        calls_computed=rep.network_calls,
-        baseline_calls=rep.denoiser_calls,
-        flops_ratio=t.flops_ratio,
-        baseline_s=t.baseline_s,
-        sada_s=t.accelerated_s,
-        fidelity={"log_mel_psnr_db": log_mel_psnr(out, base, rate), "lsd_db": log_spectral_distance(out, base, rate)},
-        baseline_times=list(t.baseline_times),
-        sada_times=list(t.accelerated_times),
-    )
-    paths = write_wav(out_dir / "musicldm_baseline.wav", base, rate) + write_wav(out_dir / "musicldm_sada.wav", out, rate)
-    picture = spectrogram_picture([torch.as_tensor(base).reshape(len(base), -1), torch.as_tensor(out).reshape(len(out), -1)])
+    row = _row(f"MusicLDM ({size}, random weights) {seconds:g} s", f"SADA, {steps} DDIM steps", steps, base, fast,
+               {"log_mel_psnr_db": log_mel_psnr(fast.output, base.output, rate),
+                "lsd_db": log_spectral_distance(fast.output, base.output, rate)})
+    paths = write_wav(out_dir / "musicldm_baseline.wav", base.output, rate)
+    paths += write_wav(out_dir / "musicldm_sada.wav", fast.output, rate)
+    clips = [torch.as_tensor(a).reshape(len(a), -1) for a in (base.output, fast.output)]
     paths.append(save_labelled(
-        picture, out_dir / "musicldm_spectrograms_baseline_top_sada_bottom.png",
+        spectrogram_picture(clips), out_dir / "musicldm_spectrograms_baseline_top_sada_bottom.png",
         rows=["baseline", "SADA"], caption=picture_caption(row, about="log-mel spectrogram (time to the right, pitch up)"),
     ))
     row.outputs = [str(p) for p in paths]
@@ -216,37 +198,24 @@ def audio_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> 
 
 def bundled_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     """The bundled trained shapes model (real trajectories, ~13 MB of weights in the package)."""
-    from .bundled import compare_sada, load_shapes_pipeline
+    from .bundled import shapes
     from .visual import save_labelled
 
     progress = progress or _NoProgress()
     steps = 30 if quick else 50
     repeats = 1 if quick else 3
     progress.expect(2 + 2 * repeats)
-    pipe = _quiet_pipe(load_shapes_pipeline())
-    cmp = compare_sada(pipe, None, "default", n_prompts=4 if quick else 16, repeats=repeats,
-                       num_inference_steps=steps, on_run=progress.tick)
-    row = cmp.row()
-    result = DemoRow(
-        part="shapes model (trained, SD architecture, 32x32)",
-        method=f"SADA, {steps} Euler steps",
-        steps=steps,
-        calls_computed=row["network_calls"],
-        baseline_calls=row["denoiser_calls"],
-        flops_ratio=cmp.flops_ratio,
-        baseline_s=row["baseline_s"],
-        sada_s=row["sada_s"],
-        fidelity={
-            "psnr_db": row["psnr_db"],
-            "ssim": row["ssim"],
-            "adherence_baseline": row["baseline_adherence"],
-            "adherence_sada": row["sada_adherence"],
-        },
-        baseline_times=list(cmp.baseline_times),
-        sada_times=list(cmp.sada_times),
-    )
+    pipe = _quiet_pipe(shapes.load_pipeline())
+    cmp = shapes.compare(pipe, None, "default", n_prompts=4 if quick else 16, repeats=repeats,
+                         num_inference_steps=steps, on_run=progress.tick)
+    result = _comparison_row("shapes model (trained, SD architecture, 32x32)", f"SADA, {steps} Euler steps", cmp, {
+        "psnr_db": cmp.fidelity["psnr_db"],
+        "ssim": cmp.fidelity["ssim"],
+        "adherence_baseline": cmp.baseline_adherence.all_correct,
+        "adherence_sada": cmp.sada_adherence.all_correct,
+    })
     path = save_labelled(
-        _two_rows(cmp.baseline_images, cmp.sada_images), out_dir / "shapes_baseline_top_sada_bottom.png",
+        _two_rows(cmp.baseline_output, cmp.sada_output), out_dir / "shapes_baseline_top_sada_bottom.png",
         rows=[f"baseline, {steps} steps", "SADA"],
         caption=picture_caption(result, about="one prompt per column, same seed in both rows"),
     )
@@ -259,86 +228,47 @@ def _two_rows(top: torch.Tensor, bottom: torch.Tensor, n: int = 8) -> torch.Tens
     return torch.cat([torch.cat(list(top[:n]), dim=-1), torch.cat(list(bottom[:n]), dim=-1)], dim=-2)
 
 
-@dataclass
-class _Alternated:
-    outputs: dict[str, Any]  # the last output of each run
-    times: dict[str, list[float]]  # every repeat's wall time, in run order
-    calls: dict[str, int]  # denoiser forwards of one generation, measured
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.times[name])
-
-
-def _alternate_schedulers(pipe, runs: dict, repeats: int, on_run: Callable[[str], None] | None = None) -> _Alternated:
-    """Run ``runs[name] = (scheduler, make_output)`` alternately ``repeats`` times on ``pipe``,
-    counting the UNet's forwards. Why alternate: the machine is shared, and interleaving
-    spreads its load over both sides. ``pipe`` keeps the first scheduler."""
-    from .bench.runner import ForwardCounter
-
-    counter = ForwardCounter(pipe.unet)
-    result = _Alternated({}, {name: [] for name in runs}, {})
-    try:
-        for _ in range(repeats):
-            for name, (scheduler, make_output) in runs.items():
-                pipe.scheduler = scheduler
-                counter.count = 0
-                started = time.perf_counter()
-                result.outputs[name] = make_output()
-                result.times[name].append(time.perf_counter() - started)
-                result.calls[name] = counter.count
-                if on_run is not None:
-                    on_run(name)
-    finally:
-        counter.close()
-        pipe.scheduler = next(iter(runs.values()))[0]
-    return result
+def _baseline_vs_adasde(pipe: Any, model: Any, prompts: list[str], nfe: int, solver: str, repeats: int,
+                        progress: Progress, generate: Callable[[int], Any]) -> tuple[Measured, Measured]:
+    """The model's default steps against its shipped AdaSDE coefficients (``nfe`` calls), through the
+    harness; no warm-up, so each side runs ``repeats`` times (the files' schedules need none)."""
+    adasde = AdaSDE(name="adasde")
+    adasde.scheduler = model.adasde_scheduler(pipe, nfe=nfe, solver=solver)
+    results = compare(pipe, lambda kwargs: generate(kwargs["num_inference_steps"]), [Baseline(name="baseline"), adasde],
+                      lambda: {"num_inference_steps": model.DEFAULT_STEPS}, repeats, warmups=0, on_run=progress.tick)
+    return results["baseline"], results["adasde"]
 
 
 def bundled_adasde_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow | None:
     """AdaSDE on the shapes model: 5 calls with the shipped learned-churn Euler coefficients
     against the default 50 Euler steps (alternating runs, medians)."""
-    from .bundled import DEFAULT_STEPS, eval_prompts, generate, load_shapes_pipeline, prompt_adherence
-    from .bundled.shapes_adasde import available_shapes_adasde, shapes_adasde_path, shapes_adasde_scheduler
-    from .metrics.image import psnr, ssim
+    from .bench.scorers import image_fidelity
+    from .bundled import shapes
     from .visual import save_labelled
 
     progress = progress or _NoProgress()
     nfe, solver = 5, "euler"
-    if shapes_adasde_path(nfe, solver).name not in available_shapes_adasde():
-        print(f"skipped AdaSDE part: no shipped coefficients {shapes_adasde_path(nfe, solver)}", flush=True)
+    if shapes.adasde_path(nfe, solver).name not in shapes.available_adasde():
+        print(f"skipped AdaSDE part: no shipped coefficients {shapes.adasde_path(nfe, solver)}", flush=True)
         return None
     repeats = 1 if quick else 3
     progress.expect(2 * repeats)
-    pipe = _quiet_pipe(load_shapes_pipeline())
-    prompts = eval_prompts(4 if quick else 16)
-    run = _alternate_schedulers(pipe, {
-        "baseline": (pipe.scheduler, lambda: generate(pipe, prompts, seed=0, num_inference_steps=DEFAULT_STEPS)),
-        "adasde": (shapes_adasde_scheduler(pipe, nfe=nfe, solver=solver),
-                   lambda: generate(pipe, prompts, seed=0, num_inference_steps=nfe)),
-    }, repeats=repeats, on_run=progress.tick)
-    base, fast = run.outputs["baseline"], run.outputs["adasde"]
-    row = DemoRow(
-        part="shapes model (trained, SD architecture, 32x32)",
-        method=f"AdaSDE: learned churn + Euler, {nfe} calls vs {DEFAULT_STEPS} Euler steps",
-        steps=nfe,
-        calls_computed=run.calls["adasde"],
-        baseline_calls=run.calls["baseline"],
+    pipe = _quiet_pipe(shapes.load_pipeline())
+    prompts = shapes.eval_prompts(4 if quick else 16)
+    base, fast = _baseline_vs_adasde(pipe, shapes, prompts, nfe, solver, repeats, progress,
+                                     lambda steps: shapes.generate(pipe, prompts, seed=0, num_inference_steps=steps))
+    row = _row(
+        "shapes model (trained, SD architecture, 32x32)",
+        f"AdaSDE: learned churn + Euler, {nfe} calls vs {shapes.DEFAULT_STEPS} Euler steps", nfe, base, fast,
+        {**image_fidelity(fast.output, base.output, lpips=False),
+         "adherence_baseline": shapes.adherence(base.output, prompts).all_correct,
+         "adherence_adasde": shapes.adherence(fast.output, prompts).all_correct},
         # the same UNet on the same batch every call: FLOPs go with the calls
-        flops_ratio=run.calls["adasde"] / run.calls["baseline"],
-        baseline_s=run.median("baseline"),
-        sada_s=run.median("adasde"),
-        fidelity={
-            "psnr_db": psnr(fast, base),
-            "ssim": ssim(fast, base),
-            "adherence_baseline": prompt_adherence(base, prompts).all_correct,
-            "adherence_adasde": prompt_adherence(fast, prompts).all_correct,
-        },
-        baseline_times=list(run.times["baseline"]),
-        sada_times=list(run.times["adasde"]),
+        calls_computed=fast.forwards, baseline_calls=base.forwards, flops_ratio=fast.forwards / base.forwards,
     )
     path = save_labelled(
-        _two_rows(base, fast), out_dir / "shapes_baseline_top_adasde_bottom.png",
-        rows=[f"baseline, {DEFAULT_STEPS} steps", f"AdaSDE, {nfe} calls"],
+        _two_rows(base.output, fast.output), out_dir / "shapes_baseline_top_adasde_bottom.png",
+        rows=[f"baseline, {shapes.DEFAULT_STEPS} steps", f"AdaSDE, {nfe} calls"],
         caption=picture_caption(row, about="one prompt per column, same seed in both rows"),
     )
     row.outputs = [str(path)]
@@ -350,53 +280,38 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool, progress: Progress | N
     the default 50 DDIM steps (alternating runs, medians), WAVs of both and the spectrograms."""
     from .audio_io import write_wav
     from .bundled import notes
-    from .bundled.notes_adasde import available_notes_adasde, notes_adasde_path, notes_adasde_scheduler
     from .metrics.audio import log_mel_psnr, spectrogram_psnr
     from .visual import save_labelled
 
     progress = progress or _NoProgress()
     nfe, solver = NOTES_DEMO_NFE, NOTES_DEMO_SOLVER
-    if notes_adasde_path(nfe, solver).name not in available_notes_adasde():
-        print(f"skipped notes AdaSDE part: no shipped coefficients {notes_adasde_path(nfe, solver)}", flush=True)
+    if notes.adasde_path(nfe, solver).name not in notes.available_adasde():
+        print(f"skipped notes AdaSDE part: no shipped coefficients {notes.adasde_path(nfe, solver)}", flush=True)
         return None
     repeats = 1 if quick else 2
     progress.expect(2 * repeats)
-    pipe = _quiet_pipe(notes.load_notes_pipeline())
-    prompts = notes.eval_prompts()[: 4 if quick else 8]
-    run = _alternate_schedulers(pipe, {
-        # one pipeline call (one batch) per generation, so the counted calls are one generation's
-        "baseline": (pipe.scheduler, lambda: notes.generate_notes_and_mels(pipe, prompts, 0, batch_size=len(prompts))),
-        "adasde": (notes_adasde_scheduler(pipe, nfe=nfe, solver=solver),
-                   lambda: notes.generate_notes_and_mels(pipe, prompts, 0, nfe, batch_size=len(prompts))),
-    }, repeats=repeats, on_run=progress.tick)
-    (base, base_mels), (fast, fast_mels) = run.outputs["baseline"], run.outputs["adasde"]
+    pipe = _quiet_pipe(notes.load_pipeline())
+    prompts = notes.eval_prompts(4 if quick else 8)
+    # one pipeline call (one batch) per generation, so the counted calls are one generation's
+    base, fast = _baseline_vs_adasde(pipe, notes, prompts, nfe, solver, repeats, progress,
+                                     lambda steps: notes.generate_with_mels(pipe, prompts, 0, steps, batch_size=len(prompts)))
+    (base_audio, base_mels), (fast_audio, fast_mels) = base.output, fast.output
     rate = notes.SAMPLE_RATE
-    base_adh, fast_adh = notes.pitch_adherence(base, prompts, base_mels), notes.pitch_adherence(fast, prompts, fast_mels)
+    base_adh, fast_adh = notes.adherence(base_audio, prompts, base_mels), notes.adherence(fast_audio, prompts, fast_mels)
     form = "AdaSDE" if solver == "adasde" else f"learned churn + {solver.capitalize()}"
-    row = DemoRow(
-        part="notes model (trained, MusicLDM architecture, 1.28 s)",
-        method=f"AdaSDE: {form}, {nfe} calls vs {notes.DEFAULT_STEPS} DDIM steps",
-        steps=nfe,
-        calls_computed=run.calls["adasde"],
-        baseline_calls=run.calls["baseline"],
-        flops_ratio=run.calls["adasde"] / run.calls["baseline"],  # same UNet, same batch per call
-        baseline_s=run.median("baseline"),
-        sada_s=run.median("adasde"),
-        fidelity={
-            "log_mel_psnr_db": log_mel_psnr(fast, base, rate),
-            "generated_mel_psnr_db": spectrogram_psnr(fast_mels, base_mels),
-            "pitch_adherence_baseline": base_adh.pitch,
-            "pitch_adherence_adasde": fast_adh.pitch,
-            "timbre_adherence_baseline": base_adh.timbre,
-            "timbre_adherence_adasde": fast_adh.timbre,
-        },
-        baseline_times=list(run.times["baseline"]),
-        sada_times=list(run.times["adasde"]),
+    row = _row(
+        "notes model (trained, MusicLDM architecture, 1.28 s)",
+        f"AdaSDE: {form}, {nfe} calls vs {notes.DEFAULT_STEPS} DDIM steps", nfe, base, fast,
+        {"log_mel_psnr_db": log_mel_psnr(fast_audio, base_audio, rate),
+         "generated_mel_psnr_db": spectrogram_psnr(fast_mels, base_mels),
+         "pitch_adherence_baseline": base_adh.pitch, "pitch_adherence_adasde": fast_adh.pitch,
+         "timbre_adherence_baseline": base_adh.timbre, "timbre_adherence_adasde": fast_adh.timbre},
+        calls_computed=fast.forwards, baseline_calls=base.forwards, flops_ratio=fast.forwards / base.forwards,
     )
-    paths = write_wav(out_dir / "notes_baseline_ddim50.wav", base, rate)
-    paths += write_wav(out_dir / f"notes_adasde_{solver}_nfe{nfe}.wav", fast, rate)
+    paths = write_wav(out_dir / "notes_baseline_ddim50.wav", base_audio, rate)
+    paths += write_wav(out_dir / f"notes_adasde_{solver}_nfe{nfe}.wav", fast_audio, rate)
     paths.append(save_labelled(
-        notes.spectrogram_picture([base[:8], fast[:8]]), out_dir / "notes_spectrograms_baseline_top_adasde_bottom.png",
+        notes.spectrogram_picture([base_audio[:8], fast_audio[:8]]), out_dir / "notes_spectrograms_baseline_top_adasde_bottom.png",
         rows=[f"baseline, DDIM {notes.DEFAULT_STEPS}", f"AdaSDE, {nfe} calls"],
         caption=picture_caption(row, about="log-mel spectrograms, one prompt per column (time to the right, pitch up)"),
     ))
@@ -416,37 +331,24 @@ def bundled_notes_part(out_dir: Path, quick: bool, progress: Progress | None = N
     steps = 30 if quick else notes.DEFAULT_STEPS
     repeats = 1 if quick else 2
     progress.expect(2 + 2 * repeats)
-    pipe = _quiet_pipe(notes.load_notes_pipeline())
+    pipe = _quiet_pipe(notes.load_pipeline())
     # 8 of the 16 prompts and 2 repeats keep this part to 1-2 minutes; the full table is
     # `scripts/train_notes.py --stage bench` (docs/bundled_models.md)
-    cmp = notes.compare_notes_sada(pipe, None, "default", n_prompts=4 if quick else 8,
-                                   repeats=repeats, num_inference_steps=steps, on_run=progress.tick)
+    cmp = notes.compare(pipe, None, "default", n_prompts=4 if quick else 8,
+                        repeats=repeats, num_inference_steps=steps, on_run=progress.tick)
     rate = notes.SAMPLE_RATE
-    row = cmp.row()
-    result = DemoRow(
-        part="notes model (trained, MusicLDM architecture, 1.28 s)",
-        method=f"SADA, {steps} DDIM steps",
-        steps=steps,
-        calls_computed=row["network_calls"],
-        baseline_calls=row["denoiser_calls"],
-        flops_ratio=cmp.flops_ratio,
-        baseline_s=row["baseline_s"],
-        sada_s=row["sada_s"],
-        fidelity={
-            "log_mel_psnr_db": row["log_mel_psnr_db"],
-            "generated_mel_psnr_db": row["generated_mel_psnr_db"],
-            "pitch_adherence_baseline": row["baseline_adherence"]["pitch"],
-            "pitch_adherence_sada": row["sada_adherence"]["pitch"],
-            "timbre_adherence_baseline": row["baseline_adherence"]["timbre"],
-            "timbre_adherence_sada": row["sada_adherence"]["timbre"],
-        },
-        baseline_times=list(cmp.baseline_times),
-        sada_times=list(cmp.sada_times),
-    )
-    paths = write_wav(out_dir / "notes_baseline.wav", cmp.baseline_audio, rate)
-    paths += write_wav(out_dir / "notes_sada.wav", cmp.sada_audio, rate)
+    result = _comparison_row("notes model (trained, MusicLDM architecture, 1.28 s)", f"SADA, {steps} DDIM steps", cmp, {
+        "log_mel_psnr_db": cmp.fidelity["log_mel_psnr_db"],
+        "generated_mel_psnr_db": cmp.fidelity["generated_mel_psnr_db"],
+        "pitch_adherence_baseline": cmp.baseline_adherence.pitch,
+        "pitch_adherence_sada": cmp.sada_adherence.pitch,
+        "timbre_adherence_baseline": cmp.baseline_adherence.timbre,
+        "timbre_adherence_sada": cmp.sada_adherence.timbre,
+    })
+    paths = write_wav(out_dir / "notes_baseline.wav", cmp.baseline_output, rate)
+    paths += write_wav(out_dir / "notes_sada.wav", cmp.sada_output, rate)
     paths.append(save_labelled(
-        notes.spectrogram_picture([cmp.baseline_audio[:8], cmp.sada_audio[:8]]),
+        notes.spectrogram_picture([cmp.baseline_output[:8], cmp.sada_output[:8]]),
         out_dir / "notes_spectrograms_baseline_top_sada_bottom.png",
         rows=[f"baseline, DDIM {steps}", "SADA"],
         caption=picture_caption(result, about="log-mel spectrograms, one prompt per column (time to the right, pitch up)"),

@@ -11,7 +11,7 @@ Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,16 +35,21 @@ TINY_BUILDERS = {
 BUNDLED = ("shapes", "notes")
 
 
+def _bundled_model(which: str) -> Any:
+    """The model module of ``bundled:<which>`` (architecture, loader, generation; not its judge)."""
+    from .bundled.notes import model as notes
+    from .bundled.shapes import model as shapes
+
+    return {"shapes": shapes, "notes": notes}[which]
+
+
 def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) -> Any:
     """A ready pipeline for ``name`` (see module docstring); raises with the allowed names."""
     if name.startswith("bundled:"):
         which = name.split(":", 1)[1]
         if which not in BUNDLED:
             raise ValueError(f"unknown bundled pipeline {name!r}; allowed: " + ", ".join(f"bundled:{b}" for b in BUNDLED))
-        from .bundled import load_notes_pipeline, load_shapes_pipeline
-
-        loader = load_shapes_pipeline if which == "shapes" else load_notes_pipeline
-        pipe = loader(torch_dtype=getattr(torch, dtype))
+        pipe = _bundled_model(which).load_pipeline(torch_dtype=getattr(torch, dtype))
     elif name.startswith("tiny:"):
         parts = name.split(":")
         family = parts[1] if len(parts) > 1 else ""
@@ -71,14 +76,8 @@ def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) 
 
 def default_call_kwargs(name: str) -> dict:
     """Call arguments that keep the offline pipelines small (sizes, short text sequences)."""
-    if name == "bundled:shapes":
-        from .bundled import DEFAULT_GUIDANCE
-
-        return {"guidance_scale": DEFAULT_GUIDANCE}
-    if name == "bundled:notes":
-        from .bundled import NOTES_AUDIO_SECONDS, NOTES_DEFAULT_GUIDANCE
-
-        return {"guidance_scale": NOTES_DEFAULT_GUIDANCE, "audio_length_in_s": NOTES_AUDIO_SECONDS}
+    if name.startswith("bundled:") and name.split(":", 1)[1] in BUNDLED:
+        return dict(_bundled_model(name.split(":", 1)[1]).CALL_KWARGS)
     if not name.startswith("tiny:"):
         return {}
     family = name.split(":")[1]
@@ -116,17 +115,15 @@ def control_image_kwargs(pipe: Any, path: str) -> dict:
     return {name: Image.open(path).convert("RGB")}
 
 
+#: prompts for a pipeline without an evaluation set of its own (bench and tune calibration)
+GENERIC_PROMPTS = ("a red square on the left", "a blue circle at the top")
+
+
 def default_prompts(name: str, n: int | None = 4) -> list[str] | None:
     """Prompts a pipeline was trained on (the first ``n``, or all with ``None``, of a bundled
     model's evaluation set), else None."""
-    if name == "bundled:shapes":
-        from .bundled import eval_prompts
-
-        return eval_prompts(n)
-    if name == "bundled:notes":
-        from .bundled import notes_eval_prompts
-
-        return notes_eval_prompts()[:n]
+    if name.startswith("bundled:") and name.split(":", 1)[1] in BUNDLED:
+        return _bundled_model(name.split(":", 1)[1]).eval_prompts(n)
     return None
 
 
@@ -141,25 +138,3 @@ def default_model_name(name: str) -> str:
         if spec is not None:
             return spec.model_id
     return name
-
-
-def quality_scorer(name: str) -> Callable[[torch.Tensor, str], dict[str, float]] | None:
-    """An absolute quality score for a pipeline's output, when one exists offline.
-
-    ``bundled:shapes``: the shipped classifier's prompt adherence — ``adherence`` (shape, colour
-    and position all right) and ``adherence_attr`` (fraction of the three attributes right).
-    Why: PSNR against the baseline says how much a method changed the picture, not whether the
-    picture still shows what was asked for.
-    """
-    if name != "bundled:shapes":
-        return None
-    from .bundled import load_classifier, prompt_adherence
-
-    classifier = load_classifier()
-
-    def score(images: torch.Tensor, prompt: str) -> dict[str, float]:
-        with torch.no_grad():
-            result = prompt_adherence(images, [prompt] * images.shape[0], classifier)
-        return {"adherence": result.all_correct, "adherence_attr": (result.shape + result.colour + result.position) / 3}
-
-    return score

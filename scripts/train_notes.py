@@ -42,7 +42,7 @@ from sadakit.bundled.training import EMA, Progress, log, optimizer_step, v_predi
 #: Scratch directory (data banks, stage outputs) and the pipeline directory written to; both
 #: set from ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
 WORK = Path("/tmp/notes-train")
-OUT = N.NOTES_DIR
+OUT = N.MODEL_DIR
 SECONDS = N.AUDIO_SECONDS
 FRAMES = int(round(SECONDS * 100))
 VOCODER_LOSS_FLOOR = math.log(1e-2)
@@ -165,8 +165,8 @@ def vocoder_quality(vocoder, n_per_prompt: int = 4) -> dict:
     waves = D.synthesize(labels, SECONDS, g)
     out = vocoder(N.log_mel(waves))
     prompts = [l.prompt for l in labels]
-    resyn = N.pitch_adherence(out, prompts)
-    truth = N.pitch_adherence(waves, prompts)
+    resyn = N.adherence(out, prompts)
+    truth = N.adherence(waves, prompts)
     return {"resynthesis_pitch": resyn.pitch, "resynthesis_timbre": resyn.timbre,
             "resynthesis_median_abs_semitones": resyn.median_abs_semitones,
             "ground_truth_pitch": truth.pitch, "ground_truth_timbre": truth.timbre,
@@ -353,7 +353,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
 
 def save_pipeline(vae, text_encoder, unet, vocoder) -> None:
     """Save as a MusicLDMPipeline; the UNet goes to disk in float16 (half the bytes; it is
-    loaded back as float32 by ``load_notes_pipeline``)."""
+    loaded back as float32 by ``notes.load_pipeline``)."""
     unet16 = copy.deepcopy(unet).half()
     pipe = N.assemble_pipeline(vae, text_encoder, unet16, vocoder)
     pipe.save_pretrained(OUT, safe_serialization=True)
@@ -384,7 +384,7 @@ def install_vocoder() -> None:
 
 def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
     t0 = time.time()
-    pipe = N.load_notes_pipeline(OUT)
+    pipe = N.load_pipeline(OUT)
     info: dict = {"vocoder": vocoder_quality(pipe.vocoder), "steps": N.DEFAULT_STEPS, "seeds": list(seeds)}
     # VAE + vocoder round trip on ground truth: the ceiling for generated audio
     with torch.no_grad():
@@ -393,9 +393,9 @@ def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...]) -> dict:
         vae = pipe.vae
         rec = vae.decode(vae.encode(N.log_mel(waves).unsqueeze(1)).latent_dist.mean).sample
         out = pipe.mel_spectrogram_to_waveform(rec)
-        info["vae_vocoder_roundtrip"] = N.pitch_adherence(out, [label_of(i).prompt for i in labels], rec.squeeze(1)).as_dict()
+        info["vae_vocoder_roundtrip"] = N.adherence(out, [label_of(i).prompt for i in labels], rec.squeeze(1)).as_dict()
     for guidance in guidances:
-        res = N.evaluate_notes(pipe, seeds=seeds, guidance_scale=guidance)
+        res = N.evaluate(pipe, seeds=seeds, guidance_scale=guidance)
         info[f"adherence_guidance_{guidance:g}"] = res.as_dict()
         log(f"guidance {guidance}: {res}")
     info["seconds"] = time.time() - t0
@@ -408,10 +408,10 @@ def bench(repeats: int) -> dict:
     the default config and the criterion-only one, interleaved repeats, medians."""
     import sadakit
 
-    pipe = N.load_notes_pipeline(OUT)
+    pipe = N.load_pipeline(OUT)
     rows = []
     for name, config in (("default", None), ("criterion_only", sadakit.SADAConfig.criterion_only())):
-        row = N.compare_notes_sada(pipe, config, name, repeats=repeats).row()
+        row = N.compare(pipe, config, name, repeats=repeats).row()
         log(f"bench {row}")
         rows.append(row)
     info = {"repeats": repeats, "threads": torch.get_num_threads(), "rows": rows}
@@ -425,7 +425,7 @@ def main() -> None:
     ap.add_argument("--stage", choices=("all", "vocoder", "vae", "text", "unet", "install-vocoder", "eval", "bench"), default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(WORK), help="scratch directory (data banks, stage outputs)")
-    ap.add_argument("--out", default=str(N.NOTES_DIR), help="pipeline directory (default: the shipped model)")
+    ap.add_argument("--out", default=str(N.MODEL_DIR), help="pipeline directory (default: the shipped model)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vocoder-steps", type=int, default=1500)
     ap.add_argument("--vocoder-batch", type=int, default=16)

@@ -35,7 +35,7 @@ from sadakit.bundled.training import EMA, Progress, log, optimizer_step, v_predi
 #: Scratch directory (stage outputs) and the pipeline directory written to; both set from
 #: ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
 WORK = Path("/tmp/shapes-train")
-OUT = S.SHAPES_DIR
+OUT = S.MODEL_DIR
 #: Where the classifier stage writes (and evaluation reads) the adherence classifier.
 CLASSIFIER_DIR = S.CLASSIFIER_FILE.parent
 
@@ -272,7 +272,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
             t_eval = time.time()
             pipe = S.assemble_pipeline(vae, ema_te, ema_unet)
             pipe.set_progress_bar_config(disable=True)
-            res = S.evaluate_adherence(pipe, n_prompts=eval_prompts, seeds=(0,), classifier=classifier())
+            res = S.evaluate(pipe, n_prompts=eval_prompts, seeds=(0,), classifier=classifier())
             curve.append({"step": step + 1, "seconds": progress.seconds, **res.as_dict()})
             log(f"unet step {step + 1} adherence {res.as_dict()} ({time.time() - t_eval:.0f}s)")
         if step + 1 == stop_after:
@@ -303,8 +303,8 @@ def drop_local_paths(model_dir: Path) -> None:
 
 def evaluate(n_prompts: int | None, seeds: tuple[int, ...]) -> dict:
     t0 = time.time()
-    pipe = S.load_shapes_pipeline(OUT)
-    res = S.evaluate_adherence(pipe, n_prompts=n_prompts, seeds=seeds, classifier=classifier())
+    pipe = S.load_pipeline(OUT)
+    res = S.evaluate(pipe, n_prompts=n_prompts, seeds=seeds, classifier=classifier())
     info = {**res.as_dict(), "steps": S.DEFAULT_STEPS, "guidance": S.DEFAULT_GUIDANCE, "seeds": list(seeds),
             "seconds": time.time() - t0}
     log(f"adherence {info}")
@@ -328,7 +328,7 @@ def noise_leak(seeds: tuple[int, ...], model_dir: Path | None = None) -> dict:
     from diffusers import AutoencoderKL
 
     t0 = time.time()
-    pipe = S.load_shapes_pipeline(model_dir or OUT)
+    pipe = S.load_pipeline(model_dir or OUT)
     judge = classifier()
     vae: AutoencoderKL = pipe.vae
     g = torch.Generator().manual_seed(1234)
@@ -374,7 +374,7 @@ def main() -> None:
                     default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(WORK), help="scratch directory (stage outputs)")
-    ap.add_argument("--out", default=str(S.SHAPES_DIR), help="pipeline directory (default: the shipped model)")
+    ap.add_argument("--out", default=str(S.MODEL_DIR), help="pipeline directory (default: the shipped model)")
     ap.add_argument("--classifier-out", default=str(CLASSIFIER_DIR),
                     help="adherence classifier directory, written by the classifier stage and read by evaluation "
                          "(default: the shipped classifier)")

@@ -408,10 +408,10 @@ def test_a_file_without_fingerprint_loads_with_a_warning_and_the_name_check_stil
 
 
 def test_the_shipped_files_record_their_bundled_models_fingerprint():
-    from sadakit.bundled import load_notes_pipeline, load_shapes_pipeline
+    from sadakit.bundled import notes, shapes
     from sadakit.bundled.adasde_files import NOTES, SHAPES
 
-    for spec, load in ((SHAPES, load_shapes_pipeline), (NOTES, load_notes_pipeline)):
+    for spec, load in ((SHAPES, shapes.load_pipeline), (NOTES, notes.load_pipeline)):
         expected = model_fingerprint(load())
         for name in spec.available():
             assert load_coefficients(spec.directory / name).meta.model_fingerprint == expected, name

@@ -122,7 +122,7 @@ def _flops(pipe, prompt):
 def test_diffusers_cache_applies_runs_and_restores_exactly(flux, spec):
     import torch
 
-    from sadakit.bench.runner import pipeline_fingerprint
+    from sadakit.bench.restoration import pipeline_fingerprint
 
     before = [_generate(flux, p) for p in PROMPTS]
     base_flops = _flops(flux, PROMPTS[0])
@@ -159,7 +159,7 @@ def test_fbcache_and_magcache_run_after_cache_dit(flux):
 
 def test_a_method_that_leaves_a_hook_stops_the_bench(sdxl, monkeypatch):
     from sadakit.bench import methods
-    from sadakit.bench.runner import PipelineNotRestoredError
+    from sadakit.bench.restoration import PipelineNotRestoredError
 
     class Leaky(methods.Method):
         def apply(self, pipe):
@@ -220,7 +220,7 @@ def test_peak_memory_on_cpu_sees_an_allocation():
 
     import torch
 
-    from sadakit.bench.runner import PeakMemory
+    from sadakit.bench.memory import PeakMemory
 
     with PeakMemory(torch.device("cpu")) as mem:
         block = torch.ones(16 * 2**20)  # 64 MiB, freed before the context ends
@@ -238,7 +238,7 @@ def test_peak_memory_fallback_samples_rss():
 
     import torch
 
-    from sadakit.bench.runner import PeakMemory
+    from sadakit.bench.memory import PeakMemory
 
     with PeakMemory(torch.device("cpu"), method="rss-sampled") as mem:
         block = torch.ones(16 * 2**20)
@@ -252,12 +252,13 @@ def test_peak_memory_fallback_samples_rss():
 
 
 def test_bench_on_the_bundled_model_has_adherence_columns():
-    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
+    from sadakit.bench.scorers import judge_for
+    from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
 
     pipe = load_pipeline("bundled:shapes")
     prompts = default_prompts("bundled:shapes", 2)
     result = run_bench(pipe, prompts=prompts, seeds=[0], steps=6, methods=["fewer-steps:0.5", "fbcache"], repeats=1,
-                       call_kwargs=default_call_kwargs("bundled:shapes"), progress=False, scorer=quality_scorer("bundled:shapes"))
+                       call_kwargs=default_call_kwargs("bundled:shapes"), progress=False, scorer=judge_for("bundled:shapes"))
     rows = {r["method"]: r for r in summarize(result)}
     assert set(rows) == {"baseline", "fewer-steps:0.5"} and "fbcache" in result.not_applicable
     for row in rows.values():
@@ -318,8 +319,9 @@ def test_cache_dit_on_flux_controlnet_is_not_applicable_because_it_changes_the_o
     pytest.importorskip("cache_dit")
     import torch
 
+    from sadakit.bench.harness import compare
     from sadakit.bench.methods import CacheDiT
-    from sadakit.bench.runner import _timed, pipeline_fingerprint
+    from sadakit.bench.runner import call_pipeline
     from sadakit.loading import default_call_kwargs, load_pipeline
     from sadakit.metrics.image import psnr
 
@@ -327,10 +329,9 @@ def test_cache_dit_on_flux_controlnet_is_not_applicable_because_it_changes_the_o
     method = CacheDiT(name="cache-dit", knob=1e-5)
     assert "does not reproduce FluxControlNetPipeline" in method.not_applicable(pipe)
     kwargs = {"num_inference_steps": 6, "prompt": "a red square", **default_call_kwargs("tiny:flux-controlnet")}
-    reference = pipeline_fingerprint(pipe)
-    base, _ = _timed(pipe, parse_method("baseline"), {**kwargs, "generator": torch.Generator().manual_seed(0)})
-    cached, _ = _timed(pipe, method, {**kwargs, "generator": torch.Generator().manual_seed(0)}, reference)
-    assert psnr(cached, base) < 30.0
+    runs = compare(pipe, lambda kw: call_pipeline(pipe, kw), [parse_method("baseline"), method],
+                   lambda: {**kwargs, "generator": torch.Generator().manual_seed(0)}, repeats=0)
+    assert psnr(runs["cache-dit:1e-05"].output, runs["baseline"].output) < 30.0
 
 
 def test_cli_shuts_the_process_group_down_after_a_command(tmp_path, monkeypatch):

@@ -10,17 +10,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from sadakit.bundled import (
-    DEFAULT_STEPS,
-    SHAPES_DIR,
-    BundledModelError,
-    evaluate_adherence,
-    generate,
-    load_classifier,
-    load_shapes_pipeline,
-)
+from sadakit.bundled import BundledModelError
+from sadakit.bundled import shapes
 from sadakit.bundled import data_shapes
-from sadakit.bundled.shapes import CLASSIFIER_FILE, PIPELINE_FILES
 
 #: Target of issue 8: at least 90% of generations classified exactly as prompted.
 ADHERENCE_TARGET = 0.9
@@ -38,7 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def pipe() -> StableDiffusionPipeline:
-    return load_shapes_pipeline()
+    return shapes.load_pipeline()
 
 
 def test_loads_as_real_pipeline(pipe: StableDiffusionPipeline) -> None:
@@ -48,26 +40,26 @@ def test_loads_as_real_pipeline(pipe: StableDiffusionPipeline) -> None:
 
 
 def test_shipped_weights_are_small() -> None:
-    total = sum(p.stat().st_size for p in SHAPES_DIR.rglob("*.safetensors")) + CLASSIFIER_FILE.stat().st_size
+    total = sum(p.stat().st_size for p in shapes.MODEL_DIR.rglob("*.safetensors")) + shapes.CLASSIFIER_FILE.stat().st_size
     assert total < 20 * 2**20
 
 
 def test_generates_on_cpu(pipe: StableDiffusionPipeline) -> None:
-    images = generate(pipe, ["a red circle in the top left"], seed=0, num_inference_steps=4)
+    images = shapes.generate(pipe, ["a red circle in the top left"], seed=0, num_inference_steps=4)
     assert images.shape == (1, 3, data_shapes.IMAGE_SIZE, data_shapes.IMAGE_SIZE)
     assert torch.isfinite(images).all()
 
 
 def test_classifier_reads_generator_images() -> None:
     labels, images = data_shapes.sample_batch(128, torch.Generator().manual_seed(123))
-    accuracy = (load_classifier().predict(images) == labels).all(dim=1).float().mean().item()
+    accuracy = (shapes.load_classifier().predict(images) == labels).all(dim=1).float().mean().item()
     assert accuracy > 0.97
 
 
 @pytest.fixture(scope="module")
 def adherence(pipe: StableDiffusionPipeline):
     """One generation of the fixed 16-prompt set (seed 0) at the default steps and guidance."""
-    return evaluate_adherence(pipe, n_prompts=16, seeds=(0,))
+    return shapes.evaluate(pipe, n_prompts=16, seeds=(0,))
 
 
 def test_shape_and_colour_follow_the_prompt(adherence) -> None:
@@ -88,13 +80,13 @@ def test_shipped_scheduler_has_zero_terminal_snr(pipe: StableDiffusionPipeline) 
     assert config.rescale_betas_zero_snr and config.prediction_type == "v_prediction", config
     assert config.timestep_spacing == "trailing", config
     assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
-    pipe.scheduler.set_timesteps(DEFAULT_STEPS)
+    pipe.scheduler.set_timesteps(shapes.DEFAULT_STEPS)
     assert int(pipe.scheduler.timesteps[0]) == pipe.scheduler.config.num_train_timesteps - 1
 
 
 def _copy(tmp_path: Path) -> Path:
     target = tmp_path / "shapes-sd"
-    shutil.copytree(SHAPES_DIR, target)
+    shutil.copytree(shapes.MODEL_DIR, target)
     return target
 
 
@@ -103,7 +95,7 @@ def test_missing_file_is_named(tmp_path: Path, name: str) -> None:
     broken = _copy(tmp_path)
     (broken / name).unlink()
     with pytest.raises(BundledModelError, match=name.split("/")[-1]):
-        load_shapes_pipeline(broken)
+        shapes.load_pipeline(broken)
 
 
 def test_truncated_weights_are_named(tmp_path: Path) -> None:
@@ -112,19 +104,19 @@ def test_truncated_weights_are_named(tmp_path: Path) -> None:
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(BundledModelError, match="vae/diffusion_pytorch_model.safetensors"):
-        load_shapes_pipeline(broken)
+        shapes.load_pipeline(broken)
 
 
 def test_garbage_config_is_named(tmp_path: Path) -> None:
     broken = _copy(tmp_path)
     (broken / "unet" / "config.json").write_text("{not json")
     with pytest.raises(BundledModelError, match="unet/config.json"):
-        load_shapes_pipeline(broken)
+        shapes.load_pipeline(broken)
 
 
 def test_every_pipeline_file_is_checked() -> None:
-    for name in PIPELINE_FILES:
-        assert (SHAPES_DIR / name).is_file(), name
+    for name in shapes.PIPELINE_FILES:
+        assert (shapes.MODEL_DIR / name).is_file(), name
 
 
 def test_pitch_measurement_on_synthesised_notes() -> None:
@@ -138,13 +130,11 @@ def test_pitch_measurement_on_synthesised_notes() -> None:
 
 
 def test_compare_sada_on_the_bundled_model():
-    from sadakit.bundled import compare_sada, load_shapes_pipeline
-
     # At the default step count, where the docs quote it. (At 20 steps the zero-terminal-SNR
     # model measured 37.4 dB, 14 of 20 calls, adherence unchanged: fewer, larger steps leave
     # SADA's extrapolation less room; see docs/bundled_models.md.)
-    cmp = compare_sada(load_shapes_pipeline(), n_prompts=2, repeats=1, num_inference_steps=DEFAULT_STEPS)
+    cmp = shapes.compare(shapes.load_pipeline(), n_prompts=2, repeats=1, num_inference_steps=shapes.DEFAULT_STEPS)
     row = cmp.row()
-    assert row["denoiser_calls"] == DEFAULT_STEPS and row["network_calls"] < 0.8 * DEFAULT_STEPS
-    assert row["psnr_db"] > 40 and cmp.sada_images.shape == cmp.baseline_images.shape
+    assert row["denoiser_calls"] == shapes.DEFAULT_STEPS and row["network_calls"] < 0.8 * shapes.DEFAULT_STEPS
+    assert row["psnr_db"] > 40 and cmp.sada_output.shape == cmp.baseline_output.shape
     assert cmp.sada_adherence == cmp.baseline_adherence

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from sadakit.adasde import AdaSDEScheduler, CoefficientMismatchError, load_coefficients
-from sadakit.bundled import BundledModelError, eval_prompts, generate, load_shapes_pipeline, prompt_adherence
+from sadakit.bundled import BundledModelError
+from sadakit.bundled import shapes
 from sadakit.bundled import shapes_adasde as sa
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = load_shapes_pipeline()
+    p = shapes.load_pipeline()
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -32,19 +33,19 @@ def test_shipped_files_name_the_model_and_guidance():
 
 def test_learned_churn_euler_at_5_calls_follows_prompts_better_than_plain_euler(pipe):
     """Fixed 16-prompt set, seed 0: measured 100% (learned churn + Euler) vs 75% (5 Euler steps)."""
-    prompts = eval_prompts(16)
+    prompts = shapes.eval_prompts(16)
     base = pipe.scheduler
     try:
         pipe.scheduler = sa.shapes_adasde_scheduler(pipe, nfe=5, solver="euler")
-        images = generate(pipe, prompts, seed=0, num_inference_steps=5)
+        images = shapes.generate(pipe, prompts, seed=0, num_inference_steps=5)
         assert pipe.scheduler.nfe == 5
-        first = generate(pipe, prompts[:2], seed=0, num_inference_steps=5)
-        again = generate(pipe, prompts[:2], seed=0, num_inference_steps=5)
-        other = generate(pipe, prompts[:2], seed=7, num_inference_steps=5)
+        first = shapes.generate(pipe, prompts[:2], seed=0, num_inference_steps=5)
+        again = shapes.generate(pipe, prompts[:2], seed=0, num_inference_steps=5)
+        other = shapes.generate(pipe, prompts[:2], seed=7, num_inference_steps=5)
     finally:
         pipe.scheduler = base
-    plain = generate(pipe, prompts, seed=0, num_inference_steps=5)
-    learned, euler = prompt_adherence(images, prompts), prompt_adherence(plain, prompts)
+    plain = shapes.generate(pipe, prompts, seed=0, num_inference_steps=5)
+    learned, euler = shapes.adherence(images, prompts), shapes.adherence(plain, prompts)
     assert learned.all_correct >= 0.9
     assert learned.all_correct > euler.all_correct
     # same seed, same batch: bit-identical (batch size changes float rounding, so compare like with like)

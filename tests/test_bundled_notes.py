@@ -11,19 +11,9 @@ import pytest
 import torch
 
 import sadakit
-from sadakit.bundled import (
-    MODELS_DIR,
-    NOTES_DIR,
-    BundledModelError,
-    evaluate_notes,
-    generate_notes,
-    load_notes_pipeline,
-    notes_eval_prompts,
-    pitch_adherence,
-)
+from sadakit.bundled import MODELS_DIR, BundledModelError
 from sadakit.bundled import data_notes
 from sadakit.bundled import notes as N
-from sadakit.bundled.notes import generate_notes_and_mels
 
 #: Pitch adherence target (fraction of clips within +-0.5 semitone of the prompted note).
 PITCH_TARGET = 0.9
@@ -40,7 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def pipe():
-    return load_notes_pipeline()
+    return N.load_pipeline()
 
 
 def test_loads_as_real_musicldm_pipeline(pipe) -> None:
@@ -61,14 +51,14 @@ def test_loads_as_real_musicldm_pipeline(pipe) -> None:
 
 
 def test_shipped_weights_are_small() -> None:
-    notes = sum(p.stat().st_size for p in NOTES_DIR.rglob("*.safetensors"))
+    notes = sum(p.stat().st_size for p in N.MODEL_DIR.rglob("*.safetensors"))
     everything = sum(p.stat().st_size for p in MODELS_DIR.rglob("*.safetensors"))
     assert notes < 9 * 2**20, notes
     assert everything < 25 * 2**20, everything
 
 
 def test_generates_audio_on_cpu(pipe) -> None:
-    audio = generate_notes(pipe, ["a soft note A4"], seed=0, num_inference_steps=4)
+    audio = N.generate(pipe, ["a soft note A4"], seed=0, num_inference_steps=4)
     assert audio.shape == (1, int(N.AUDIO_SECONDS * N.SAMPLE_RATE))
     assert torch.isfinite(audio).all() and audio.abs().max() <= 1.0
 
@@ -84,13 +74,13 @@ def test_adherence_measure_on_ground_truth(ground_truth) -> None:
     """Pitch (audio and mel) and timbre measures are right on the synthesiser's own notes,
     and reject a wrong pitch (the next note) and a wrong timbre label."""
     waves, prompts = ground_truth
-    truth = pitch_adherence(waves, prompts, N.log_mel(waves))
+    truth = N.adherence(waves, prompts, N.log_mel(waves))
     assert truth.pitch == 1.0 and truth.timbre == 1.0 and truth.mel_pitch == 1.0, truth
     assert N.mel_pitch_adherence(N.log_mel(waves), [p[:-2] + "C5" if p[-2:] != "C5" else p[:-2] + "C4" for p in prompts]) == 0.0
     shifted = [p[:-2] + data_notes.NOTES[(data_notes.NOTES.index(p[-2:]) + 1) % 8] for p in prompts]
-    assert pitch_adherence(waves, shifted).pitch == 0.0
+    assert N.adherence(waves, shifted).pitch == 0.0
     swapped = [p.replace("soft", "X").replace("bright", "soft").replace("X", "bright") for p in prompts]
-    assert pitch_adherence(waves, swapped).timbre < 0.2
+    assert N.adherence(waves, swapped).timbre < 0.2
 
 
 def off_the_frame_rate_comb(measured_hz: torch.Tensor) -> float:
@@ -109,7 +99,7 @@ def test_vocoder_resynthesises_ground_truth(pipe, ground_truth) -> None:
     with torch.no_grad():
         audio = pipe.mel_spectrogram_to_waveform(N.log_mel(waves).unsqueeze(1))
     assert log_mel_psnr(audio, waves, N.SAMPLE_RATE) > 20.0
-    result = pitch_adherence(audio, prompts)
+    result = N.adherence(audio, prompts)
     assert result.rms_level > 0.05, result
     assert result.pitch >= PITCH_TARGET and result.timbre >= PITCH_TARGET, result
     assert off_the_frame_rate_comb(data_notes.measure_pitch(audio)) >= 0.5
@@ -118,13 +108,13 @@ def test_vocoder_resynthesises_ground_truth(pipe, ground_truth) -> None:
 @pytest.fixture(scope="module")
 def baseline(pipe) -> tuple[torch.Tensor, torch.Tensor]:
     """The 16 prompts, seed 0, default steps and guidance: (audio, log-mels)."""
-    return generate_notes_and_mels(pipe, notes_eval_prompts(), seed=0)
+    return N.generate_with_mels(pipe, N.eval_prompts(), seed=0)
 
 
 def test_mel_pitch_adherence_at_default_steps(baseline) -> None:
     """The diffusion model's pitch, judged on the generated log-mel (before the vocoder)."""
     audio, mels = baseline
-    result = pitch_adherence(audio, notes_eval_prompts(), mels)
+    result = N.adherence(audio, N.eval_prompts(), mels)
     assert result.mel_pitch >= PITCH_TARGET, result
     assert result.rms_level > 0.02, result  # audible, not near-silence
 
@@ -132,40 +122,40 @@ def test_mel_pitch_adherence_at_default_steps(baseline) -> None:
 def test_audio_pitch_adherence_at_default_steps(baseline) -> None:
     """The prompted pitch in the audio itself, after the vocoder."""
     audio, _ = baseline
-    result = pitch_adherence(audio, notes_eval_prompts())
+    result = N.adherence(audio, N.eval_prompts())
     assert result.pitch >= PITCH_TARGET, result
 
 
 def test_sada_skips_calls_and_keeps_the_pitch(pipe, baseline) -> None:
-    prompts = notes_eval_prompts()
+    prompts = N.eval_prompts()
     sadakit.accelerate(pipe)
     try:
-        audio, mels = generate_notes_and_mels(pipe, prompts, seed=0)
+        audio, mels = N.generate_with_mels(pipe, prompts, seed=0)
         report = sadakit.report(pipe)
     finally:
         sadakit.remove(pipe)
     assert report.denoiser_calls == N.DEFAULT_STEPS
     assert report.network_calls < N.DEFAULT_STEPS
-    base = pitch_adherence(baseline[0], prompts, baseline[1])
-    sada = pitch_adherence(audio, prompts, mels)
+    base = N.adherence(baseline[0], prompts, baseline[1])
+    sada = N.adherence(audio, prompts, mels)
     assert sada.mel_pitch >= PITCH_TARGET and sada.pitch >= PITCH_TARGET, sada
     assert sada.mel_pitch >= base.mel_pitch - 1 / len(prompts), (base, sada)
     assert sada.pitch >= base.pitch - 1 / len(prompts), (base, sada)
 
 
 def test_evaluate_notes_counts_every_clip(pipe) -> None:
-    result = evaluate_notes(pipe, seeds=(0,), num_inference_steps=2)
-    assert result.n == len(notes_eval_prompts())
+    result = N.evaluate(pipe, seeds=(0,), num_inference_steps=2)
+    assert result.n == len(N.eval_prompts())
 
 
 def test_bad_prompt_is_rejected() -> None:
     with pytest.raises(ValueError, match="not a notes prompt"):
-        pitch_adherence(torch.zeros(1, 100), ["a loud note H9"])
+        N.adherence(torch.zeros(1, 100), ["a loud note H9"])
 
 
 def _copy(tmp_path: Path) -> Path:
     target = tmp_path / "notes-musicldm"
-    shutil.copytree(NOTES_DIR, target)
+    shutil.copytree(N.MODEL_DIR, target)
     return target
 
 
@@ -174,7 +164,7 @@ def test_missing_file_is_named(tmp_path: Path, name: str) -> None:
     broken = _copy(tmp_path)
     (broken / name).unlink()
     with pytest.raises(BundledModelError, match=name.split("/")[-1]):
-        load_notes_pipeline(broken)
+        N.load_pipeline(broken)
 
 
 def test_truncated_weights_are_named(tmp_path: Path) -> None:
@@ -183,20 +173,20 @@ def test_truncated_weights_are_named(tmp_path: Path) -> None:
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(BundledModelError, match="unet/diffusion_pytorch_model.safetensors"):
-        load_notes_pipeline(broken)
+        N.load_pipeline(broken)
 
 
 def test_garbage_config_is_named(tmp_path: Path) -> None:
     broken = _copy(tmp_path)
     (broken / "vocoder" / "config.json").write_text("{not json")
     with pytest.raises(BundledModelError, match="vocoder/config.json"):
-        load_notes_pipeline(broken)
+        N.load_pipeline(broken)
 
 
 def test_every_pipeline_file_is_checked() -> None:
     for name in N.PIPELINE_FILES:
-        assert (NOTES_DIR / name).is_file(), name
-    saved = {str(p.relative_to(NOTES_DIR)) for p in NOTES_DIR.rglob("*") if p.is_file()}
+        assert (N.MODEL_DIR / name).is_file(), name
+    saved = {str(p.relative_to(N.MODEL_DIR)) for p in N.MODEL_DIR.rglob("*") if p.is_file()}
     assert {s for s in saved if s.endswith((".safetensors", "config.json"))} <= set(N.PIPELINE_FILES)
 
 
@@ -207,7 +197,7 @@ def test_plain_from_pretrained_names_the_vocoder_module() -> None:
     import sys
 
     code = ("from diffusers import MusicLDMPipeline\n"
-            f"MusicLDMPipeline.from_pretrained({str(NOTES_DIR)!r}, local_files_only=True)\n")
+            f"MusicLDMPipeline.from_pretrained({str(N.MODEL_DIR)!r}, local_files_only=True)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "sadakit.bundled.harmonic_vocoder" in result.stderr and "has not been imported" in result.stderr

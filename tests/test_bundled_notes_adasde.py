@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from sadakit.adasde import AdaSDEScheduler, CoefficientMismatchError, load_coefficients
-from sadakit.bench.runner import ForwardCounter
-from sadakit.bundled import BundledModelError, load_notes_pipeline, load_shapes_pipeline, notes_eval_prompts
+from sadakit.bench.harness import ForwardCounter
+from sadakit.bundled import BundledModelError
+from sadakit.bundled import notes, shapes
 from sadakit.bundled import notes_adasde as na
 from sadakit.bundled.adasde_files import SHAPES, bundled_adasde
-from sadakit.bundled.notes import generate_notes_and_mels, pitch_adherence
 
 #: Audio pitch adherence on the 16 prompts, seed 0. Measured: 100% for both shipped forms
 #: here, and 100% on 32 clips for every shipped file, for 50 DDIM steps and for diffusers'
@@ -27,7 +27,7 @@ PITCH_THRESHOLD = 0.9
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = load_notes_pipeline()
+    p = notes.load_pipeline()
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -49,20 +49,20 @@ def test_shipped_files_name_the_model_guidance_and_log():
 
 @pytest.mark.parametrize("nfe, solver", [(5, "euler"), (7, "adasde")])
 def test_few_step_output_counts_calls_keeps_seed_and_pitch(pipe, nfe, solver):
-    prompts = notes_eval_prompts()
+    prompts = notes.eval_prompts()
     base = pipe.scheduler
     calls = ForwardCounter(pipe.unet)
     try:
         pipe.scheduler = na.notes_adasde_scheduler(pipe, nfe=nfe, solver=solver)
-        audio, mels = generate_notes_and_mels(pipe, prompts, seed=0, num_inference_steps=nfe)
+        audio, mels = notes.generate_with_mels(pipe, prompts, seed=0, num_inference_steps=nfe)
         assert calls.count == nfe and pipe.scheduler.nfe == nfe  # one batch of 16: NFE calls, CFG batched
-        first = generate_notes_and_mels(pipe, prompts[:2], seed=0, num_inference_steps=nfe)[0]
-        again = generate_notes_and_mels(pipe, prompts[:2], seed=0, num_inference_steps=nfe)[0]
-        other = generate_notes_and_mels(pipe, prompts[:2], seed=7, num_inference_steps=nfe)[0]
+        first = notes.generate_with_mels(pipe, prompts[:2], seed=0, num_inference_steps=nfe)[0]
+        again = notes.generate_with_mels(pipe, prompts[:2], seed=0, num_inference_steps=nfe)[0]
+        other = notes.generate_with_mels(pipe, prompts[:2], seed=7, num_inference_steps=nfe)[0]
     finally:
         calls.close()
         pipe.scheduler = base
-    adherence = pitch_adherence(audio, prompts, mels)
+    adherence = notes.adherence(audio, prompts, mels)
     assert adherence.pitch >= PITCH_THRESHOLD, adherence
     # same seed, same batch: bit-identical (batch size changes float rounding, so compare like with like)
     assert torch.equal(again, first) and not torch.equal(other, first)
@@ -85,9 +85,9 @@ def test_wrong_nfe_guidance_model_and_pipeline_are_refused(pipe):
     with pytest.raises(ValueError, match="not allowed"):
         na.notes_adasde_path(5, solver="dpm")
     assert pipe.scheduler is base
-    shapes = load_shapes_pipeline()
+    shapes_pipe = shapes.load_pipeline()
     with pytest.raises(ValueError, match="belong to the bundled sadakit/bundled/notes-musicldm"):
-        na.notes_adasde_scheduler(shapes, nfe=5)
+        na.notes_adasde_scheduler(shapes_pipe, nfe=5)
 
 
 def test_cli_distills_bundled_notes_with_its_prompts_and_guidance(tmp_path):
@@ -96,7 +96,7 @@ def test_cli_distills_bundled_notes_with_its_prompts_and_guidance(tmp_path):
     from sadakit.adasde.cli import main
     from sadakit.loading import default_call_kwargs, default_model_name, default_prompts
 
-    assert default_prompts("bundled:notes", None) == notes_eval_prompts()
+    assert default_prompts("bundled:notes", None) == notes.eval_prompts()
     assert default_call_kwargs("bundled:notes")["guidance_scale"] == 3.0
     assert default_model_name("bundled:notes") == na.NOTES_MODEL_ID
     out = tmp_path / "euler-nfe3.safetensors"
@@ -104,7 +104,7 @@ def test_cli_distills_bundled_notes_with_its_prompts_and_guidance(tmp_path):
                  "--batch", "2", "--teacher-factor", "1", "--threads", "1", "--out", str(out)]) == 0
     meta = load_coefficients(out).meta
     assert meta.model == na.NOTES_MODEL_ID and meta.guidance_scale == 3.0 and meta.nfe == 3
-    pipe = load_notes_pipeline()
+    pipe = notes.load_pipeline()
     scheduler = bundled_adasde("notes").scheduler(pipe, nfe=3, solver="euler", root=tmp_path)
     assert isinstance(scheduler, AdaSDEScheduler)
 

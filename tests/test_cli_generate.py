@@ -11,7 +11,7 @@ from PIL import Image
 
 from sadakit import cli
 from sadakit.adasde import CoefficientMismatchError
-from sadakit.bundled import load_shapes_pipeline
+from sadakit.bundled import shapes
 from sadakit.bundled.adasde_files import SHAPES
 
 PROMPT = "a red circle in the top left"
@@ -28,7 +28,7 @@ def test_adasde_file_samples_like_the_python_api(tmp_path, capsys):
     path = SHAPES.path(5)
     image, summary = _generate(tmp_path, capsys, "--pipeline", "bundled:shapes", "--adasde-file", str(path), "--seed", "3")
     assert summary["sampler"].startswith("AdaSDE") and "5 calls" in summary["sampler"]
-    pipe = load_shapes_pipeline()
+    pipe = shapes.load_pipeline()
     pipe.scheduler = SHAPES.scheduler(pipe, 5)
     expected = pipe(PROMPT, num_inference_steps=5, guidance_scale=SHAPES.guidance_scale,
                     generator=torch.Generator().manual_seed(3)).images[0]

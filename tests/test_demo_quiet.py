@@ -100,7 +100,7 @@ def test_quiet_drops_known_log_records_only():
 
 def test_cli_commands_run_quietly_and_restore(monkeypatch, capsys):
     """`sadakit demo` (generate, bench) runs its function inside quiet(); `info` does not."""
-    from sadakit import cli
+    from sadakit import cli, demo_command
 
     seen = {}
 
@@ -109,7 +109,7 @@ def test_cli_commands_run_quietly_and_restore(monkeypatch, capsys):
         return 0
 
     filters = list(warnings.filters)
-    monkeypatch.setattr(cli, "_cmd_demo", fake_demo)
+    monkeypatch.setattr(demo_command, "run_command", fake_demo)  # the command's module, registered by name
     assert cli.main(["demo", "--out", "unused"]) == 0
     assert seen["demo"] > len(filters) and warnings.filters == filters
     assert cli.QUIET_COMMANDS == {"demo", "generate", "bench", "info", "tune"}

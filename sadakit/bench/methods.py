@@ -16,21 +16,11 @@ from typing import Any, Callable
 import sadakit
 
 
-def _family(pipe: Any) -> str:
+def _family(pipe: Any) -> str | None:
+    """The family the plugin registry gives ``pipe`` (None: no plugin claims it)."""
     from ..registry import family_of
 
-    if family_of(pipe) == "wan":
-        return "wan"
-    name = type(pipe).__name__
-    if "ControlNet" in name:
-        return "flux-controlnet" if "Flux" in name else "unet-controlnet"
-    if "Flux" in name:
-        return "flux"
-    if "MusicLDM" in name or "AudioLDM" in name:
-        return "audio"
-    if "StableDiffusion" in name:
-        return "unet-image"
-    return "other"
+    return family_of(pipe)
 
 
 def _missing(module: str, extra: str = "peers") -> str | None:
@@ -98,7 +88,10 @@ class FewerSteps(Method):
 
 
 class SADA(Method):
-    """sadakit's SADA with the family defaults (``sada``) or criterion only (``sada-criterion``)."""
+    """sadakit's SADA with the family defaults (``sada``) or criterion only (``sada-criterion``);
+    a caller comparing one configuration sets ``config`` (then it wins over the name)."""
+
+    config: Any = None
 
     def not_applicable(self, pipe: Any) -> str | None:
         try:
@@ -108,6 +101,9 @@ class SADA(Method):
         return None
 
     def apply(self, pipe: Any) -> None:
+        if self.config is not None:
+            sadakit.accelerate(pipe, self.config)
+            return
         config = sadakit.default_config(pipe)
         if self.name == "sada-criterion":
             config = sadakit.SADAConfig.criterion_only()
@@ -125,20 +121,28 @@ class SADA(Method):
         sadakit.remove(pipe)
 
     def report(self, pipe: Any) -> dict:
+        """The runtime's report, plus the FLOPs ratio and the fraction of (call, row) pairs computed
+        (SADA decides per sample: a call can run for some rows only)."""
         rep = sadakit.report(pipe)
-        return {"network_calls": rep.network_calls, "decisions": rep.decisions}
+        saved = rep.flops_saved_fraction
+        return {**rep.to_dict(), "flops_ratio": None if saved is None else 1.0 - saved,
+                "computed_row_fraction": sum(rep.per_sample_computed) / max(1, rep.denoiser_calls * rep.batch_size)}
 
 
 class AdaSDE(Method):
     """A learned AdaSDE scheduler from a coefficient file (``adasde`` needs ``--adasde-file``).
 
     The file fixes the number of network evaluations, so the pipeline is called with the file's
-    NFE instead of ``--steps`` (the row's denoiser forwards show it).
+    NFE instead of ``--steps`` (the row's denoiser forwards show it). A caller with a scheduler
+    already built (the bundled models' shipped files) sets ``scheduler`` instead of the file.
     """
 
     coefficient_file: str | None = None
+    scheduler: Any = None
 
     def not_applicable(self, pipe: Any) -> str | None:
+        if self.scheduler is not None:
+            return None
         if not self.coefficient_file:
             return "no coefficient file given (--adasde-file)"
         try:
@@ -153,7 +157,7 @@ class AdaSDE(Method):
         from sadakit.adasde import AdaSDEScheduler
 
         self._state["scheduler"] = pipe.scheduler
-        pipe.scheduler = AdaSDEScheduler.from_file(self.coefficient_file, self._state["scheduler"])
+        pipe.scheduler = self.scheduler or AdaSDEScheduler.from_file(self.coefficient_file, self._state["scheduler"])
         self._state["nfe"] = int(pipe.scheduler.meta.nfe)
 
     def call_kwargs(self, kwargs: dict) -> dict:
@@ -187,7 +191,7 @@ class DiffusersCache(Method):
         t = kwargs.get("timestep")
         if t is not None:
             # Flux pipelines pass t / 1000 (the transformer multiplies by 1000 again)
-            self._state["timestep"] = float(t.flatten()[0]) * (1000.0 if _family(self._state["pipe"]).startswith("flux") else 1.0)
+            self._state["timestep"] = float(t.flatten()[0]) * (1000.0 if (_family(self._state["pipe"]) or "").startswith("flux") else 1.0)
 
     def _config(self):
         import diffusers
@@ -220,13 +224,15 @@ class DiffusersCache(Method):
             )
         raise ValueError(f"unknown diffusers cache {self.name!r}")
 
+    FAMILIES = ("flux", "flux-controlnet", "wan")  # the families the timestep callback and layout are set up for
+
     def not_applicable(self, pipe: Any) -> str | None:
         denoiser = getattr(pipe, "transformer", None)
         if denoiser is None or not hasattr(denoiser, "enable_cache"):
             denoiser_kind = "a UNet" if hasattr(pipe, "unet") else "no transformer"
             return f"diffusers' cache hooks need a CacheMixin transformer; {type(pipe).__name__} has {denoiser_kind}"
         family = _family(pipe)
-        if family not in ("flux", "flux-controlnet", "wan"):
+        if family not in self.FAMILIES:
             return (f"the bench configures diffusers' caches for Flux and Wan DiTs (timestep callback, tensor "
                     f"layout); {type(pipe).__name__} is not one")
         if family == "wan" and self.name == "fastercache":

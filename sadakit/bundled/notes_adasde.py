@@ -5,9 +5,9 @@ Why shipped: distilling through the notes pipeline takes minutes of CPU
 notes model at guidance :data:`~sadakit.bundled.notes.DEFAULT_GUIDANCE` and the NFE in their
 name only; everything else is refused (:mod:`sadakit.bundled.adasde_files`).
 
-    pipe = load_notes_pipeline()
-    pipe.scheduler = notes_adasde_scheduler(pipe, nfe=5, solver="euler")
-    audio = generate_notes(pipe, prompts, num_inference_steps=5)
+    pipe = notes.load_pipeline()
+    pipe.scheduler = notes.adasde_scheduler(pipe, nfe=5, solver="euler")
+    audio = notes.generate(pipe, prompts, num_inference_steps=5)
 """
 
 from __future__ import annotations
