@@ -14,6 +14,7 @@ from .cli_args import (
     existing_file,
     image_side,
     non_negative_int,
+    output_directory,
     output_file,
     positive_int,
 )
