@@ -23,7 +23,6 @@ import argparse
 import statistics
 from typing import Any
 
-import attrs
 import torch
 
 import sadakit

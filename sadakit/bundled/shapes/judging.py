@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
 from sadakit.bundled import data_shapes
 from sadakit.bundled._files import MODELS_DIR, load_safetensors_checked
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 from .model import DEFAULT_GUIDANCE, DEFAULT_STEPS, eval_prompts, generate
 
