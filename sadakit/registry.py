@@ -131,8 +131,9 @@ class PluginHandle:
         if spec is None:
             raise UnsupportedPipelineError(f"plugin {self.name!r} does not name a denoiser for {type(pipe).__name__}")
         spec = _unwrapped(spec)
-        self._check_arguments(pipe, "DenoiserSpec", spec.module,
-                              {"sample_arg": spec.sample_arg, "timestep_arg": spec.timestep_arg})
+        for i, module in enumerate(spec.modules):
+            what = "DenoiserSpec" if i == 0 else f"DenoiserSpec.experts[{i - 1}]"
+            self._check_arguments(pipe, what, module, {"sample_arg": spec.sample_arg, "timestep_arg": spec.timestep_arg})
         return spec
 
     def parameterization(self, pipe):
@@ -201,7 +202,10 @@ def _unwrapped(spec: Any) -> Any:
     from diffusers.utils.torch_utils import unwrap_module
 
     module = unwrap_module(spec.module)
-    return spec if module is spec.module else dataclasses.replace(spec, module=module)
+    experts = tuple(unwrap_module(e) for e in getattr(spec, "experts", ()))
+    if module is spec.module and all(a is b for a, b in zip(experts, getattr(spec, "experts", ()))):
+        return spec
+    return dataclasses.replace(spec, module=module, **({"experts": experts} if experts else {}))
 
 
 def supported_pipelines() -> list[str]:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import sadakit
-from sadakit.errors import UnsupportedPipelineError
 from sadakit.testing import tiny_wan_pipeline
 from plugin_checks import Forwards, plain, psnr
 
@@ -96,19 +95,6 @@ def test_wan_without_cfg_is_one_stream(wan):
     run(wan, guidance_scale=1.0)
     rep = sadakit.report(wan)
     assert rep.streams == ["cond"] and rep.denoiser_calls == 30 and rep.skipped_calls > 0
-
-
-def test_wan22_two_experts_refused_clearly(wan):
-    import copy
-
-    two_experts = diffusers.WanPipeline(
-        tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae, scheduler=wan.scheduler,
-        transformer=wan.transformer, transformer_2=copy.deepcopy(wan.transformer), boundary_ratio=0.875,
-    )
-    with pytest.raises(UnsupportedPipelineError, match="transformer_2"):
-        sadakit.accelerate(two_experts)
-    assert not sadakit.is_accelerated(two_experts)
-    assert getattr(wan.transformer, "_diffusers_hook", None) is None or not wan.transformer._diffusers_hook.hooks
 
 
 def test_a_grid_that_does_not_match_the_blocks_is_reported(wan):

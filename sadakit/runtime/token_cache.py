@@ -79,6 +79,9 @@ class TokenCache:
         self.step_rows = 0  # rows of a full step (for cache shapes)
         self.latent_grid: Grid | None = None
         self.active = True  # False: no block is pruned (context parallelism shards the tokens)
+        #: the expert module the current call reaches (see .experts): its blocks' token counts
+        #: are learned on its own first call of each shape
+        self.expert = 0
 
     def clear(self) -> None:
         self.caches.clear()
@@ -90,7 +93,10 @@ class TokenCache:
 
     def knows(self, shape: tuple) -> bool:
         """Whether the blocks' token counts for calls of this input shape are known."""
-        return not self.layouts or tuple(shape[1:]) in self.tokens_by_shape
+        return not self.layouts or self._key(shape) in self.tokens_by_shape
+
+    def _key(self, shape: tuple) -> tuple:
+        return (self.expert, *shape[1:])
 
     def grid_of(self, name: str, n_tokens: int, latent_grid: Grid) -> Grid | None:
         """The grid block ``name``'s N tokens lie on, by its layout; None if none matches."""
@@ -122,7 +128,7 @@ class TokenCache:
     # ------------------------------------------------------------------ before the network
     def use_shape(self, shape: tuple) -> None:
         """The block token counts of calls shaped like ``shape`` become the current ones."""
-        self.block_tokens = self.tokens_by_shape.get(tuple(shape[1:]), {})
+        self.block_tokens = self.tokens_by_shape.get(self._key(shape), {})
 
     def begin_call(self, plan: TokenPlan | None, rows: list[int] | None, rows_tensor: torch.Tensor | None,
                    shape: tuple, record: bool = True, learn: bool = False) -> None:
@@ -137,7 +143,7 @@ class TokenCache:
         self.route = None
         if not self.layouts or not self.active:
             return
-        key = tuple(shape[1:])
+        key = self._key(shape)
         if key not in self.tokens_by_shape or learn:
             self.block_tokens = self.tokens_by_shape.setdefault(key, {})
             self.route = BlockRoute({}, learning=True)
