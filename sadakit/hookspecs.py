@@ -17,7 +17,8 @@ When they are asked, and how often:
   3. ``sadakit_validate``
   4. ``sadakit_parameterization`` (to refuse an unusable scheduler before anything changes)
   5. ``sadakit_denoiser`` (its argument names are checked against the module's ``forward``)
-  6. ``sadakit_token_blocks`` (only with ``config.token_sparsity``; names checked likewise)
+  6. ``sadakit_token_blocks`` (only with ``config.token_sparsity``; names checked likewise;
+     once for the denoiser and once for each of its ``experts``)
   7. ``sadakit_control_modules``
   8. ``sadakit_prepare``; then the hooks are installed. Nothing before this step changes the
      pipeline, so an error in 1-7 leaves it untouched.
@@ -79,7 +80,8 @@ def sadakit_supported_pipelines() -> list[str]:
 @hookspec(firstresult=True)
 def sadakit_denoiser(pipe: Any) -> "DenoiserSpec":
     """The denoiser module and how to read its call: latent argument, timestep argument and the
-    latent layout (how per-element scores become a per-token grid)."""
+    latent layout (how per-element scores become a per-token grid); further expert modules that
+    take its place at some steps, and the noisy channels of a sample carrying condition channels."""
 
 
 @hookspec(firstresult=True)
