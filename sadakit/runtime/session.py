@@ -218,8 +218,7 @@ class SADASession:
             state.judged = False
             self._note(reason)
         self.tokens.latent_grid, self.tokens.step_rows = state.latent_grid, b
-        self.context_group = context_parallel_group(self.denoiser.module)
-        self.tokens.active = self.context_group is None
+        self._find_context_group()
         if self.context_group is not None and self.config.enabled:
             import torch.distributed as dist
 
@@ -231,6 +230,13 @@ class SADASession:
         self.accounting.grow_rows(b)
         self.state = state
         return state
+
+    def _find_context_group(self) -> None:
+        """Under context parallelism every rank holds a shard of the tokens: one vote for all
+        ranks, and no token sparsity (asked before the first call of a generation runs, since
+        the calls that learn the call streams run the token blocks too)."""
+        self.context_group = context_parallel_group(self.denoiser.module)
+        self.tokens.active = self.context_group is None
 
     def decide(self, x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan:
         """Decide the step whose rows (every stream's) ``x_model`` holds."""
@@ -353,6 +359,8 @@ class SADASession:
         bound = self.signatures[expert].bind(*args, **kwargs)
         x_model = self.denoiser.noisy_sample(bound.arguments[self.denoiser.sample_arg])
         self.experts.enter(expert, self.state, self.tokens.caches)
+        if self.state is None and self.layout is None:
+            self._find_context_group()  # a generation's first call
         self.tokens.expert = self.accounting.expert = expert
         timestep = bound.arguments[self.denoiser.timestep_arg]
         started, waited = time.perf_counter(), waited_seconds()
