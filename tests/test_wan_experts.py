@@ -184,3 +184,38 @@ def test_bad_expert_and_channel_declarations_are_refused():
     assert torch.equal(spec.noisy_sample(sample), sample[:, :3])
     with pytest.raises(ValueError, match="has 2 channels along dimension 1, fewer than the 3 noisy channels"):
         spec.noisy_sample(torch.randn(2, 2, 4))
+
+
+def test_both_experts_compile_fullgraph_with_the_eager_result(t2v):
+    """Each expert has its own door: compiled in place (``fullgraph=True``), every network call
+    of either is one graph, decisions and output as eager, no recompile in the next generation."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    sadakit.accelerate(t2v)
+    eager = run(t2v, steps=12)
+    decisions = sadakit.report(t2v).decisions
+    assert "S" in decisions, decisions
+    runs = []
+
+    def backend(gm, example_inputs):
+        def graph(*args):
+            runs.append(1)
+            return gm.forward(*args)
+        return graph
+
+    try:
+        for name in ("transformer", "transformer_2"):
+            getattr(t2v, name).compile(backend=backend, fullgraph=True)
+        first = run(t2v, steps=12)
+        report = sadakit.report(t2v)
+        assert report.decisions == decisions and torch.equal(first, eager)
+        assert len(runs) == report.network_calls  # one graph per network call, in both experts
+        graphs = counters["stats"]["unique_graphs"]
+        assert torch.equal(run(t2v, steps=12), eager) and counters["stats"]["unique_graphs"] == graphs
+    finally:
+        sadakit.remove(t2v)
+        for name in ("transformer", "transformer_2"):
+            getattr(t2v, name)._compiled_call_impl = None
+        torch._dynamo.reset()
