@@ -26,7 +26,8 @@ At the start of every generation (the first denoiser call, once the call streams
   ``sadakit_parameterization``, then ``sadakit_cfg_groups`` with the batch of one call.
 ``sadakit.remove(pipe)``: ``sadakit_restore``, once.
 ``sadakit.supported_pipelines()`` / ``sadakit info``: ``sadakit_supported_pipelines`` of every plugin.
-``sadakit generate``: ``sadakit_output_kind``, once, before generating.
+``sadakit generate``, ``sadakit.generate_many``: ``sadakit_output_kind``, once, before generating;
+  ``sadakit_output_formats`` of every plugin when the command line checks an output name.
 
 The value types (``DenoiserSpec``, ``TokenBlockSpec``, ``TokenArg``, ``ControlSpec``) live in
 :mod:`sadakit.spec`; they and the parameterisations (``VPParameterization``,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
     from .config import SADAConfig
     from .core.parameterization import Parameterization
+    from .outputs import OutputFormat
     from .spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 
 PROJECT = "sadakit"
@@ -115,9 +117,18 @@ def sadakit_control_modules(pipe: Any) -> list["ControlSpec"]:
 
 @hookspec(firstresult=True)
 def sadakit_output_kind(pipe: Any) -> str:
-    """What the pipeline makes: ``"image"``, ``"video"`` or ``"audio"``; ``sadakit generate``
-    writes PNG, MP4/GIF or WAV accordingly. Default: audio when the pipeline has a vocoder,
-    else image. Asked by the command line only."""
+    """What the pipeline makes: ``"image"``, ``"video"``, ``"audio"`` (``sadakit generate``
+    writes PNG, MP4/GIF or WAV accordingly) or the kind of an :class:`sadakit.OutputFormat`
+    some plugin adds with ``sadakit_output_formats``. Default: audio when the pipeline has a
+    vocoder, else image. Asked by the command line, the prompt-set runner and the bench."""
+
+
+@hookspec
+def sadakit_output_formats() -> list["OutputFormat"]:
+    """Kinds of output this plugin adds beyond image, video and audio, each with its file
+    extensions and writer (:class:`sadakit.OutputFormat`), so that ``sadakit generate`` and
+    ``sadakit.generate_many`` save a new modality's samples. Asked of every plugin; a kind
+    named twice is refused with both plugins named."""
 
 
 @hookspec(firstresult=True)
