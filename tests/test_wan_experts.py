@@ -11,7 +11,7 @@ from PIL import Image
 
 import sadakit
 from sadakit.testing import tiny_wan_experts_pipeline
-from plugin_checks import Forwards, plain, psnr
+from plugin_checks import plain, psnr
 
 FRAMES, HEIGHT, WIDTH = 9, 48, 64  # non-square: a 3 x 3 x 4 token grid (36 tokens)
 GRID_TOKENS = 3 * 3 * 4
