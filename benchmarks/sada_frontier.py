@@ -60,7 +60,8 @@ def score(pipe: Any, name: str, test: torch.Tensor, ref: torch.Tensor, prompt: s
     f = fidelity_for(pipe)(test, ref)
     out = {"psnr": f.get("psnr_db", f.get("log_mel_psnr"))}
     if scorer is not None:
-        out["adherence"] = scorer(test, prompt)["adherence"]
+        judged = scorer(test, prompt)  # shapes: "adherence"; notes: "pitch_adherence" (and timbre)
+        out["adherence"] = judged.get("adherence", judged.get("pitch_adherence"))
     return out
 
 
