@@ -190,3 +190,31 @@ def test_an_image_conditioned_transformer_is_refused(pipe):
 
 def test_registered_as_a_supported_pipeline():
     assert "HunyuanVideoPipeline" in sadakit.supported_pipelines()
+
+
+@pytest.mark.slow  # ~20 s of tracing on this CPU
+def test_partial_calls_compile_fullgraph_once(pipe):
+    """The trailing mask entries and the shared rotary rows are cut by tensor work alone: the
+    transformer compiles with ``fullgraph=True`` (dynamo's eager backend traces as inductor
+    would), gives the eager result, and a second generation reuses the graphs."""
+    from torch._dynamo.utils import counters
+
+    stochastic(pipe)
+    config = sadakit.SADAConfig.criterion_only(skip_steps=False, max_token_fraction=1.0)
+    sadakit.accelerate(pipe, config)
+    eager = run(pipe, steps=8)
+    decisions = sadakit.report(pipe).decisions
+    assert "P" in decisions, decisions
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        pipe.transformer.compile(backend="eager", fullgraph=True)
+        first = run(pipe, steps=8)
+        assert sadakit.report(pipe).decisions == decisions and torch.equal(first, eager)
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs > 0 and torch.equal(run(pipe, steps=8), eager)
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        sadakit.remove(pipe)
+        pipe.transformer._compiled_call_impl = None
+        torch._dynamo.reset()
