@@ -175,7 +175,6 @@ class TokenBlockHook(ModelHook):
         self.session.tokens.learned(self.name, hidden, _tokens_of(out, self.spec.output_index))
         return out
 
-
     def _check_token_args(self, args: tuple, kwargs: dict) -> None:
         """On a shape's first (eager) call: each declared ``elements`` exists in its argument."""
         for name, how in self.spec.token_args.items():

@@ -113,11 +113,6 @@ class TokenCache:
         """Whether the blocks' token counts for calls of this input shape are known."""
         return not self.layouts or tuple(shape[1:]) in self.tokens_by_shape
 
-    def grid_of(self, name: str, n_tokens: int, latent_grid: Grid) -> Grid | None:
-        """The grid block ``name``'s tokens lie on, by its layout; None if none matches."""
-        placed = self.placement(name, n_tokens, latent_grid)
-        return None if placed is None else placed[0]
-
     def placement(self, name: str, n_tokens: int, latent_grid: Grid) -> tuple[Grid, int] | None:
         """The grid block ``name``'s hidden tokens lie on and how many of them are other
         tokens (:class:`~sadakit.spec.OtherTokens`); None if no grid matches."""
