@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 import sadakit
-from sadakit.bench.runner import call_pipeline, fidelity
+from sadakit.bench.runner import call_pipeline
+from sadakit.bench.scorers import fidelity_for, judge_for
 from sadakit.core import criterion
 from sadakit.core.parameterization import to_flow
-from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline, quality_scorer
+from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
 from sadakit.runtime import decision as decision_module
 
 
@@ -56,7 +57,7 @@ def run(pipe: Any, name: str, prompt: str, batch: int, steps: int, seed: int = 0
 
 
 def score(pipe: Any, name: str, test: torch.Tensor, ref: torch.Tensor, prompt: str, scorer) -> dict:
-    f = fidelity(pipe, test, ref, [])
+    f = fidelity_for(pipe)(test, ref)
     out = {"psnr": f.get("psnr_db", f.get("log_mel_psnr"))}
     if scorer is not None:
         out["adherence"] = scorer(test, prompt)["adherence"]
@@ -65,12 +66,12 @@ def score(pipe: Any, name: str, test: torch.Tensor, ref: torch.Tensor, prompt: s
 
 def sweep(args: argparse.Namespace) -> None:
     pipe = load_pipeline(args.pipeline)
-    prompts = default_prompts(args.pipeline)
-    scorer = quality_scorer(args.pipeline)
-    refs = {p: run(pipe, args.pipeline, p, args.images_per_prompt, args.steps) for p in prompts}
+    prompts = args.prompts or default_prompts(args.pipeline)
+    scorer = judge_for(args.pipeline)
+    refs = {p: run(pipe, args.pipeline, p, args.images_per_prompt, args.steps, args.seed) for p in prompts}
     rows = []
     for steps in args.fewer:
-        scores = [score(pipe, args.pipeline, run(pipe, args.pipeline, p, args.images_per_prompt, steps), refs[p], p, scorer)
+        scores = [score(pipe, args.pipeline, run(pipe, args.pipeline, p, args.images_per_prompt, steps, args.seed), refs[p], p, scorer)
                   for p in prompts]
         rows.append((f"fewer-steps {steps}", steps / args.steps, steps, scores))
     for spec in args.configs:
@@ -80,7 +81,7 @@ def sweep(args: argparse.Namespace) -> None:
         for p in prompts:
             sadakit.accelerate(pipe, config)
             try:
-                out = run(pipe, args.pipeline, p, args.images_per_prompt, args.steps)
+                out = run(pipe, args.pipeline, p, args.images_per_prompt, args.steps, args.seed)
                 rep = sadakit.report(pipe)
             finally:
                 sadakit.remove(pipe)
@@ -88,7 +89,7 @@ def sweep(args: argparse.Namespace) -> None:
             flops.append(1.0 - (rep.flops_saved_fraction or 0.0))
             calls.append(rep.network_calls)
         rows.append((label, statistics.median(flops), statistics.median(calls), scores, rep.decisions))
-    print(f"{args.pipeline}, {args.steps} steps, {len(prompts)} prompts x {args.images_per_prompt}")
+    print(f"{args.pipeline}, {args.steps} steps, {len(prompts)} prompts x {args.images_per_prompt}, seed {args.seed}")
     print("| setting | denoiser FLOPs | calls | PSNR dB (median) | adherence | decisions |")
     print("|---|---|---|---|---|---|")
     for row in rows:
@@ -109,7 +110,7 @@ def trace(args: argparse.Namespace) -> None:
     handle = unet.register_forward_pre_hook(lambda m, a, k: base_inputs.append(k.get("sample", a[0] if a else None).detach().clone()),
                                             with_kwargs=True)
     try:
-        ref = run(pipe, args.pipeline, prompt, args.images_per_prompt, args.steps)
+        ref = run(pipe, args.pipeline, prompt, args.images_per_prompt, args.steps, args.seed)
     finally:
         handle.remove()
     config = parse_config(args.config)
@@ -136,16 +137,16 @@ def trace(args: argparse.Namespace) -> None:
     decision_module.Decider.decide = recording
     sadakit.accelerate(pipe, config)
     try:
-        out = run(pipe, args.pipeline, prompt, args.images_per_prompt, args.steps)
+        out = run(pipe, args.pipeline, prompt, args.images_per_prompt, args.steps, args.seed)
         rep = sadakit.report(pipe)
     finally:
         sadakit.remove(pipe)
         decision_module.Decider.decide = original
     param = sadakit.registry.find_plugin(pipe).parameterization(pipe)
-    f = score(pipe, args.pipeline, out, ref, prompt, quality_scorer(args.pipeline))
+    f = score(pipe, args.pipeline, out, ref, prompt, judge_for(args.pipeline))
     print(f"{args.pipeline} {args.steps} steps, prompt {prompt!r} x {args.images_per_prompt}: {rep.network_calls} calls, "
           f"PSNR {f['psnr']:.1f} dB, adherence {f.get('adherence', float('nan')):.2f}\n{rep.decisions}")
-    scorer = quality_scorer(args.pipeline)
+    scorer = judge_for(args.pipeline)
     if scorer is not None:
         per_image = [scorer(out[i: i + 1], prompt)["adherence"] for i in range(out.shape[0])]
         print("adherence per image:", per_image)
@@ -180,9 +181,11 @@ def main() -> None:
         p.add_argument("--pipeline", default="bundled:shapes")
         p.add_argument("--steps", type=int, default=50)
         p.add_argument("--images-per-prompt", type=int, default=8)
+        p.add_argument("--seed", type=int, default=0)
         if mode == "sweep":
             p.add_argument("--configs", nargs="*", default=[])
             p.add_argument("--fewer", nargs="*", type=int, default=[])
+            p.add_argument("--prompts", nargs="*", default=None, help="default: the bench's 4 prompts")
         else:
             p.add_argument("--config", default="")
             p.add_argument("--prompt-index", type=int, default=0)

@@ -18,6 +18,7 @@ from .core.parameterization import (
 )
 from .errors import NotAcceleratedError, PluginContractError, SadakitError, UnsupportedPipelineError
 from .hookspecs import hookimpl
+from .outputs import OutputFormat
 from .registry import register_plugin, supported_pipelines, unregister_plugin
 from .runtime.report import GenerationReport
 from .tuning import Preset, PresetMismatchError, TargetNotReachedError, tune
@@ -45,6 +46,7 @@ __all__ = [
     "EDMParameterization",
     "FlowParameterization",
     "NoiseLevel",
+    "OutputFormat",
     "Parameterization",
     "PluginContractError",
     "Preset",

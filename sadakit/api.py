@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 import weakref
@@ -11,9 +12,11 @@ from .config import SADAConfig
 from .errors import NotAcceleratedError
 from .registry import find_plugin
 from .runtime import hooks
+from .runtime.experts import component_name
 from .runtime.report import GenerationReport
 from .runtime.samplers import unjudgeable_sampler
 from .runtime.session import SADASession
+from .spec import DenoiserSpec, TokenBlockSpec
 from .tuning import Preset
 
 logger = logging.getLogger("sadakit")
@@ -59,16 +62,18 @@ def accelerate(pipe: Any, config: SADAConfig | Preset | None = None) -> Any:
     plugin.validate(pipe, config)
     plugin.parameterization(pipe)  # raises for a scheduler that cannot be served
     spec = plugin.denoiser(pipe)
-    blocks = plugin.token_blocks(pipe, spec.module) if config.token_sparsity else []
-    registry = getattr(spec.module, "_diffusers_hook", None)
+    blocks = _token_blocks(plugin, pipe, spec) if config.token_sparsity else []
     if _lookup(_sessions, pipe) is not None:
         logger.info("sadakit: %s was already accelerated; replacing its configuration", type(pipe).__name__)
         remove(pipe)
-    elif registry is not None and registry.get_hook(hooks.DENOISER_HOOK) is not None:
-        raise RuntimeError(
-            f"the denoiser of {type(pipe).__name__} already carries a sadakit hook from another pipeline "
-            "object sharing it; call sadakit.remove on that pipeline first"
-        )
+    else:
+        for module in spec.modules:
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(hooks.DENOISER_HOOK) is not None:
+                raise RuntimeError(
+                    f"the denoiser of {type(pipe).__name__} ({type(module).__name__}) already carries a sadakit hook "
+                    "from another pipeline object sharing it; call sadakit.remove on that pipeline first"
+                )
     reason = unjudgeable_sampler(getattr(pipe, "scheduler", None))
     if reason is not None and config.enabled:
         warnings.warn(f"sadakit.accelerate({type(pipe).__name__}): {reason}", UserWarning, stacklevel=2)
@@ -83,6 +88,16 @@ def accelerate(pipe: Any, config: SADAConfig | Preset | None = None) -> Any:
         raise
     _sessions[pipe] = session
     return pipe
+
+
+def _token_blocks(plugin: Any, pipe: Any, spec: DenoiserSpec) -> list[TokenBlockSpec]:
+    """The eligible blocks of the denoiser and of each expert; an expert's block names are
+    prefixed with the expert's component name, so that names stay unique."""
+    blocks = list(plugin.token_blocks(pipe, spec.module))
+    for i, expert in enumerate(spec.experts, start=1):
+        label = component_name(pipe, expert, f"expert{i}")
+        blocks += [dataclasses.replace(b, name=f"{label}.{b.name}") for b in plugin.token_blocks(pipe, expert)]
+    return blocks
 
 
 def remove(pipe: Any) -> bool:

@@ -11,10 +11,14 @@ import argparse
 import os
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-AUDIO_SUFFIXES = (".wav",)
-VIDEO_SUFFIXES = (".mp4", ".gif")
-SUFFIXES = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES, "video": VIDEO_SUFFIXES}
+from .outputs import OutputFormat
+
+
+def known_suffixes() -> tuple[str, ...]:
+    """Every extension some kind of output is written as (built-in, and those plugins add)."""
+    from .registry import output_formats
+
+    return tuple(dict.fromkeys(s for fmt in output_formats().values() for s in fmt.suffixes))
 
 
 def positive_int(text: str) -> int:
@@ -58,9 +62,10 @@ def existing_file(text: str) -> str:
 
 
 def output_file(text: str) -> str:
-    """argparse type: an image or WAV file path whose directory exists or can be created, and is writable."""
+    """argparse type: an output file path (an extension some kind of output is written as) whose
+    directory exists or can be created, and is writable."""
     path = Path(text)
-    allowed = IMAGE_SUFFIXES + AUDIO_SUFFIXES + VIDEO_SUFFIXES
+    allowed = known_suffixes()
     if path.suffix.lower() not in allowed:
         raise argparse.ArgumentTypeError(f"{text!r} has no output extension; use one of {', '.join(allowed)}")
     if path.is_dir():
@@ -86,10 +91,8 @@ def _writable_directory(directory: Path, text: str) -> None:
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: {existing} is not a writable directory")
 
 
-def check_output_kind(out: str, kind: str, pipeline_name: str) -> None:
+def check_output_kind(out: str, fmt: OutputFormat, pipeline_name: str) -> None:
     """The output extension fits what the pipeline makes (checked after loading, before generating)."""
-    wanted = SUFFIXES[kind]
-    if Path(out).suffix.lower() not in wanted:
-        noun = {"image": "images", "audio": "audio", "video": "videos"}[kind]
-        raise SystemExit(f"sadakit generate: {pipeline_name} makes {noun}; --out must end in {', '.join(wanted)}, "
-                         f"got {out!r}")
+    if Path(out).suffix.lower() not in fmt.suffixes:
+        raise SystemExit(f"sadakit generate: {pipeline_name} makes {fmt.noun}; --out must end in "
+                         f"{', '.join(fmt.suffixes)}, got {out!r}")

@@ -17,7 +17,8 @@ When they are asked, and how often:
   3. ``sadakit_validate``
   4. ``sadakit_parameterization`` (to refuse an unusable scheduler before anything changes)
   5. ``sadakit_denoiser`` (its argument names are checked against the module's ``forward``)
-  6. ``sadakit_token_blocks`` (only with ``config.token_sparsity``; names checked likewise)
+  6. ``sadakit_token_blocks`` (only with ``config.token_sparsity``; names checked likewise;
+     once for the denoiser and once for each of its ``experts``)
   7. ``sadakit_control_modules``
   8. ``sadakit_prepare``; then the hooks are installed. Nothing before this step changes the
      pipeline, so an error in 1-7 leaves it untouched.
@@ -25,7 +26,8 @@ At the start of every generation (the first denoiser call, once the call streams
   ``sadakit_parameterization``, then ``sadakit_cfg_groups`` with the batch of one call.
 ``sadakit.remove(pipe)``: ``sadakit_restore``, once.
 ``sadakit.supported_pipelines()`` / ``sadakit info``: ``sadakit_supported_pipelines`` of every plugin.
-``sadakit generate``: ``sadakit_output_kind``, once, before generating.
+``sadakit generate``, ``sadakit.generate_many``: ``sadakit_output_kind``, once, before generating;
+  ``sadakit_output_formats`` of every plugin when the command line checks an output name.
 
 The value types (``DenoiserSpec``, ``TokenBlockSpec``, ``TokenArg``, ``ControlSpec``) live in
 :mod:`sadakit.spec`; they and the parameterisations (``VPParameterization``,
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 
     from .config import SADAConfig
     from .core.parameterization import Parameterization
+    from .outputs import OutputFormat
     from .spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 
 PROJECT = "sadakit"
@@ -79,7 +82,8 @@ def sadakit_supported_pipelines() -> list[str]:
 @hookspec(firstresult=True)
 def sadakit_denoiser(pipe: Any) -> "DenoiserSpec":
     """The denoiser module and how to read its call: latent argument, timestep argument and the
-    latent layout (how per-element scores become a per-token grid)."""
+    latent layout (how per-element scores become a per-token grid); further expert modules that
+    take its place at some steps, and the noisy channels of a sample carrying condition channels."""
 
 
 @hookspec(firstresult=True)
@@ -113,9 +117,18 @@ def sadakit_control_modules(pipe: Any) -> list["ControlSpec"]:
 
 @hookspec(firstresult=True)
 def sadakit_output_kind(pipe: Any) -> str:
-    """What the pipeline makes: ``"image"``, ``"video"`` or ``"audio"``; ``sadakit generate``
-    writes PNG, MP4/GIF or WAV accordingly. Default: audio when the pipeline has a vocoder,
-    else image. Asked by the command line only."""
+    """What the pipeline makes: ``"image"``, ``"video"``, ``"audio"`` (``sadakit generate``
+    writes PNG, MP4/GIF or WAV accordingly) or the kind of an :class:`sadakit.OutputFormat`
+    some plugin adds with ``sadakit_output_formats``. Default: audio when the pipeline has a
+    vocoder, else image. Asked by the command line, the prompt-set runner and the bench."""
+
+
+@hookspec
+def sadakit_output_formats() -> list["OutputFormat"]:
+    """Kinds of output this plugin adds beyond image, video and audio, each with its file
+    extensions and writer (:class:`sadakit.OutputFormat`), so that ``sadakit generate`` and
+    ``sadakit.generate_many`` save a new modality's samples. Asked of every plugin; a kind
+    named twice is refused with both plugins named."""
 
 
 @hookspec(firstresult=True)

@@ -1,6 +1,7 @@
 """Many outputs from one pipeline: a prompt set, sharded over processes, resumable.
 
-One file per row (PNG, WAV or MP4 by what the pipeline makes) and a JSONL manifest. Under
+One file per row (PNG, WAV or MP4 by what the pipeline makes, or a plugin's own
+:class:`~sadakit.outputs.OutputFormat`) and a JSONL manifest. Under
 ``torchrun`` or ``accelerate launch`` (any number of nodes sharing the output directory) every
 rank takes every ``world``-th row still to do and writes its own outputs and its own manifest
 part; rank 0 merges the parts into ``manifest.jsonl``. Each row is seeded by its own seed, so
@@ -24,13 +25,11 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .outputs import OutputFormat
 from .prompt_sets import Row, rows_from
-from .registry import output_kind_of
+from .registry import output_format_of
 
 MANIFEST = "manifest.jsonl"
-EXTENSIONS = {"image": ".png", "audio": ".wav", "video": ".mp4"}
-#: the call argument that asks for several outputs per prompt; sadakit always asks for one
-_PER_PROMPT = {"image": "num_images_per_prompt", "audio": "num_waveforms_per_prompt", "video": "num_videos_per_prompt"}
 
 
 @dataclass
@@ -49,8 +48,9 @@ class RunSummary:
         return (self.generated + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
 
-def output_name(row: Row, kind: str) -> str:
-    return f"{row.index:06d}{EXTENSIONS[kind]}"
+def output_name(row: Row, fmt: OutputFormat) -> str:
+    """The file a row's output is written to (the format's first extension)."""
+    return f"{row.index:06d}{fmt.suffixes[0]}"
 
 
 def generate_many(pipe: Any, rows: Iterable[str | dict | Row], out_dir: str | Path, *, steps: int = 30,
@@ -68,12 +68,12 @@ def generate_many(pipe: Any, rows: Iterable[str | dict | Row], out_dir: str | Pa
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"generate_many: batch_size must be an integer >= 1, got {batch_size!r}")
     rows = rows_from(rows, base_seed)
-    kind = output_kind_of(pipe)
+    fmt = output_format_of(pipe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _rank_and_world()
     started = time.perf_counter()
-    finished = _finished_rows(out_dir, rows, kind)
+    finished = _finished_rows(out_dir, rows)
     pending = [row for row in rows if row.index not in finished]
     mine = pending[rank::world]
     accelerated = api.is_accelerated(pipe)
@@ -85,7 +85,7 @@ def generate_many(pipe: Any, rows: Iterable[str | dict | Row], out_dir: str | Pa
     bar = _progress(len(mine), enabled=progress and rank == 0, world=world)
     with open(part, "a", encoding="utf-8") as log:
         for batch in _batches(mine, batch_size):
-            for record in _run_batch(pipe, batch, kind, out_dir, steps, call_kwargs or {}, allowed, fps, rank,
+            for record in _run_batch(pipe, batch, fmt, out_dir, steps, call_kwargs or {}, allowed, fps, rank,
                                      accelerated, sampler):
                 log.write(json.dumps(record, default=str) + "\n")
                 log.flush()
@@ -95,13 +95,13 @@ def generate_many(pipe: Any, rows: Iterable[str | dict | Row], out_dir: str | Pa
                 bar.update(1)
     bar.close()
     _barrier(world)
-    manifest = _merge_manifest(out_dir, rows, kind) if rank == 0 else None
+    manifest = _merge_manifest(out_dir, rows) if rank == 0 else None
     _barrier(world)
     return RunSummary(len(rows), len(finished), generated, failed, time.perf_counter() - started, manifest)
 
 
 # ---------------------------------------------------------------------- one batch of rows
-def _run_batch(pipe: Any, batch: list[Row], kind: str, out_dir: Path, steps: int, call_kwargs: dict,
+def _run_batch(pipe: Any, batch: list[Row], fmt: OutputFormat, out_dir: Path, steps: int, call_kwargs: dict,
                allowed: set[str], fps: int, rank: int, accelerated: bool, sampler: str) -> list[dict]:
     """Generate and write a batch; a failing batch of several rows is retried row by row, so
     one bad row fails alone."""
@@ -110,35 +110,44 @@ def _run_batch(pipe: Any, batch: list[Row], kind: str, out_dir: Path, steps: int
     if unknown:
         error = (f"{name} takes no call argument(s) {unknown} (row options); it takes e.g. "
                  f"{', '.join(sorted(a for a in allowed if a not in ('self', 'kwargs'))[:12])}")
-        return [_record(row, kind, "error", sampler, error=error) for row in batch]
+        return [_record(row, "error", sampler, error=error) for row in batch]
     started = time.perf_counter()
     try:
-        outputs, calls = _generate(pipe, batch, kind, steps, {**call_kwargs, **batch[0].options}, accelerated)
+        outputs, calls = _generate(pipe, batch, fmt, steps, {**call_kwargs, **batch[0].options}, accelerated)
     except Exception as error:  # noqa: BLE001 - recorded per row, the run goes on
         if len(batch) > 1:
             records = []
             for row in batch:
-                records += _run_batch(pipe, [row], kind, out_dir, steps, call_kwargs, allowed, fps, rank,
+                records += _run_batch(pipe, [row], fmt, out_dir, steps, call_kwargs, allowed, fps, rank,
                                       accelerated, sampler)
             return records
-        return [_record(batch[0], kind, "error", sampler, error=f"{type(error).__name__}: {error}")]
+        return [_record(batch[0], "error", sampler, error=f"{type(error).__name__}: {error}")]
     seconds = (time.perf_counter() - started) / len(batch)
     records = []
     for i, (row, output) in enumerate(zip(batch, outputs)):
-        if not np.isfinite(np.asarray(output, dtype=np.float32)).all():
-            records.append(_record(row, kind, "error", sampler, error=f"{name} produced non-finite values"))
+        if not _finite(output):
+            records.append(_record(row, "error", sampler, error=f"{name} produced non-finite values"))
             continue
         try:
-            note = _write_atomically(pipe, output, out_dir / output_name(row, kind), kind, fps, rank)
+            written, note = _write_atomically(pipe, output, out_dir / output_name(row, fmt), fmt, fps, rank)
         except Exception as error:  # noqa: BLE001
-            records.append(_record(row, kind, "error", sampler, error=f"writing failed: {type(error).__name__}: {error}"))
+            records.append(_record(row, "error", sampler, error=f"writing failed: {type(error).__name__}: {error}"))
             continue
-        records.append(_record(row, kind, "ok", sampler, seconds=seconds,
+        records.append(_record(row, "ok", sampler, output=written, seconds=seconds,
                                calls_computed=calls[i] if calls else None, note=note))
     return records
 
 
-def _generate(pipe: Any, batch: list[Row], kind: str, steps: int, kwargs: dict, accelerated: bool):
+def _finite(output: Any) -> bool:
+    """No NaN or inf in a numeric output (a plugin's non-array sample is left to its writer)."""
+    try:
+        array = np.asarray(output, dtype=np.float32)
+    except (TypeError, ValueError):
+        return True
+    return bool(np.isfinite(array).all())
+
+
+def _generate(pipe: Any, batch: list[Row], fmt: OutputFormat, steps: int, kwargs: dict, accelerated: bool):
     """(one output per row, calls computed per row or None)."""
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", "cpu")
     generator_device = "cpu" if torch.device(device).type == "mps" else device
@@ -147,15 +156,12 @@ def _generate(pipe: Any, batch: list[Row], kind: str, steps: int, kwargs: dict, 
     call["prompt"] = [row.prompt for row in batch]
     if batch[0].negative_prompt is not None:
         call["negative_prompt"] = [row.negative_prompt for row in batch]
-    call[_PER_PROMPT[kind]] = 1
-    out = pipe(num_inference_steps=steps, generator=generators if len(batch) > 1 else generators[0],
-               output_type="np", **call)
-    if kind == "audio":
-        outputs = list(np.asarray(out.audios))
-    elif kind == "video":
-        outputs = list(out.frames)
-    else:
-        outputs = list(np.asarray(out.images))
+    if fmt.per_prompt_arg is not None:
+        call[fmt.per_prompt_arg] = 1
+    if fmt.output_type is not None:
+        call.setdefault("output_type", fmt.output_type)
+    out = pipe(num_inference_steps=steps, generator=generators if len(batch) > 1 else generators[0], **call)
+    outputs = list(getattr(out, fmt.output_field))
     calls = None
     if accelerated:
         from . import api
@@ -166,31 +172,22 @@ def _generate(pipe: Any, batch: list[Row], kind: str, steps: int, kwargs: dict, 
     return outputs, calls
 
 
-def _write_atomically(pipe: Any, output: Any, target: Path, kind: str, fps: int, rank: int) -> str | None:
-    """Write under a temporary name in the same directory, then rename: a file that exists is whole."""
+def _write_atomically(pipe: Any, output: Any, target: Path, fmt: OutputFormat, fps: int,
+                      rank: int) -> tuple[str, str | None]:
+    """Write under a temporary name in the same directory, then rename: a file that exists is
+    whole. Returns the file name written (a video falls back to GIF without an MP4 encoder)."""
     temporary = target.with_name(f".{target.stem}.rank{rank}.tmp{target.suffix}")
-    note = None
-    if kind == "image":
-        pipe.numpy_to_pil(output[None])[0].save(temporary, format="PNG")
-    elif kind == "audio":
-        from .audio_io import pipeline_sample_rate, write_wav
-
-        write_wav(temporary, output[None], pipeline_sample_rate(pipe))
-    else:
-        from .video_io import write_video
-
-        written, note = write_video(output, temporary, fps=fps)
-        if written != temporary:  # no MP4 encoder: a GIF
-            target = target.with_suffix(written.suffix)
-            temporary = written
-    os.replace(temporary, target)
-    return note
+    written, note = fmt.write(pipe, output, temporary, {"fps": fps})
+    written = Path(written)
+    if written.suffix != temporary.suffix:
+        target = target.with_suffix(written.suffix)
+    os.replace(written, target)
+    return target.name, note
 
 
-def _record(row: Row, kind: str, status: str, sampler: str, **fields: Any) -> dict:
+def _record(row: Row, status: str, sampler: str, output: str | None = None, **fields: Any) -> dict:
     record = {"row": row.index, "prompt": row.prompt, "seed": row.seed, "status": status,
-              "output": output_name(row, kind) if status == "ok" else None, "sampler": sampler,
-              "finished": time.time()}
+              "output": output if status == "ok" else None, "sampler": sampler, "finished": time.time()}
     if row.negative_prompt is not None:
         record["negative_prompt"] = row.negative_prompt
     if row.options:
@@ -227,7 +224,7 @@ def _records(out_dir: Path) -> dict[int, dict]:
     return latest
 
 
-def _finished_rows(out_dir: Path, rows: list[Row], kind: str) -> set[int]:
+def _finished_rows(out_dir: Path, rows: list[Row]) -> set[int]:
     """Rows whose latest record is ``ok`` for the same prompt and seed, and whose file exists."""
     records = _records(out_dir)
     done = set()
@@ -239,7 +236,7 @@ def _finished_rows(out_dir: Path, rows: list[Row], kind: str) -> set[int]:
     return done
 
 
-def _merge_manifest(out_dir: Path, rows: list[Row], kind: str) -> Path:
+def _merge_manifest(out_dir: Path, rows: list[Row]) -> Path:
     """``manifest.jsonl``: one line per row of the set, in row order (written atomically)."""
     records = _records(out_dir)
     target = out_dir / MANIFEST

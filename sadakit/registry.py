@@ -39,7 +39,6 @@ _BUILTIN_PLUGINS = (
 
 _manager: pluggy.PluginManager | None = None
 
-OUTPUT_KINDS = ("image", "video", "audio")
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -131,8 +130,9 @@ class PluginHandle:
         if spec is None:
             raise UnsupportedPipelineError(f"plugin {self.name!r} does not name a denoiser for {type(pipe).__name__}")
         spec = _unwrapped(spec)
-        self._check_arguments(pipe, "DenoiserSpec", spec.module,
-                              {"sample_arg": spec.sample_arg, "timestep_arg": spec.timestep_arg})
+        for i, module in enumerate(spec.modules):
+            what = "DenoiserSpec" if i == 0 else f"DenoiserSpec.experts[{i - 1}]"
+            self._check_arguments(pipe, what, module, {"sample_arg": spec.sample_arg, "timestep_arg": spec.timestep_arg})
         return spec
 
     def parameterization(self, pipe):
@@ -172,9 +172,11 @@ class PluginHandle:
     def output_kind(self, pipe) -> str:
         default = "audio" if hasattr(pipe, "vocoder") else "image"
         kind = self._call("sadakit_output_kind", default=default, pipe=pipe)
-        if kind not in OUTPUT_KINDS:
+        kinds = output_formats()
+        if kind not in kinds:
             raise PluginContractError(f"plugin {self.name!r} says {type(pipe).__name__} makes {kind!r}; "
-                                      f"allowed: {', '.join(OUTPUT_KINDS)}")
+                                      f"allowed: {', '.join(kinds)} (a new kind needs an OutputFormat from "
+                                      "sadakit_output_formats)")
         return kind
 
     def default_config(self, pipe):
@@ -201,7 +203,10 @@ def _unwrapped(spec: Any) -> Any:
     from diffusers.utils.torch_utils import unwrap_module
 
     module = unwrap_module(spec.module)
-    return spec if module is spec.module else dataclasses.replace(spec, module=module)
+    experts = tuple(unwrap_module(e) for e in getattr(spec, "experts", ()))
+    if module is spec.module and all(a is b for a, b in zip(experts, getattr(spec, "experts", ()))):
+        return spec
+    return dataclasses.replace(spec, module=module, **({"experts": experts} if experts else {}))
 
 
 def supported_pipelines() -> list[str]:
@@ -211,6 +216,30 @@ def supported_pipelines() -> list[str]:
     for impl in pm.hook.sadakit_supported_pipelines.get_hookimpls():
         names.extend(impl.function() or [])
     return sorted(set(names))
+
+
+def output_formats() -> dict:
+    """Every kind of output by name: the built-in image, video and audio, and those plugins add."""
+    from .outputs import BUILT_IN, OutputFormat
+
+    formats, owners = dict(BUILT_IN), {kind: "sadakit" for kind in BUILT_IN}
+    pm = plugin_manager()
+    for impl in pm.hook.sadakit_output_formats.get_hookimpls():
+        name = pm.get_name(impl.plugin)
+        for fmt in impl.function() or []:
+            if not isinstance(fmt, OutputFormat):
+                raise PluginContractError(f"plugin {name!r}: sadakit_output_formats must return sadakit.OutputFormat "
+                                          f"values, got {type(fmt).__name__}")
+            if fmt.kind in formats:
+                raise PluginContractError(f"plugin {name!r} adds output kind {fmt.kind!r}, which {owners[fmt.kind]!r} "
+                                          "already defines; choose another name")
+            formats[fmt.kind], owners[fmt.kind] = fmt, name
+    return formats
+
+
+def output_format_of(pipe: Any):
+    """How ``pipe``'s outputs are saved (:class:`sadakit.OutputFormat`), from its output kind."""
+    return output_formats()[output_kind_of(pipe)]
 
 
 def output_kind_of(pipe: Any) -> str:

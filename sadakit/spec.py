@@ -41,6 +41,49 @@ class DenoiserSpec:
     #: ``cache_context``; asked only when the pipeline sets no cache context (whose name is the
     #: stream otherwise). None: such calls belong to one stream.
     call_stream: Callable[[dict[str, Any]], str | None] | None = None
+    #: Further modules that take the denoiser's place at some steps and are called the same way
+    #: (Wan 2.2 A14B's low-noise expert ``transformer_2``). Each is served like ``module``. A call
+    #: to another module than the previous call's is an *expert switch*: extrapolation never
+    #: spans it (the new expert's calls are computed until it has the history an extrapolation
+    #: needs) and the report counts every module's calls.
+    experts: tuple[torch.nn.Module, ...] = ()
+    #: For a sample argument that carries condition channels after the noisy latent (image-to-
+    #: video pipelines concatenate the encoded image: Wan I2V's 16 noisy + 20 condition
+    #: channels): how many channels at its start, along ``channel_dim``, are the noisy latent.
+    #: The denoiser's output is in their chart; SADA reads and extrapolates only them. None: the
+    #: whole sample is the noisy latent.
+    noisy_channels: int | None = None
+    channel_dim: int = 1
+
+    def __post_init__(self) -> None:
+        experts = tuple(self.experts)
+        for i, expert in enumerate(experts):
+            if not isinstance(expert, torch.nn.Module):
+                raise TypeError(f"DenoiserSpec.experts[{i}] must be a torch.nn.Module, got {type(expert).__name__}")
+        if len({id(m) for m in (self.module, *experts)}) != len(experts) + 1:
+            raise ValueError("DenoiserSpec.experts must be modules other than DenoiserSpec.module, each named once")
+        if self.noisy_channels is not None and (not isinstance(self.noisy_channels, int) or isinstance(
+                self.noisy_channels, bool) or self.noisy_channels < 1):
+            raise ValueError(f"DenoiserSpec.noisy_channels must be a positive int or None, got {self.noisy_channels!r}")
+        if not isinstance(self.channel_dim, int) or self.channel_dim < 1:
+            raise ValueError(f"DenoiserSpec.channel_dim must be an int >= 1 (dimension 0 is the batch), "
+                             f"got {self.channel_dim!r}")
+        object.__setattr__(self, "experts", experts)
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        """The denoiser and its experts, in that order (an expert's index in the report)."""
+        return (self.module, *self.experts)
+
+    def noisy_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """The noisy latent in the denoiser's sample argument (see :attr:`noisy_channels`)."""
+        if self.noisy_channels is None:
+            return sample
+        size = sample.shape[self.channel_dim] if sample.dim() > self.channel_dim else 0
+        if size < self.noisy_channels:
+            raise ValueError(f"the denoiser's sample has {size} channels along dimension {self.channel_dim}, fewer "
+                             f"than the {self.noisy_channels} noisy channels its DenoiserSpec declares")
+        return sample.narrow(self.channel_dim, 0, self.noisy_channels)
 
 
 class StreamsByRepeatedSample:

@@ -1,7 +1,8 @@
 """SADA under diffusers' context parallelism: every rank takes the same decision for every call.
 
-Run for real on the CPU: tiny Flux with ``enable_parallelism(ContextParallelConfig(ulysses_degree=2))``
-under torchrun with gloo (tests/context_parallel_worker.py). If one rank's criterion disagrees
+Run for real on the CPU: tiny Flux and tiny Wan text-to-video (CFG as two call streams) with
+``enable_parallelism(ContextParallelConfig(ulysses_degree=2))`` under torchrun with gloo
+(tests/context_parallel_worker.py). If one rank's criterion disagrees
 (as non-deterministic kernels could make it), the reduced vote keeps the ranks together;
 without it, one rank skips a call the other computes and the collectives break.
 """
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_bench import _free_port
@@ -19,10 +21,11 @@ from test_bench import _free_port
 WORKER = Path(__file__).with_name("context_parallel_worker.py")
 
 
-def test_ranks_decide_together_and_remove_restores_the_parallel_pipeline(tmp_path):
+@pytest.mark.parametrize("model", ["flux", "wan"])
+def test_ranks_decide_together_and_remove_restores_the_parallel_pipeline(tmp_path, model):
     seed = int(torch.randint(0, 2**31 - 1, ()))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(WORKER), str(tmp_path), str(seed)]
+               str(_free_port()), str(WORKER), str(tmp_path), str(seed), model]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

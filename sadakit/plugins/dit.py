@@ -87,6 +87,13 @@ class DiTFamily:
     #: call made outside a cache context, where it raises UnsupportedPipelineError; a
     #: pipeline-wide refusal belongs in ``refuse``, which is asked before anything changes
     refuse_call: Callable[[dict[str, Any]], "str | None"] | None = None
+    #: pipeline attributes holding further expert modules that take the denoiser's place at some
+    #: steps (:attr:`sadakit.DenoiserSpec.experts`; Wan 2.2 A14B's ``transformer_2``); an
+    #: attribute set to None is left out
+    expert_attrs: tuple[str, ...] = ()
+    #: the noisy channels at the start of the sample (:attr:`sadakit.DenoiserSpec.noisy_channels`)
+    #: for a given pipeline, when it concatenates condition channels to them; None: all
+    noisy_channels: Callable[[Any], "int | None"] | None = None
 
 
 class DiTPlugin:
@@ -125,6 +132,8 @@ class DiTPlugin:
             output_field="sample",
             unbatched_args=family.unbatched_args,
             call_stream=_call_stream(family, pipe),
+            experts=tuple(m for m in (getattr(pipe, a, None) for a in family.expert_attrs) if m is not None),
+            noisy_channels=family.noisy_channels(pipe) if family.noisy_channels is not None else None,
         )
 
     @hookimpl
@@ -147,6 +156,7 @@ class DiTPlugin:
 
     @hookimpl
     def sadakit_token_blocks(self, pipe: Any, denoiser: torch.nn.Module) -> list[TokenBlockSpec]:
+        """The blocks of ``denoiser`` (the transformer, or an expert) that are eligible."""
         family = self._of(pipe)
         shared = BlockTokens(object, family.token_args, family.output_index, family.hidden_arg)
         specs = []

@@ -25,6 +25,7 @@ class Accounting:
         self._counter = None
         self._measuring_blocks: dict[str, float] = {}
         self.call_shape: tuple | None = None  # the shape of the call being executed
+        self.expert = 0  # the expert module the call reaches (FLOPs are measured per module and shape)
 
     def note(self, text: str) -> None:
         if text not in self.current.notes:
@@ -68,7 +69,7 @@ class Accounting:
         report.network_calls += 1 if computed else 0
         if stream is not None and stream not in report.streams:
             report.streams.append(stream)
-        measured = self._measured.get(tuple(shape))
+        measured = self._measured.get(self._key(shape))
         if measured is not None:
             report.flops_per_call = measured[0]
             report.flops_saved += measured[0] * skipped / batch
@@ -82,8 +83,11 @@ class Accounting:
             self.current.flops_saved += module_flops * (1.0 - k_tokens / n_tokens) * rows / b
 
     # ------------------------------------------------------------------ FLOP measurement
+    def _key(self, shape: tuple) -> tuple:
+        return (self.expert, *shape)
+
     def needs_measuring(self, enabled: bool, shape: tuple) -> bool:
-        return enabled and tuple(shape) not in self._measured
+        return enabled and self._key(shape) not in self._measured
 
     def forward_measured(self, forward: Callable, args: tuple, kwargs: dict, shape: tuple) -> Any:
         """Run the full network once for this shape, counting its FLOPs (and each block's)."""
@@ -97,7 +101,7 @@ class Accounting:
                 out = forward(*args, **kwargs)
         finally:
             self._counter = None
-        self._measured[tuple(shape)] = (float(counter.get_total_flops()), dict(self._measuring_blocks))
+        self._measured[self._key(shape)] = (float(counter.get_total_flops()), dict(self._measuring_blocks))
         return out
 
     @torch.compiler.disable
@@ -115,7 +119,7 @@ class Accounting:
 
     def block_flops(self, name: str) -> float | None:
         """FLOPs of one full forward of a named block in a full call of this call's shape."""
-        measured = self._measured.get(self.call_shape) if self.call_shape else None
+        measured = self._measured.get(self._key(self.call_shape)) if self.call_shape else None
         if measured is None:
             return None
         return measured[1].get(name) or None

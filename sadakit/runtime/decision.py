@@ -158,10 +158,10 @@ class Decider:
         counts, members = state.value_counts, state.members
         skipped = []
         for gi in range(state.num_groups):
+            if not all(counts[r] >= order + 1 for r in members[gi]):
+                continue  # too few computed calls to extrapolate from (the history is young)
             if not host.finite[gi]:
                 self.note("an extrapolated output was not finite; computed instead")
-                continue
-            if not all(counts[r] >= order + 1 for r in members[gi]):
                 continue
             if late_skip or (use_criterion and host.stable[gi]
                              and state.consecutive_skips[gi] < cfg.max_consecutive_skips):

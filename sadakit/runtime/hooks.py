@@ -40,9 +40,10 @@ class DenoiserHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, session: SADASession) -> None:
+    def __init__(self, session: SADASession, expert: int = 0) -> None:
         super().__init__()
         self.session = session
+        self.expert = expert  # the module's index among DenoiserSpec.modules
         self.cache_context = StateManager(_NoState)  # diffusers sets the pipeline's context here
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -53,13 +54,13 @@ class DenoiserHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         # reached without the door (a pipeline without a progress bar, compiled after accelerate):
         # decide here, in a compiler-disabled region
-        return session.run(self.fn_ref.original_forward, args, kwargs, self._context_name())
+        return session.run(self.fn_ref.original_forward, args, kwargs, self._context_name(), expert=self.expert)
 
     def serve(self, network: Any, eager: Any, args: tuple, kwargs: dict) -> Any:
         """The door's call: decide, then run ``network`` on what must be computed."""
         if not self.session.serving():
             return network(*args, **kwargs)
-        return self.session.run(network, args, kwargs, self._context_name(), eager)
+        return self.session.run(network, args, kwargs, self._context_name(), eager, self.expert)
 
     def __deepcopy__(self, memo: dict) -> Any:
         raise_copy_error(self.session)
@@ -283,12 +284,15 @@ class ControlHook(ModelHook):
 
 def install(session: SADASession) -> None:
     """Register the session's hooks; the caller has validated everything beforehand."""
-    module = session.denoiser.module
-    with _beneath_accelerate_hook(module):
-        registry = HookRegistry.check_if_exists_or_initialize(module)
-        denoiser_hook = DenoiserHook(session)
-        registry.register_hook(denoiser_hook, DENOISER_HOOK)
-    session.door_keepers = [(module, denoiser_hook.serve)]
+    session.door_keepers = []
+    registries = []
+    for expert, module in enumerate(session.denoiser.modules):
+        with _beneath_accelerate_hook(module):
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            denoiser_hook = DenoiserHook(session, expert)
+            registry.register_hook(denoiser_hook, DENOISER_HOOK)
+        registries.append(registry)
+        session.door_keepers.append((module, denoiser_hook.serve))
     if session.config.token_sparsity:
         for block in session.token_blocks:
             with _beneath_accelerate_hook(block.module):
@@ -299,18 +303,22 @@ def install(session: SADASession) -> None:
         with _beneath_accelerate_hook(control.module):
             HookRegistry.check_if_exists_or_initialize(control.module).register_hook(control_hook, CONTROL_HOOK)
         session.door_keepers.append((control.module, control_hook.serve))
-    registry.invalidate_child_registries_cache()
+    for registry in registries:
+        registry.invalidate_child_registries_cache()
     session.marked = install_marker(session.pipe, session)
     session.check_doors()
 
 
 def uninstall(session: SADASession) -> None:
     """Remove every hook this session registered and leave no trace on the modules."""
-    module = session.denoiser.module
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None:
-        with _beneath_accelerate_hook(module):
-            registry.remove_hook(DENOISER_HOOK, recurse=False)
+    modules = session.denoiser.modules
+    registries = {}
+    for module in modules:
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None:
+            registries[id(module)] = registry
+            with _beneath_accelerate_hook(module):
+                registry.remove_hook(DENOISER_HOOK, recurse=False)
     for block in session.token_blocks:
         block_registry = getattr(block.module, "_diffusers_hook", None)
         if block_registry is not None:
@@ -323,10 +331,12 @@ def uninstall(session: SADASession) -> None:
             with _beneath_accelerate_hook(control.module):
                 control_registry.remove_hook(CONTROL_HOOK, recurse=False)
                 _drop_empty_registry(control.module)
-    if registry is not None:
-        registry.invalidate_child_registries_cache()
-    with _beneath_accelerate_hook(module):
-        _drop_empty_registry(module)
+    for module in modules:
+        registry = registries.get(id(module))
+        if registry is not None:
+            registry.invalidate_child_registries_cache()
+        with _beneath_accelerate_hook(module):
+            _drop_empty_registry(module)
     remove_marker(session.pipe, session)
     remove_doors(session.doors)
     session.door_keepers = []

@@ -28,6 +28,10 @@ class GenerationReport:
     #: ["cond", "uncond"]); rows of stream i follow those of stream i - 1 in ``per_sample_*``
     streams: list = field(default_factory=list)
     control_calls_run: int = 0
+    #: with several expert modules (Wan 2.2 A14B's two transformers): the denoiser calls and the
+    #: network calls that reached each, by pipeline attribute name; empty with one denoiser
+    calls_by_module: dict = field(default_factory=dict)
+    network_calls_by_module: dict = field(default_factory=dict)
     tokens_total: int = 0
     tokens_computed: int = 0
     flops_per_call: float | None = None
@@ -82,6 +86,10 @@ class GenerationReport:
         ]
         if len(self.streams) > 1:
             lines.append(f"  call streams per step: {', '.join(map(str, self.streams))} (rows side by side)")
+        if self.calls_by_module:
+            lines.append("  calls per module: " + ", ".join(
+                f"{name} {calls} ({self.network_calls_by_module.get(name, 0)} run)"
+                for name, calls in self.calls_by_module.items()))
         for first, last, (c, s, p) in _runs(
             list(zip(self.per_sample_computed, self.per_sample_skipped, self.per_sample_partial))
         ):

@@ -25,6 +25,7 @@ from ..spec import ControlSpec, DenoiserSpec, TokenBlockSpec
 from .accounting import Accounting
 from .batching import output_tensor, rebuild_output, scatter_rows, select_rows
 from .decision import Decider
+from .experts import ExpertTracker, component_name
 from .entry import NetworkDoor, Serve, ensure_doors
 from .host_read import DeviceTimer, to_host, voting, waited_seconds
 from .parallel import context_parallel_group
@@ -53,6 +54,7 @@ class _Call:
     run_kwargs: dict | None = None
     output: Any = None
     forward: Callable | None = None  # the network's call (compiled or eager) for run_args
+    expert: int = 0  # the module called, among DenoiserSpec.modules
 
 
 class SADASession:
@@ -73,8 +75,13 @@ class SADASession:
         self.config = config
         self.denoiser = denoiser
         self.token_blocks = token_blocks
-        self.signature = inspect.signature(denoiser.module.forward)
+        self.signatures = [inspect.signature(module.forward) for module in denoiser.modules]
         self.accounting = Accounting(plugin.family)
+        self.experts = ExpertTracker(
+            [component_name(pipe, m, f"expert{i}") for i, m in enumerate(denoiser.modules)],
+            [{b.name for b in token_blocks if _contains(m, b.module)} for m in denoiser.modules],
+            self._note,
+        )
         self.decider = Decider(config, denoiser.latent_to_grid, self._note)
         self.tokens = TokenCache(token_blocks, config.token_sparsity, config.token_resolutions == "highest",
                                  self.accounting.account_block,
@@ -122,6 +129,7 @@ class SADASession:
         self.layout = None
         self.step = None
         self._streams_off = None
+        self.experts.reset()
 
     def report(self) -> GenerationReport | None:
         return self.accounting.report()
@@ -210,8 +218,7 @@ class SADASession:
             state.judged = False
             self._note(reason)
         self.tokens.latent_grid, self.tokens.step_rows = state.latent_grid, b
-        self.context_group = context_parallel_group(self.denoiser.module)
-        self.tokens.active = self.context_group is None
+        self._find_context_group()
         if self.context_group is not None and self.config.enabled:
             import torch.distributed as dist
 
@@ -223,6 +230,13 @@ class SADASession:
         self.accounting.grow_rows(b)
         self.state = state
         return state
+
+    def _find_context_group(self) -> None:
+        """Under context parallelism every rank holds a shard of the tokens: one vote for all
+        ranks, and no token sparsity (asked before the first call of a generation runs, since
+        the calls that learn the call streams run the token blocks too)."""
+        self.context_group = context_parallel_group(self.denoiser.module)
+        self.tokens.active = self.context_group is None
 
     def decide(self, x_model: torch.Tensor, timestep: Any, arguments: dict) -> CallPlan:
         """Decide the step whose rows (every stream's) ``x_model`` holds."""
@@ -323,10 +337,11 @@ class SADASession:
     # forward instead (no door), ``run`` is skipped by dynamo without its callees.
     @torch.compiler.disable(recursive=False)
     def run(self, network: Callable, args: tuple, kwargs: dict, context: str | None = None,
-            eager: Callable | None = None) -> Any:
+            eager: Callable | None = None, expert: int = 0) -> Any:
         """Execute one denoiser call under SADA; ``context`` is diffusers' cache-context name,
-        ``eager`` the network's uncompiled call (for a shape's first, measured call)."""
-        call = self._prepare_call(network, eager or network, args, kwargs, context)
+        ``eager`` the network's uncompiled call (for a shape's first, measured call), ``expert``
+        the index of the module called among :attr:`DenoiserSpec.modules`."""
+        call = self._prepare_call(network, eager or network, args, kwargs, context, expert)
         output = call.output
         if call.run_args is not None:
             try:
@@ -337,12 +352,16 @@ class SADASession:
 
     @torch.compiler.disable
     def _prepare_call(self, network: Callable, eager: Callable, args: tuple, kwargs: dict,
-                      context: str | None = None) -> "_Call":
+                      context: str | None = None, expert: int = 0) -> "_Call":
         """Decide the call; the network's arguments (all rows or the computed ones) and the
         blocks' jobs, or its output when it had to run here (the once-per-shape FLOP-measured
         call, eager by design)."""
-        bound = self.signature.bind(*args, **kwargs)
-        x_model = bound.arguments[self.denoiser.sample_arg]
+        bound = self.signatures[expert].bind(*args, **kwargs)
+        x_model = self.denoiser.noisy_sample(bound.arguments[self.denoiser.sample_arg])
+        self.experts.enter(expert, self.state, self.tokens.caches)
+        if self.state is None and self.layout is None:
+            self._find_context_group()  # a generation's first call
+        self.tokens.expert = self.accounting.expert = expert
         timestep = bound.arguments[self.denoiser.timestep_arg]
         started, waited = time.perf_counter(), waited_seconds()
         self.device_timer.start(x_model.device)
@@ -353,7 +372,7 @@ class SADASession:
             stream = None  # a control branch decides each step for the one denoiser call after it
         b = x_model.shape[0]
         call = _Call(None, x_model, bound.arguments.get("return_dict", True), None, list(range(b)),
-                     overhead=0.0, stream=stream, offset=0)
+                     overhead=0.0, stream=stream, offset=0, expert=expert)
         call.plan = plan = self._plan_for_stream(call, x_model, timestep, bound.arguments)
         token_plan, step_rows, step_rows_tensor, record = None, None, None, True
         if plan is not None:
@@ -514,6 +533,10 @@ class SADASession:
         first_row = call.offset if call.stream_order is None else call.stream_order * b
         self.accounting.account_call(first_row, b, call.rows_host, self.tokens.used, call.stream, x_model.shape)
         self.tokens.used = False
+        if self.experts.several:
+            name, report = self.experts.names[call.expert], self.current
+            report.calls_by_module[name] = report.calls_by_module.get(name, 0) + 1
+            report.network_calls_by_module[name] = report.network_calls_by_module.get(name, 0) + bool(call.rows_host)
         if plan is not None:
             if self.layout.size == 1:
                 self._record_step(plan, x_model, final_tensor)
@@ -557,6 +580,10 @@ class SADASession:
         state.call_index += 1
         if state.expected_calls is not None and state.call_index >= state.expected_calls:
             self.finish_generation()  # UNets get no reset from diffusers: free caches here
+
+
+def _contains(module: torch.nn.Module, block: torch.nn.Module) -> bool:
+    return any(m is block for m in module.modules())
 
 
 def _with_static_shapes(plan: CallPlan) -> CallPlan:

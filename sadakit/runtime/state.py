@@ -132,6 +132,14 @@ class GenerationState:
         for r in rows_host:
             self.value_last_tau[r] = tau_host
 
+    def forget_history(self) -> None:
+        """Drop the extrapolation values and the drift nodes (an expert switch: they came from
+        another network); the noise level of the last call stays, to tell a new generation."""
+        self.nodes.clear()
+        self.values = self.value_times = None
+        self.value_counts = [0] * self.batch_size
+        self.value_last_tau = [None] * self.batch_size
+
     def cache_bytes(self) -> int:
         total = 0
         for node in self.nodes:

@@ -98,8 +98,11 @@ class TokenCache:
         self.used = False  # a block ran on a token subset during this call
         self.step_rows = 0  # rows of a full step (for cache shapes)
         self.latent_grid: Grid | None = None
-        self._shape_key: tuple | None = None  # the current call's input shape (without the batch)
+        self._shape_key: tuple | None = None  # the current call's key in tokens_by_shape (expert, shape)
         self.active = True  # False: no block is pruned (context parallelism shards the tokens)
+        #: the expert module the current call reaches (see .experts): its blocks' token counts
+        #: are learned on its own first call of each shape
+        self.expert = 0
 
     def clear(self) -> None:
         self.caches.clear()
@@ -111,7 +114,10 @@ class TokenCache:
 
     def knows(self, shape: tuple) -> bool:
         """Whether the blocks' token counts for calls of this input shape are known."""
-        return not self.layouts or tuple(shape[1:]) in self.tokens_by_shape
+        return not self.layouts or self._key(shape) in self.tokens_by_shape
+
+    def _key(self, shape: tuple) -> tuple:
+        return (self.expert, *shape[1:])
 
     def placement(self, name: str, n_tokens: int, latent_grid: Grid) -> tuple[Grid, int] | None:
         """The grid block ``name``'s hidden tokens lie on and how many of them are other
@@ -160,7 +166,7 @@ class TokenCache:
     # ------------------------------------------------------------------ before the network
     def use_shape(self, shape: tuple) -> None:
         """The block token counts of calls shaped like ``shape`` become the current ones."""
-        self.block_tokens = self.tokens_by_shape.get(tuple(shape[1:]), {})
+        self.block_tokens = self.tokens_by_shape.get(self._key(shape), {})
 
     def begin_call(self, plan: TokenPlan | None, rows: list[int] | None, rows_tensor: torch.Tensor | None,
                    shape: tuple, record: bool = True, learn: bool = False) -> None:
@@ -175,7 +181,7 @@ class TokenCache:
         self.route = None
         if not self.layouts or not self.active:
             return
-        key = self._shape_key = tuple(shape[1:])
+        key = self._shape_key = self._key(shape)
         if key not in self.tokens_by_shape or learn:
             self.block_tokens = self.tokens_by_shape.setdefault(key, {})
             self.route = BlockRoute({}, learning=True)

@@ -18,7 +18,8 @@ from sadakit.testing.pipelines import (
 from sadakit.testing.dit_image_pipelines import tiny_chroma_pipeline, tiny_sd3_pipeline
 from sadakit.testing.dit_pipelines_2 import tiny_qwen_image_pipeline, tiny_stable_audio_pipeline
 from sadakit.testing.video_pipelines import tiny_cogvideox_pipeline, tiny_ltx_pipeline
-from sadakit.testing.video_pipelines_2 import tiny_hunyuan_video_pipeline, tiny_wan_i2v_pipeline
+from sadakit.testing.video_pipelines_2 import (tiny_hunyuan_video_pipeline, tiny_wan_experts_pipeline,
+                                               tiny_wan_i2v_pipeline)
 from sadakit.testing.tokenizers import clip_tokenizer, roberta_tokenizer, t5_tokenizer
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "tiny_sd3_pipeline",
     "tiny_sdxl_pipeline",
     "tiny_stable_audio_pipeline",
+    "tiny_wan_experts_pipeline",
     "tiny_wan_i2v_pipeline",
     "tiny_wan_pipeline",
 ]

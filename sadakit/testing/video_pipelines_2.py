@@ -1,4 +1,5 @@
-"""Tiny random-weight HunyuanVideo text-to-video and Wan 2.1 image-to-video pipelines, built offline.
+"""Tiny random-weight HunyuanVideo text-to-video, Wan 2.1 image-to-video and Wan 2.2 A14B
+(two experts) pipelines, built offline.
 
 Same conventions as :mod:`sadakit.testing.pipelines` and :mod:`sadakit.testing.video_pipelines`
 (whose encoders, seeding and finishing helpers these reuse): weights from a forked RNG seeded
@@ -13,7 +14,7 @@ from sadakit.testing.pipelines import _check_size, _clip_text_encoder, _finish, 
 from sadakit.testing.tokenizers import clip_tokenizer, clip_vocab, t5_tokenizer
 
 if TYPE_CHECKING:
-    from diffusers import HunyuanVideoPipeline, WanImageToVideoPipeline
+    from diffusers import HunyuanVideoPipeline, WanImageToVideoPipeline, WanPipeline
 
 #: a short prompt template for the tiny Llama encoder (the pipeline's default is hundreds of
 #: tokens long; with a byte-level tokenizer it would crop the prompt away). Pass it as
@@ -115,4 +116,44 @@ def tiny_wan_i2v_pipeline(size: str = "tiny", seed: int = 0) -> "WanImageToVideo
     return _finish(pipe)
 
 
-__all__ = ["HUNYUAN_PROMPT_TEMPLATE", "tiny_hunyuan_video_pipeline", "tiny_wan_i2v_pipeline"]
+def tiny_wan_experts_pipeline(size: str = "tiny", seed: int = 0, image_to_video: bool = False,
+                              boundary_ratio: float = 0.875) -> "WanPipeline | WanImageToVideoPipeline":
+    """Wan 2.2 A14B-shaped pipeline: two transformers of the same architecture and different
+    weights, ``transformer`` for the steps with ``t >= boundary_ratio * 1000`` and the low-noise
+    expert ``transformer_2`` after them (UniPC on flow sigmas, as Wan 2.2's own).
+
+    ``image_to_video``: a ``WanImageToVideoPipeline`` whose transformers take 16 noisy + 20
+    condition channels (no CLIP image encoder, as in Wan 2.2); otherwise a ``WanPipeline``.
+    """
+    from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
+                           WanTransformer3DModel)
+
+    _check_size(size)
+    heads, layers = (2, 2) if size == "tiny" else (4, 4)
+    text_dim = 32
+
+    def transformer() -> "WanTransformer3DModel":
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=16 if size == "tiny" else 32,
+            in_channels=36 if image_to_video else 16, out_channels=16, text_dim=text_dim, freq_dim=64,
+            ffn_dim=64 if size == "tiny" else 256, num_layers=layers, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        )
+
+    with _seeded(seed):
+        high_noise, low_noise = transformer(), transformer()
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        text_encoder = _umt5_encoder(text_dim)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    parts = dict(tokenizer=t5_tokenizer(), text_encoder=text_encoder, transformer=high_noise, vae=vae,
+                 scheduler=scheduler, transformer_2=low_noise, boundary_ratio=boundary_ratio)
+    if image_to_video:
+        pipe = WanImageToVideoPipeline(image_processor=None, image_encoder=None, **parts)
+    else:
+        pipe = WanPipeline(**parts)
+    return _finish(pipe)
+
+
+__all__ = ["HUNYUAN_PROMPT_TEMPLATE", "tiny_hunyuan_video_pipeline", "tiny_wan_experts_pipeline",
+           "tiny_wan_i2v_pipeline"]

@@ -1,22 +1,18 @@
-"""Built-in plugin: Wan image-to-video (``WanImageToVideoPipeline``), claimed so that it is
-refused with its reason, before anything changes, instead of being left unclaimed.
+"""Built-in plugin: Wan 2.1 and 2.2 A14B image-to-video (``WanImageToVideoPipeline``).
 
-Why it cannot be served through the contract: in Wan 2.1 image-to-video the pipeline calls
-the transformer with ``hidden_states = cat([latents, condition], dim=1)``: the 16 noisy latent
-channels followed by 20 condition channels (4 first-frame mask channels and the 16-channel
-VAE encoding of the image), while the transformer predicts a 16-channel flow velocity (and
-also receives ``encoder_hidden_states_image`` from the CLIP vision encoder, which is harmless).
-SADA forms its data estimate as ``x0 = x - sigma * v`` from the denoiser's sample argument and
-output, and reuses / extrapolates ``x0`` in the sample's chart. Here the sample (36 channels)
-is not in the output's chart (16 channels); the right ``x`` would be the first 16 channels of
-``hidden_states`` only, but :class:`sadakit.DenoiserSpec` names a sample argument, not a channel
-slice of it, and a :class:`~sadakit.core.parameterization.Parameterization` sees the whole
-sample. Serving it would need a contract addition (e.g. a sample-channel selector), so this
-plugin refuses rather than guess.
+The pipeline calls the transformer with ``hidden_states = cat([latents, condition], dim=1)``:
+the noisy latent channels (16) followed by condition channels (4 first-frame mask channels
+and the 16-channel VAE encoding of the image: 36 in all), while the transformer predicts a
+16-channel flow velocity (2.1 also passes ``encoder_hidden_states_image`` from the CLIP vision
+encoder, a per-row argument like the text embeddings). SADA's ``x0 = x - sigma * v`` needs the
+sample in the output's chart, so the plugin declares the noisy channels
+(:attr:`sadakit.DenoiserSpec.noisy_channels` = the transformer's ``out_channels``): the
+runtime reads, judges and extrapolates only them, and the condition channels pass to the
+network untouched. Token sparsity works as for text-to-video (the same patch grid).
 
-Two further layouts are refused with their own reasons: ``expand_timesteps=True`` (Wan 2.2
-TI2V image-to-video: a per-token timestep that holds the first frame at t = 0) and a second
-transformer (Wan 2.2 A14B's low-noise expert).
+Wan 2.2 A14B's second transformer is declared as an expert, as in :mod:`.wan`. Refused with
+its reason: ``expand_timesteps=True`` (Wan 2.2 TI2V-5B image-to-video), whose per-token
+timestep holds the first frame's tokens at t = 0 while the others are noisy.
 """
 
 from __future__ import annotations
@@ -27,25 +23,14 @@ from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from ...spec import TokenArg
 from ..dit import DiTFamily, DiTPlugin, patchified_grid
+from .wan import why_refused
 
 
-def why_refused(pipe: Any) -> str:
-    """The reason this pipeline cannot be accelerated (every configuration has one)."""
-    if getattr(pipe.config, "expand_timesteps", False):
-        return ("expand_timesteps=True (Wan 2.2 TI2V image-to-video) gives the transformer a per-token timestep "
-                "that holds the first frame's tokens at t = 0; sadakit's parameterisation takes one noise level "
-                "per sample, so it refuses")
-    if getattr(pipe, "transformer_2", None) is not None:
-        return ("it has a second transformer (Wan 2.2's low-noise expert, transformer_2): sadakit would accelerate "
-                "only the high-noise steps and leave the expert switch unseen, so it refuses")
+def noisy_channels(pipe: Any) -> int | None:
+    """The transformer's output channels, when its input carries condition channels too."""
     config = pipe.transformer.config
     latent = int(config.out_channels or config.in_channels)
-    extra = int(config.in_channels) - latent
-    return (f"the transformer's hidden_states are {config.in_channels} channels: the {latent} noisy latent "
-            f"channels with {extra} image-condition channels concatenated by the pipeline (first-frame mask and "
-            f"encoded image), while it predicts {latent}; SADA's x0 = x - sigma * v needs the sample in the output's "
-            "chart, and the contract's DenoiserSpec cannot name the noisy channels of its sample argument, so "
-            "sadakit refuses image-to-video rather than guess (WanPipeline text-to-video is supported)")
+    return latent if int(config.in_channels) > latent else None
 
 
 WAN_I2V = DiTFamily(
@@ -55,7 +40,11 @@ WAN_I2V = DiTFamily(
     block_classes=(WanTransformerBlock,),
     token_args={"rotary_emb": TokenArg(dim=1), "temb": TokenArg(dim=1)},
     refuse=why_refused,
+    expert_attrs=("transformer_2",),
+    noisy_channels=noisy_channels,
     output_kind="video",
+    scheduler_hint="UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True) (the "
+                   "pipeline's own) or FlowMatchEulerDiscreteScheduler",
 )
 
 plugin = DiTPlugin([WAN_I2V])
