@@ -22,7 +22,7 @@ from .outputs import OutputFormat
 from .registry import register_plugin, supported_pipelines, unregister_plugin
 from .runtime.report import GenerationReport
 from .tuning import Preset, PresetMismatchError, TargetNotReachedError, tune
-from .spec import ControlSpec, DenoiserSpec, TokenArg, TokenBlockSpec, channels_first_grid
+from .spec import ControlSpec, DenoiserSpec, OtherTokens, TokenArg, TokenBlockSpec, channels_first_grid
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ __all__ = [
     "Preset",
     "PresetMismatchError",
     "TargetNotReachedError",
+    "OtherTokens",
     "TokenArg",
     "TokenBlockSpec",
     "VPParameterization",

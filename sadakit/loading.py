@@ -29,6 +29,7 @@ TINY_BUILDERS = {
     "chroma": ("tiny_chroma_pipeline", {}),
     "cogvideox": ("tiny_cogvideox_pipeline", {}),
     "ltx": ("tiny_ltx_pipeline", {}),
+    "hunyuan_video": ("tiny_hunyuan_video_pipeline", {}),
 }
 
 
@@ -88,6 +89,11 @@ def default_call_kwargs(name: str) -> dict:
         return {"height": 64 if medium else 32, "width": 96 if medium else 48, "num_frames": 9}
     if family == "cogvideox":  # 9 frames of 48 x 64: a 3 x 3 x 4 token grid
         return {"height": 48, "width": 64, "num_frames": 9}
+    if family == "hunyuan_video":  # 9 frames of 48 x 64: a 3 x 3 x 4 token grid; guidance-distilled, one call per step
+        from .testing.video_pipelines_2 import HUNYUAN_PROMPT_TEMPLATE
+
+        return {"height": 48, "width": 64, "num_frames": 9, "max_sequence_length": 16,
+                "prompt_template": HUNYUAN_PROMPT_TEMPLATE}
     if family == "ltx":  # the VAE compresses 32x in space, 8x in time: 17 frames of 96 x 128
         return {"height": 96, "width": 128, "num_frames": 17}
     side = 256 if medium else 64

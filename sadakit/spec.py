@@ -111,19 +111,73 @@ class TokenArg:
     """A block argument indexed by token, next to the hidden states (rotary tables, masks,
     per-token modulation).
 
-    Along ``dim`` the argument's *last* N entries belong to the block's N image tokens, in the
-    hidden states' order; entries in front of them (text tokens in a joint sequence: Flux's
-    rotary table holds T + N rows) are always kept. On a partial call the runtime keeps the
-    leading entries and the selected tokens' entries of every tensor in the argument (a tuple
-    such as ``(cos, sin)`` is indexed element-wise). When the size along ``dim`` is not
-    at least N the argument is passed unchanged (Wan's modulation is per token only in 2.2
-    TI2V, (B, N, 6, C); in 2.1 it is (B, 6, C)).
+    Along ``dim`` the argument holds one entry per grid token (the block's N image or video
+    tokens, in the hidden states' order) and possibly entries of other tokens, which are always
+    kept. ``others`` says where those lie: ``"leading"`` (the grid tokens are the *last* N
+    entries; text tokens in front: Flux's rotary table holds T + N rows) or ``"trailing"`` (the
+    grid tokens are the *first* N; HunyuanVideo's attention mask covers [video, text]). On a
+    partial call the runtime keeps the other entries and the selected tokens' entries. When the
+    size along ``dim`` is not at least N the argument is passed unchanged along it (Wan's
+    modulation is per token only in 2.2 TI2V, (B, N, 6, C); in 2.1 it is (B, 6, C); a mask's
+    broadcast query axis of size 1 likewise).
 
-    ``dim=0``, or a size of 1 along dimension 0, means the argument has no batch dimension: all
-    rows of such a call then share one token set (the union of the rows' required tokens).
+    ``dim`` may be a tuple of axes, each cut the same way: an attention mask (B, 1, S, S) is per
+    token along its query and its key axis. A mask's key axis must be cut too, never kept
+    whole: pruned tokens are not in the block's hidden states, so they are not keys either.
+
+    A tuple or list argument such as ``(cos, sin)`` is indexed element-wise; ``elements`` names
+    the positions of the per-token elements when only some are (Qwen-Image's rotary pair
+    ``(image_freqs, text_freqs)``: ``elements=(0,)``), the others pass unchanged.
+
+    ``dim=0`` (or 0 among the axes), or a size of 1 along dimension 0, means the argument has no
+    batch dimension: all rows of such a call then share one token set (the union of the rows'
+    required tokens).
     """
 
-    dim: int = 1
+    dim: int | tuple[int, ...] = 1
+    others: str = "leading"
+    elements: tuple[int, ...] | None = None
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The token axes, as a tuple."""
+        return self.dim if isinstance(self.dim, tuple) else (self.dim,)
+
+    def problem(self) -> str | None:
+        """What is wrong with this declaration, or None (checked where the block is named)."""
+        dims = self.dims
+        if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+            return f"dim must be a non-negative int or a non-empty tuple of them, got {self.dim!r}"
+        if len(set(dims)) != len(dims):
+            return f"dim names an axis twice: {self.dim!r}"
+        if self.others not in TOKEN_OTHERS:
+            return f"others must be one of {TOKEN_OTHERS}, got {self.others!r}"
+        if self.elements is not None and (
+                not isinstance(self.elements, tuple) or not self.elements
+                or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in self.elements)):
+            return f"elements must be None or a non-empty tuple of non-negative ints, got {self.elements!r}"
+        return None
+
+
+#: where a token argument's (or the hidden states') entries that are not grid tokens lie
+TOKEN_OTHERS = ("leading", "trailing")
+
+
+@dataclass(frozen=True)
+class OtherTokens:
+    """Tokens of a block's hidden states that are not on the token grid, computed on every call
+    and never pruned: a global token prepended to the sequence (Stable Audio), or text tokens
+    concatenated with the image tokens (Chroma's single-stream blocks, [text, image]).
+
+    ``where``: in front of the grid tokens (``"leading"``) or after them (``"trailing"``).
+    ``count``: how many; None means all the tokens beyond the grid's, which may change with the
+    prompt's length (``layout="exact"`` only: there the grid's token count is known).
+    Token arguments of such a block cover the same sequence: declare their other entries on
+    the same side (``TokenArg.others``).
+    """
+
+    where: str = "leading"
+    count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +191,9 @@ class TokenBlockSpec:
       transformer blocks at each resolution; non-square and odd grids included);
     * ``"exact"``: exactly the grid, row-major (DiT blocks; the latent's tokens themselves).
 
-    A block whose N matches no such grid is run in full and the report says so.
+    Hidden states holding other tokens besides the grid's declare them in ``other_tokens``
+    (:class:`OtherTokens`). A block whose N matches no such grid is run in full and the report
+    says so.
     """
 
     module: torch.nn.Module
@@ -151,14 +207,34 @@ class TokenBlockSpec:
     #: when the block returns a tuple, the position of the image tokens in it (Flux blocks
     #: return ``(text, image)``: 1); None: the block returns the hidden states
     output_index: int | None = None
+    #: tokens of the hidden states that are not grid tokens (always computed), or None
+    other_tokens: OtherTokens | None = None
 
     def __post_init__(self) -> None:
+        what = f"TokenBlockSpec {self.name!r}"
         if self.layout not in TOKEN_LAYOUTS:
-            raise ValueError(f"TokenBlockSpec {self.name!r}: layout must be one of {TOKEN_LAYOUTS}, got {self.layout!r}")
+            raise ValueError(f"{what}: layout must be one of {TOKEN_LAYOUTS}, got {self.layout!r}")
         for arg, how in self.token_args.items():
             if not isinstance(how, TokenArg):
-                raise TypeError(f"TokenBlockSpec {self.name!r}: token_args[{arg!r}] must be a sadakit.TokenArg, "
-                                f"got {type(how).__name__}")
+                raise TypeError(f"{what}: token_args[{arg!r}] must be a sadakit.TokenArg, got {type(how).__name__}")
+            problem = how.problem()
+            if problem:
+                raise ValueError(f"{what}: token_args[{arg!r}]: {problem}")
+        if self.hidden_arg in self.token_args:
+            raise ValueError(f"{what}: token_args[{self.hidden_arg!r}] is the hidden-states argument, which the "
+                             "layout (and other_tokens) already cut; declare only the other per-token arguments")
+        other = self.other_tokens
+        if other is not None:
+            if not isinstance(other, OtherTokens):
+                raise TypeError(f"{what}: other_tokens must be a sadakit.OtherTokens, got {type(other).__name__}")
+            if other.where not in TOKEN_OTHERS:
+                raise ValueError(f"{what}: other_tokens.where must be one of {TOKEN_OTHERS}, got {other.where!r}")
+            if other.count is not None and (not isinstance(other.count, int) or isinstance(other.count, bool)
+                                            or other.count < 0):
+                raise ValueError(f"{what}: other_tokens.count must be None or a non-negative int, got {other.count!r}")
+            if other.count is None and self.layout != "exact":
+                raise ValueError(f"{what}: other_tokens.count=None (all tokens beyond the grid's) needs "
+                                 f"layout='exact'; with layout={self.layout!r} give the count")
         object.__setattr__(self, "token_args", MappingProxyType(dict(self.token_args)))
 
 

@@ -367,3 +367,20 @@ def test_bench_on_wan_runs_the_video_caches_each_knob_a_row():
     for name, row in rows.items():  # per-frame and temporal fidelity for every row
         assert row["psnr_db"] > 20 and row["temporal_psnr_db"] > 20 and 0.5 < row["ssim"] <= 1, (name, row)
     assert rows["sada"]["denoiser_forwards"] < rows["baseline"]["denoiser_forwards"] == 16  # both CFG branches counted
+
+
+@pytest.mark.slow  # 20-30 s on this shared CPU; the Wan bench test covers the same machinery by default
+def test_bench_on_hunyuan_video_runs_every_peer_each_knob_a_row():
+    """Guidance-distilled HunyuanVideo (one call per step): every diffusers cache (FasterCache
+    included) and cache-dit serve it, each restored before the next."""
+    from sadakit.loading import default_call_kwargs, load_pipeline
+
+    pipe = load_pipeline("tiny:hunyuan_video")
+    methods = ["sada", "fbcache:0.5", "magcache:0.1", "taylorseer:3", "pab:2", "fastercache:2", "cache-dit:0.6"]
+    result = run_bench(pipe, prompts=["a red ball rolling"], seeds=[0], steps=8, methods=methods, repeats=1,
+                       call_kwargs=default_call_kwargs("tiny:hunyuan_video"), progress=False, sweep=False)
+    rows = {r["method"]: r for r in summarize(result)}
+    assert set(rows) == {"baseline", *methods}, result.not_applicable
+    for name, row in rows.items():  # per-frame and temporal fidelity for every row
+        assert row["psnr_db"] > 20 and row["temporal_psnr_db"] > 20 and 0.5 < row["ssim"] <= 1, (name, row)
+    assert rows["sada"]["denoiser_forwards"] < rows["baseline"]["denoiser_forwards"] == 8

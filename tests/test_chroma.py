@@ -1,7 +1,8 @@
 """SADA on Chroma (tiny, random weights), through the public plugin contract: CFG as one
 call per branch on the same latent (two call streams, named by the repeated sample), packed
 latents placed on their grid by ``img_ids``, a per-token text+image attention mask and a
-rotary table without batch dimension, and the refusals.
+rotary table without batch dimension, single-stream blocks whose [text, image] sequence keeps
+its text tokens on partial calls, and the refusals.
 
 Real forwards are counted on ``x_embedder`` and the tokens each block computes inside the
 block, never from sadakit's report alone.
@@ -105,12 +106,20 @@ def test_chroma_partial_calls_share_one_token_set_and_keep_text(chroma):
         seen.close()
     rep = sadakit.report(chroma)
     blocks = len(chroma.transformer.transformer_blocks)
+    singles = len(chroma.transformer.single_transformer_blocks)
     assert rep.partial_calls >= 2, rep.decisions
     assert max(seen.image) == grid and min(seen.image) < grid
-    # two prompts per call share one token set (the rotary table has no batch dimension)
-    assert sum(seen.image) * 2 == rep.tokens_computed < rep.tokens_total == 60 * blocks * grid * 2
     assert set(seen.text) == {TEXT_TOKENS}
-    assert set(seen.joint) == {TEXT_TOKENS + grid}  # single-stream blocks run in full
+    # single-stream blocks compute the text tokens and the double-stream blocks' image tokens
+    per_call = len(seen.image) // blocks
+    image_per_call = seen.image[::blocks]
+    assert seen.joint == [TEXT_TOKENS + n for n in image_per_call for _ in range(singles)]
+    assert len(seen.joint) == per_call * singles
+    # two prompts per call share one token set (the rotary table has no batch dimension); the
+    # single-stream blocks' text tokens are counted as computed
+    assert (sum(seen.image) + sum(seen.joint)) * 2 == rep.tokens_computed < rep.tokens_total
+    assert rep.tokens_total == 60 * (blocks * grid + singles * (TEXT_TOKENS + grid)) * 2
+    assert not [n for n in rep.notes if "matches no grid" in n], rep.notes
     assert out.shape == (2, 3, height, width) and torch.isfinite(out).all()
     assert psnr(out, base) > 20
     sadakit.remove(chroma)
@@ -130,6 +139,7 @@ def test_chroma_partial_call_keeping_every_token_is_the_full_call(chroma):
         seen.close()
     rep = sadakit.report(chroma)
     assert rep.partial_calls >= 40 and set(seen.image) == {4 * 6}, rep.decisions
+    assert set(seen.joint) == {TEXT_TOKENS + 4 * 6} and rep.tokens_computed == rep.tokens_total
     torch.testing.assert_close(out, base, rtol=1e-4, atol=1e-5)
 
 
@@ -147,3 +157,24 @@ def test_chroma_ip_adapter_and_vp_scheduler_refused_before_any_change(chroma):
     assert not sadakit.is_accelerated(chroma)
     hooks = getattr(chroma.transformer, "_diffusers_hook", None)
     assert hooks is None or not hooks.hooks
+
+
+def test_single_stream_blocks_follow_a_new_prompt_length(chroma):
+    """The text tokens in front of the single-stream blocks' grid follow the prompt's length:
+    a generation with a longer text sequence relearns the blocks' token counts and prunes again."""
+    stochastic(chroma)
+    sadakit.accelerate(chroma, sadakit.SADAConfig.criterion_only(skip_steps=False, max_token_fraction=1.0))
+    run(chroma, steps=12)
+    longer = TEXT_TOKENS + 8
+    seen = BlockTokens(chroma)
+    try:
+        torch.manual_seed(0)
+        out = chroma(prompt=PROMPTS[:1], negative_prompt=["blurry"], num_inference_steps=12, height=64, width=96,
+                     max_sequence_length=longer, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    finally:
+        seen.close()
+    rep = sadakit.report(chroma)
+    assert rep.partial_calls >= 2, rep.decisions
+    assert set(seen.text) == {longer}
+    assert min(seen.joint) < longer + 4 * 6 and all(j >= longer for j in seen.joint)
+    assert torch.isfinite(out).all()

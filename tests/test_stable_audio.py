@@ -1,6 +1,7 @@
 """SADA on Stable Audio Open (tiny, random weights), through the public plugin contract:
 v-prediction on the cosine scheduler's EDM-style sigma schedule (the transformer fed
-atan(sigma) * 2 / pi), CFG batched into one call, (B, C, T) latents on a 1-D time grid.
+atan(sigma) * 2 / pi), CFG batched into one call, (B, C, T) latents on a 1-D time grid, token
+sparsity over time with the prepended global token always computed.
 
 Real forwards are counted with a pre-hook on the transformer's first projection
 (``preprocess_conv``), never from sadakit's report alone.
@@ -28,6 +29,7 @@ def sa(sa_pipe):
 
 
 def run(pipe, steps=30, seed=0, guidance_scale=7.0, batch=1, output_type="pt"):
+    torch.manual_seed(seed)  # in case the SDE solver's noise comes from the global generator
     return pipe(prompt=["a drum loop"] * batch, negative_prompt=["noise"] * batch, audio_end_in_s=1.0,
                 num_inference_steps=steps, guidance_scale=guidance_scale, output_type=output_type,
                 generator=torch.Generator().manual_seed(seed)).audios
@@ -100,14 +102,69 @@ def test_sample_prediction_is_refused(sa):
     assert not sadakit.is_accelerated(sa)
 
 
-def test_token_sparsity_runs_blocks_in_full(sa):
-    """The blocks see [global token, T latent tokens]: none is declared, every computed call is full."""
-    assert stable_audio.plugin.sadakit_token_blocks(sa, sa.transformer) == []
+class BlockTokens:
+    """Tokens each block computes, seen inside it (``norm1``, after sadakit's selection), the
+    first token the block is given (before the selection) and computes, and the rows of the
+    rotary table its self-attention receives."""
+
+    def __init__(self, pipe):
+        self.seen, self.rotary, self.given_first, self.computed_first = [], [], [], []
+        blocks = pipe.transformer.transformer_blocks
+        self._handles = [b.norm1.register_forward_pre_hook(self._hidden) for b in blocks]
+        self._handles += [b.register_forward_pre_hook(self._given, with_kwargs=True) for b in blocks]
+        self._handles += [b.attn1.register_forward_pre_hook(self._rotary, with_kwargs=True) for b in blocks]
+
+    def _given(self, module, args, kwargs):
+        self.given_first.append(kwargs["hidden_states"][:, 0].clone())
+
+    def _hidden(self, module, args):
+        self.seen.append(args[0].shape[1])
+        self.computed_first.append(args[0][:, 0].clone())
+
+    def _rotary(self, module, args, kwargs):
+        self.rotary.append(kwargs["rotary_emb"][0].shape[0])
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def test_partial_calls_over_time_keep_the_global_token(sa):
     base = run(sa)
+    full = BlockTokens(sa)
+    try:
+        run(sa, steps=1)
+    finally:
+        full.close()
+    tokens = full.seen[0] - 1  # the latent's time steps; the blocks also see the global token
     sadakit.accelerate(sa, sadakit.SADAConfig.criterion_only(skip_steps=False, max_token_fraction=1.0))
-    out = run(sa)
+    seen = BlockTokens(sa)
+    try:
+        out = run(sa)
+    finally:
+        seen.close()
     rep = sadakit.report(sa)
-    assert rep.partial_calls == 0 and rep.network_calls == 30
+    blocks = len(sa.transformer.transformer_blocks)
+    assert rep.partial_calls >= 2 and rep.network_calls == 30, rep.decisions
+    assert max(seen.seen) == tokens + 1 and min(seen.seen) < tokens + 1
+    assert seen.rotary == seen.seen  # the rotary rows follow: the global token's and the kept ones
+    # the global token (first of the sequence) is computed in every block on every call
+    assert all(torch.equal(g, c) for g, c in zip(seen.given_first, seen.computed_first, strict=True))
+    # both CFG rows share one token set (the rotary table has no rows); the global token is counted
+    assert rep.tokens_computed == 2 * sum(seen.seen) < rep.tokens_total == 30 * blocks * (tokens + 1) * 2
+    assert not [n for n in rep.notes if "matches no grid" in n], rep.notes
+    assert torch.isfinite(out).all() and psnr(out, base) > 22, psnr(out, base)
+    sadakit.remove(sa)
+    assert torch.equal(run(sa), base)
+
+
+def test_a_partial_call_keeping_every_token_is_the_full_call(sa):
+    base = run(sa, batch=2)
+    sadakit.accelerate(sa, sadakit.SADAConfig.criterion_only(skip_steps=False, max_token_fraction=1.0,
+                                                              anchor_window=1))
+    out = run(sa, batch=2)
+    rep = sadakit.report(sa)
+    assert rep.partial_calls >= 20 and rep.tokens_computed == rep.tokens_total, rep.decisions
     torch.testing.assert_close(out, base, rtol=1e-4, atol=1e-5)
 
 

@@ -212,8 +212,9 @@ class DiffusersCache(Method):
                 spatial_attention_timestep_skip_range=(-1, 681),
                 current_timestep_callback=self._timestep,
                 attention_weight_callback=lambda _module: 0.5,
-                is_guidance_distilled=True,  # Flux runs one (guidance-embedded) branch per call
-                tensor_format="BCHW",
+                # Flux and HunyuanVideo run one (guidance-embedded) branch per call
+                is_guidance_distilled=True,
+                tensor_format="BCFHW" if _family(self._state["pipe"]) == "hunyuan_video" else "BCHW",
             )
         if self.name == "magcache":
             if "ratios" not in self._state:
@@ -224,7 +225,8 @@ class DiffusersCache(Method):
             )
         raise ValueError(f"unknown diffusers cache {self.name!r}")
 
-    FAMILIES = ("flux", "flux-controlnet", "wan")  # the families the timestep callback and layout are set up for
+    #: the families the timestep callback and layout are set up for
+    FAMILIES = ("flux", "flux-controlnet", "wan", "hunyuan_video")
 
     def not_applicable(self, pipe: Any) -> str | None:
         denoiser = getattr(pipe, "transformer", None)
@@ -233,7 +235,7 @@ class DiffusersCache(Method):
             return f"diffusers' cache hooks need a CacheMixin transformer; {type(pipe).__name__} has {denoiser_kind}"
         family = _family(pipe)
         if family not in self.FAMILIES:
-            return (f"the bench configures diffusers' caches for Flux and Wan DiTs (timestep callback, tensor "
+            return (f"the bench configures diffusers' caches for Flux, Wan and HunyuanVideo DiTs (timestep callback, tensor "
                     f"layout); {type(pipe).__name__} is not one")
         if family == "wan" and self.name == "fastercache":
             return ("the bench sets FasterCache up for guidance-distilled Flux (one branch per call); Wan's CFG "
@@ -368,8 +370,9 @@ class CacheDiT(Method):
             # baseline on tiny:flux-controlnet, 18 dB / SSIM 0.60 at 0.6 on the medium one
             return ("cache-dit's patched Flux forward does not reproduce FluxControlNetPipeline: even with "
                     "nothing cached its output departs from the baseline (21 dB PSNR), so its numbers would mislead")
-        if _family(pipe) not in ("flux", "wan"):
-            return f"the bench sets cache-dit up for Flux and Wan transformers; {type(pipe).__name__} has neither"
+        if _family(pipe) not in ("flux", "wan", "hunyuan_video"):
+            return (f"the bench sets cache-dit up for Flux, Wan and HunyuanVideo transformers; "
+                    f"{type(pipe).__name__} has none of them")
         return _missing("cache_dit")
 
     def apply(self, pipe: Any) -> None:

@@ -20,7 +20,7 @@ from ..config import SADAConfig
 from ..core.parameterization import FlowParameterization, Parameterization
 from ..errors import UnsupportedPipelineError
 from ..hookspecs import hookimpl
-from ..spec import DenoiserSpec, LatentToGrid, TokenArg, TokenBlockSpec
+from ..spec import DenoiserSpec, LatentToGrid, OtherTokens, TokenArg, TokenBlockSpec
 
 #: names the call stream of one denoiser call from its bound arguments (see DenoiserSpec.call_stream)
 CallStream = Callable[[dict[str, Any]], "str | None"]
@@ -31,6 +31,19 @@ def is_flow_scheduler(scheduler: Any) -> bool:
     config = getattr(scheduler, "config", {})
     return "FlowMatch" in type(scheduler).__name__ or (
         bool(config.get("use_flow_sigmas")) and config.get("prediction_type") == "flow_prediction")
+
+
+@dataclass(frozen=True)
+class BlockTokens:
+    """How the blocks of one class take the latent's tokens, for a family whose block classes
+    differ (Chroma's single-stream blocks see [text, image] in one sequence, its double-stream
+    blocks the image alone; HunyuanVideo names its rotary table differently in each)."""
+
+    block_class: type
+    token_args: Mapping[str, TokenArg] = field(default_factory=dict)
+    output_index: int | None = None  # the image tokens' position in the block's tuple output
+    hidden_arg: str = "hidden_states"
+    other_tokens: OtherTokens | None = None  # tokens of the hidden states beyond the grid's
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,9 @@ class DiTFamily:
     hidden_arg: str = "hidden_states"
     token_args: Mapping[str, TokenArg] = field(default_factory=dict)
     output_index: int | None = None  # the image tokens' position in a block's tuple output
+    #: block classes declared one by one (their own token arguments, output position, other
+    #: tokens), besides ``block_classes``, which share the family-wide fields above
+    blocks: tuple[BlockTokens, ...] = ()
     unbatched_args: frozenset[str] = frozenset()
     #: rows of one denoiser call that decide together (CFG batched into one call), or None
     cfg_groups: Callable[[Any, int], "list[list[int]] | None"] | None = None
@@ -142,12 +158,19 @@ class DiTPlugin:
     def sadakit_token_blocks(self, pipe: Any, denoiser: torch.nn.Module) -> list[TokenBlockSpec]:
         """The blocks of ``denoiser`` (the transformer, or an expert) that are eligible."""
         family = self._of(pipe)
-        return [
-            TokenBlockSpec(module=module, name=name, layout="exact", hidden_arg=family.hidden_arg,
-                           token_args=family.token_args, output_index=family.output_index)
-            for name, module in denoiser.named_modules()
-            if isinstance(module, family.block_classes)
-        ]
+        shared = BlockTokens(object, family.token_args, family.output_index, family.hidden_arg)
+        specs = []
+        for name, module in denoiser.named_modules():
+            if family.block_classes and isinstance(module, family.block_classes):
+                how = shared
+            else:
+                how = next((b for b in family.blocks if isinstance(module, b.block_class)), None)
+                if how is None:
+                    continue
+            specs.append(TokenBlockSpec(module=module, name=name, layout="exact", hidden_arg=how.hidden_arg,
+                                        token_args=how.token_args, output_index=how.output_index,
+                                        other_tokens=how.other_tokens))
+        return specs
 
     @hookimpl
     def sadakit_output_kind(self, pipe: Any) -> str:
@@ -206,4 +229,4 @@ def patchified_grid(patch_attr: str = "patch_size", channels_dim: int = 1) -> Ca
     return for_pipe
 
 
-__all__ = ["CallStream", "DiTFamily", "DiTPlugin", "is_flow_scheduler", "patchified_grid"]
+__all__ = ["BlockTokens", "CallStream", "DiTFamily", "DiTPlugin", "is_flow_scheduler", "patchified_grid"]

@@ -15,7 +15,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..spec import TokenBlockSpec
+from ..errors import PluginContractError
+from ..spec import TokenArg, TokenBlockSpec
 from .entry import remove_doors
 from .marker import install_marker, raise_copy_error, remove_marker
 from .session import SADASession
@@ -78,7 +79,9 @@ class TokenBlockHook(ModelHook):
 
     One hook for every plugin: the block's :class:`~sadakit.spec.TokenBlockSpec` says
     which argument holds the (B, N, C) hidden states, which other arguments are indexed by
-    token (:class:`~sadakit.spec.TokenArg`) and where the tokens are in a tuple output.
+    token (:class:`~sadakit.spec.TokenArg`), which hidden tokens are not grid tokens
+    (:class:`~sadakit.spec.OtherTokens`, always computed) and where the tokens are in a tuple
+    output.
     The session keeps, per row, each token's last residual ``block(h) - h``, so a pruned token
     follows its current input instead of freezing at an old output.
     """
@@ -127,7 +130,10 @@ class TokenBlockHook(ModelHook):
         if route.learning:
             return self._learning_forward(original, hidden, args, kwargs)
         job = route.jobs.get(self.name)
-        if job is None or hidden.shape[1] != job.n_tokens:
+        if job is None:
+            return original(*args, **kwargs)
+        if hidden.shape[1] != job.n_tokens:  # e.g. other tokens of another prompt length
+            job.mismatch = True
             return original(*args, **kwargs)
         if job.idx is None:  # a full call: keep the residual for the calls that prune
             out = original(*args, **kwargs)
@@ -135,23 +141,22 @@ class TokenBlockHook(ModelHook):
             return out
         token_args = {name: self._get(name, args, kwargs) for name in spec.token_args}
         token_args = {name: value for name, value in token_args.items() if value is not None}
-        shared = any(_without_batch(value, spec.token_args[name].dim, hidden.shape[0])
+        shared = any(_without_batch(value, spec.token_args[name], hidden.shape[0])
                      for name, value in token_args.items())
-        idx = job.shared_idx if shared else job.idx
-        job.k = idx.shape[-1]  # a static shape: the tokens this block computes, for the report
-        n = hidden.shape[1]
-        h_sel = _take(hidden, 1, idx, 0)
+        idx, hidden_idx = (job.shared_idx, job.shared_hidden_idx) if shared else (job.idx, job.hidden_idx)
+        job.k = idx.shape[-1]  # a static shape: the grid tokens this block computes, for the report
+        h_sel = _take(hidden, 1, hidden_idx, 0)
         values = {spec.hidden_arg: h_sel}
         for name, value in token_args.items():
-            values[name] = _take_argument(value, spec.token_args[name].dim, idx, n)
+            values[name] = _take_argument(value, spec.token_args[name], idx, job.grid_tokens)
         run_args, run_kwargs = self._replaced(args, kwargs, values)
         out = original(*run_args, **run_kwargs)
         residual = job.residual_in
         delta = (_tokens_of(out, spec.output_index) - h_sel).to(residual.dtype)
-        if idx.dim() == 1:
-            residual = residual.index_copy(1, idx, delta)
+        if hidden_idx.dim() == 1:
+            residual = residual.index_copy(1, hidden_idx, delta)
         else:
-            residual = residual.scatter(1, idx.unsqueeze(-1).expand(-1, -1, residual.shape[-1]), delta)
+            residual = residual.scatter(1, hidden_idx.unsqueeze(-1).expand(-1, -1, residual.shape[-1]), delta)
         job.residual_out = residual
         merged = hidden + residual.to(hidden.dtype)
         if spec.output_index is None:
@@ -163,6 +168,7 @@ class TokenBlockHook(ModelHook):
     @torch.compiler.disable
     def _learning_forward(self, original: Any, hidden: torch.Tensor, args: tuple, kwargs: dict) -> Any:
         """The block on a shape's first (eager, possibly FLOP-measured) call: full, reported."""
+        self._check_token_args(args, kwargs)
         accounting = self.session.accounting
         before = accounting.flops_before()
         out = original(*args, **kwargs)
@@ -170,24 +176,51 @@ class TokenBlockHook(ModelHook):
         self.session.tokens.learned(self.name, hidden, _tokens_of(out, self.spec.output_index))
         return out
 
+    def _check_token_args(self, args: tuple, kwargs: dict) -> None:
+        """On a shape's first (eager) call: each declared ``elements`` exists in its argument."""
+        for name, how in self.spec.token_args.items():
+            value = self._get(name, args, kwargs)
+            if value is None or how.elements is None:
+                continue
+            if not isinstance(value, (tuple, list)) or max(how.elements) >= len(value):
+                got = f"a {type(value).__name__} of {len(value)}" if isinstance(value, (tuple, list)) \
+                    else f"a {type(value).__name__}"
+                raise PluginContractError(
+                    f"TokenBlockSpec {self.name!r}: token_args[{name!r}] declares elements={how.elements}, but "
+                    f"{type(self.spec.module).__name__} received {got} for {name!r}")
+
 
 def _tokens_of(out: Any, index: int | None) -> torch.Tensor:
     return out if index is None else out[index]
 
 
-def _without_batch(value: Any, dim: int, batch: int) -> bool:
-    tensors = value if isinstance(value, (tuple, list)) else (value,)
-    return any(isinstance(t, torch.Tensor) and (dim == 0 or (t.shape[0] != batch and batch > 1)) for t in tensors)
+def _per_token_parts(value: Any, how: TokenArg) -> list[Any]:
+    """The parts of an argument that are indexed by token: its tuple elements (those named by
+    ``elements``), or the argument itself."""
+    if not isinstance(value, (tuple, list)):
+        return [value]
+    return list(value) if how.elements is None else [value[i] for i in how.elements if i < len(value)]
 
 
-def _take(t: torch.Tensor, dim: int, idx: torch.Tensor, leading: int) -> torch.Tensor:
-    """Keep the ``leading`` entries along ``dim`` and then the tokens ``leading + idx``.
+def _without_batch(value: Any, how: TokenArg, batch: int) -> bool:
+    dims = how.dims
+    return any(isinstance(t, torch.Tensor) and (0 in dims or (t.shape[0] != batch and batch > 1))
+               for t in _per_token_parts(value, how))
+
+
+def _take(t: torch.Tensor, dim: int, idx: torch.Tensor, leading: int, trailing: int = 0) -> torch.Tensor:
+    """Keep the ``leading`` entries along ``dim``, then the tokens ``leading + idx``, then the
+    ``trailing`` entries after the tokens.
 
     ``idx`` is (k,) (one set for every row) or (B, k) (per row; ``t`` then has rows on dim 0).
     """
     if leading:
         front = torch.arange(leading, device=idx.device)
         idx = torch.cat([front.expand(*idx.shape[:-1], leading), idx + leading], dim=-1)
+    if trailing:
+        start = t.shape[dim] - trailing
+        rest = torch.arange(start, start + trailing, device=idx.device)
+        idx = torch.cat([idx, rest.expand(*idx.shape[:-1], trailing)], dim=-1)
     idx = idx.to(t.device)
     if idx.dim() == 1:
         return t.index_select(dim, idx)
@@ -199,16 +232,28 @@ def _take(t: torch.Tensor, dim: int, idx: torch.Tensor, leading: int) -> torch.T
     return t.gather(dim, idx.reshape(view).expand(size))
 
 
-def _take_argument(value: Any, dim: int, idx: torch.Tensor, n: int) -> Any:
-    """A declared per-token argument on the selected tokens (tuples element-wise); entries in
-    front of the last ``n`` along ``dim`` are kept; an argument shorter than ``n`` is unchanged."""
+def _take_argument(value: Any, how: TokenArg, idx: torch.Tensor, n: int, top: bool = True) -> Any:
+    """A declared per-token argument on the selected grid tokens (tuples element-wise, only the
+    ``elements`` named); along each token axis the entries of other tokens (in front of the
+    grid's last ``n``, or after its first ``n``) are kept; an axis shorter than ``n`` is unchanged."""
     if isinstance(value, (tuple, list)):
-        return type(value)(_take_argument(v, dim, idx, n) for v in value)
-    if not isinstance(value, torch.Tensor) or value.dim() <= dim or value.shape[dim] < n:
+        chosen = how.elements if top else None  # ``elements`` names the top-level tuple's positions
+        return type(value)(_take_argument(v, how, idx, n, False) if chosen is None or i in chosen else v
+                           for i, v in enumerate(value))
+    if not isinstance(value, torch.Tensor):
         return value
-    if idx.dim() == 2 and (dim == 0 or value.shape[0] != idx.shape[0]):
+    dims = how.dims
+    if idx.dim() == 2 and (0 in dims or value.shape[0] != idx.shape[0]):
         idx = idx[0]
-    return _take(value, dim, idx, value.shape[dim] - n)
+    for dim in dims:
+        if value.dim() <= dim or value.shape[dim] < n:
+            continue
+        others = value.shape[dim] - n
+        if how.others == "trailing":
+            value = _take(value, dim, idx, 0, others)
+        else:
+            value = _take(value, dim, idx, others)
+    return value
 
 
 CONTROL_HOOK = "sadakit_sada_control"

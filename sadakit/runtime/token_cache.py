@@ -8,17 +8,23 @@ output. Everything a block needs is prepared eagerly before the network runs: on
 the cached residuals of the call's rows. Inside the (possibly compiled, ``fullgraph``) network
 ``TokenBlockHook`` only does tensor work on them and leaves the new residuals on the job;
 :meth:`TokenCache.end_call` stores them and does the accounting, eagerly, after the network.
+
+Hidden states may hold tokens besides the grid's (:class:`~sadakit.spec.OtherTokens`: a
+prepended global token, text tokens in a joint sequence). They are computed on every call; the
+job's ``hidden_idx`` lists them with the selected grid tokens, and the cache keeps their last
+residuals too, so one index set serves gather, scatter and merge.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..core import tokens
-from ..spec import TokenBlockSpec
+from ..spec import OtherTokens, TokenBlockSpec
 from .plans import Grid, TokenPlan
 
 #: (block name, tokens, tokens computed, rows, FLOPs of the full block or None)
@@ -29,14 +35,26 @@ BlockAccount = Callable[[str, int, int, int, "float | None"], None]
 class BlockJob:
     """What one block does on this network call, prepared before the call."""
 
-    n_tokens: int
-    #: (B, k) per-row token indices and (k,) one set for blocks whose token arguments have no
-    #: rows; both None: run in full and keep the residual
+    n_tokens: int  # all tokens of the block's hidden states (grid and other tokens)
+    #: (B, k) per-row grid-token indices and (k,) one set for blocks whose token arguments have
+    #: no rows; both None: run in full and keep the residual
     idx: torch.Tensor | None = None
     shared_idx: torch.Tensor | None = None
+    #: the same selections as indices into the hidden states: the other tokens included, the
+    #: grid tokens shifted past leading ones (the very tensors above when there are none)
+    hidden_idx: torch.Tensor | None = None
+    shared_hidden_idx: torch.Tensor | None = None
+    others: int = 0  # tokens of the hidden states beyond the grid's, always computed
     residual_in: torch.Tensor | None = None  # the call's rows of the cache (partial calls)
     residual_out: torch.Tensor | None = None  # set inside the network; stored after it
-    k: int = 0
+    k: int = 0  # grid tokens computed
+    #: set inside the network when the block saw another token count than it was planned for
+    #: (other tokens follow the prompt's length): the shape's token counts are learned again
+    mismatch: bool = False
+
+    @property
+    def grid_tokens(self) -> int:
+        return self.n_tokens - self.others
 
 
 @dataclass(eq=False)
@@ -58,6 +76,8 @@ class TokenCache:
                  account: BlockAccount, block_flops: Callable[[str], "float | None"],
                  token_buckets: tuple[float, ...] | None = None) -> None:
         self.layouts = {b.name: b.layout for b in blocks}
+        self.other_tokens: dict[str, OtherTokens] = {b.name: b.other_tokens for b in blocks
+                                                     if b.other_tokens is not None}
         self.with_token_args = {b.name for b in blocks if b.token_args}
         self.keep_residuals = keep_residuals
         #: ``token_resolutions="highest"``: only the blocks with the most tokens are ever pruned,
@@ -78,6 +98,7 @@ class TokenCache:
         self.used = False  # a block ran on a token subset during this call
         self.step_rows = 0  # rows of a full step (for cache shapes)
         self.latent_grid: Grid | None = None
+        self._shape_key: tuple | None = None  # the current call's key in tokens_by_shape (expert, shape)
         self.active = True  # False: no block is pruned (context parallelism shards the tokens)
         #: the expert module the current call reaches (see .experts): its blocks' token counts
         #: are learned on its own first call of each shape
@@ -98,10 +119,27 @@ class TokenCache:
     def _key(self, shape: tuple) -> tuple:
         return (self.expert, *shape[1:])
 
-    def grid_of(self, name: str, n_tokens: int, latent_grid: Grid) -> Grid | None:
-        """The grid block ``name``'s N tokens lie on, by its layout; None if none matches."""
+    def placement(self, name: str, n_tokens: int, latent_grid: Grid) -> tuple[Grid, int] | None:
+        """The grid block ``name``'s hidden tokens lie on and how many of them are other
+        tokens (:class:`~sadakit.spec.OtherTokens`); None if no grid matches."""
+        others = self._other_count(name, n_tokens, latent_grid)
+        if others is None:
+            return None
         levels = 0 if self.layouts.get(name) == "exact" else 6
-        return tokens.grid_for_tokens(latent_grid, n_tokens, max_levels=levels)
+        grid = tokens.grid_for_tokens(latent_grid, n_tokens - others, max_levels=levels)
+        return None if grid is None else (grid, others)
+
+    def _other_count(self, name: str, n_tokens: int, latent_grid: Grid | None) -> int | None:
+        other = self.other_tokens.get(name)
+        if other is None:
+            return 0
+        if other.count is not None:
+            count = other.count
+        elif latent_grid is None:
+            return None
+        else:  # layout "exact" (checked by TokenBlockSpec): the rest beyond the grid's tokens
+            count = n_tokens - math.prod(latent_grid)
+        return count if 0 <= count < n_tokens else None
 
     def eligible_grids(self, latent_grid: Grid, highest_only: bool, note: Callable[[str], None]) -> list[Grid]:
         """The token grids of the blocks seen so far, largest first; blocks whose token count
@@ -113,15 +151,15 @@ class TokenCache:
         by_grid: dict[Grid, int] = {}
         unmatched = []
         for name, n in self.block_tokens.items():
-            grid = self.grid_of(name, n, latent_grid)
-            if grid is None:
+            placed = self.placement(name, n, latent_grid)
+            if placed is None:
                 unmatched.append(f"{name} ({n} tokens)")
             else:
-                by_grid[grid] = n
+                by_grid[placed[0]] = n - placed[1]
         if unmatched:
             shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
             note(f"token sparsity inactive in block(s) {shown}: their token count matches no grid of the "
-                 f"latent's token grid {latent_grid} (layouts: see TokenBlockSpec.layout)")
+                 f"latent's token grid {latent_grid} (layouts: see TokenBlockSpec.layout and other_tokens)")
         grids = sorted(by_grid, key=lambda g: -by_grid[g])
         return grids[:1] if highest_only else grids
 
@@ -143,7 +181,7 @@ class TokenCache:
         self.route = None
         if not self.layouts or not self.active:
             return
-        key = self._key(shape)
+        key = self._shape_key = self._key(shape)
         if key not in self.tokens_by_shape or learn:
             self.block_tokens = self.tokens_by_shape.setdefault(key, {})
             self.route = BlockRoute({}, learning=True)
@@ -171,22 +209,35 @@ class TokenCache:
         cache = self.caches.get(name)
         if cache is None or cache.shape[0] != self.step_rows or cache.shape[1] != job.n_tokens:
             return
-        grid = self.grid_of(name, job.n_tokens, self.latent_grid) if self.latent_grid is not None else None
-        if grid is None:
+        placed = self.placement(name, job.n_tokens, self.latent_grid) if self.latent_grid is not None else None
+        if placed is None:
             return
+        grid, job.others = placed
         idx = plan.indices(grid)
         if idx is None:
             return
         job.idx = idx
         job.shared_idx = plan.shared_indices(grid) if name in self.with_token_args else None
+        trailing = name in self.other_tokens and self.other_tokens[name].where == "trailing"
+        job.hidden_idx = _with_others(idx, job.grid_tokens, job.others, trailing)
+        job.shared_hidden_idx = (None if job.shared_idx is None
+                                 else _with_others(job.shared_idx, job.grid_tokens, job.others, trailing))
         job.k = idx.shape[-1]
         job.residual_in = cache if self.rows is None else cache.index_select(0, self.rows)
 
     def _prunable(self, name: str, n: int) -> bool:
-        """Whether block ``name`` can ever run partially under the config (so needs a cache)."""
+        """Whether block ``name`` can ever run partially under the config (so needs a cache):
+        with ``highest_only``, the blocks with the most grid tokens (unknown counts: kept)."""
         if not self.highest_only:
             return True
-        return n >= max(self.block_tokens.values())
+        counts = {block: self._grid_count(block, tokens_seen) for block, tokens_seen in self.block_tokens.items()}
+        mine = self._grid_count(name, n)
+        return mine is None or mine >= max((c for c in counts.values() if c is not None), default=0)
+
+    def _grid_count(self, name: str, n: int) -> int | None:
+        """Grid tokens among block ``name``'s n hidden tokens, or None while it cannot be told."""
+        others = self._other_count(name, n, self.latent_grid)
+        return None if others is None else n - others
 
     # ------------------------------------------------------------------ after the network
     def end_call(self, ran: bool = True) -> None:
@@ -196,8 +247,10 @@ class TokenCache:
         if ran and self.layouts and self.active and (route is None or not route.learning):
             batch = len(self.rows_host) if self.rows_host is not None else self.step_rows
             jobs = route.jobs if route is not None else {}
+            relearn = False
             for name, n in self.block_tokens.items():
                 job = jobs.get(name)
+                relearn = relearn or (job is not None and job.mismatch)
                 if job is None or job.residual_out is None:
                     self._account(name, n, n, batch, None)
                     continue
@@ -205,9 +258,11 @@ class TokenCache:
                 job.residual_out = job.residual_in = None
                 if job.idx is not None:
                     self.used = True
-                    self._account(name, n, job.k, batch, self._block_flops(name))
+                    self._account(name, n, job.k + job.others, batch, self._block_flops(name))
                 else:
                     self._account(name, n, n, batch, None)
+            if relearn:  # a block's token count changed (other tokens follow the prompt): learn it again
+                self.tokens_by_shape.pop(self._shape_key, None)
         elif ran and route is not None:
             self._drop_unprunable()
         self.rows = self.rows_host = None
@@ -242,3 +297,15 @@ class TokenCache:
                 self.caches[name] = torch.cat([cache, residual])  # the next stream of the first step
             return
         cache.index_copy_(0, rows, residual.to(cache.dtype))
+
+
+def _with_others(idx: torch.Tensor, grid_tokens: int, others: int, trailing: bool) -> torch.Tensor:
+    """Grid-token indices (k,) or (B, k) as indices into hidden states that also hold ``others``
+    other tokens, in front of the grid's (``trailing`` False) or after them: those included."""
+    if not others:
+        return idx
+    if trailing:
+        rest = torch.arange(grid_tokens, grid_tokens + others, device=idx.device, dtype=idx.dtype)
+        return torch.cat([idx, rest.expand(*idx.shape[:-1], others)], dim=-1)
+    front = torch.arange(others, device=idx.device, dtype=idx.dtype)
+    return torch.cat([front.expand(*idx.shape[:-1], others), idx + others], dim=-1)

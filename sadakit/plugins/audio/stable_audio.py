@@ -13,11 +13,13 @@ is trained on the atan map).
 
 The latent is (B, C, T) with a 1-D time axis: ``latent_to_grid`` is the mean over channels,
 (B, T). The transformer prepends one global token (seconds + timestep embedding) to the T
-latent tokens before its blocks, so every ``StableAudioDiTBlock`` sees 1 + T tokens, which is
-neither the grid nor its halving: no blocks are declared for token sparsity and computed calls
-run in full (whole-call skipping is what SADA does here). The rotary table
-``rotary_embedding = (cos, sin)``, each (1 + T, D) without a batch dimension, is never cut by
-rows (``unbatched_args``).
+latent tokens before its blocks, so every ``StableAudioDiTBlock`` sees 1 + T tokens: token
+sparsity runs over time with that token as one other token in front
+(``OtherTokens("leading", count=1)``), always computed. The rotary table
+``rotary_embedding = (cos, sin)``, each (1 + T, D) without a batch dimension, follows the same
+sequence (``TokenArg(dim=0)``: the rows of a call share one token set) and is never cut by
+rows (``unbatched_args``); so does the self-attention mask (B, 1 + T) when one is passed. The
+cross-attention mask is per text token.
 
 CFG is batched into one call, rows ``[uncond..., cond...]``. The pipeline keeps its CFG switch
 in a local variable, so the plugin pairs row i with row i + B/2 whenever a call's batch is
@@ -34,8 +36,10 @@ import torch
 
 from ...core.parameterization import EDMParameterization, NoiseLevel
 from ...errors import UnsupportedPipelineError
-from ...spec import LatentToGrid, channels_first_grid
-from ..dit import DiTFamily, DiTPlugin
+from diffusers.models.transformers.stable_audio_transformer import StableAudioDiTBlock
+
+from ...spec import LatentToGrid, OtherTokens, TokenArg, channels_first_grid
+from ..dit import BlockTokens, DiTFamily, DiTPlugin
 
 COSINE_SCHEDULER = "CosineDPMSolverMultistepScheduler"
 
@@ -100,7 +104,10 @@ STABLE_AUDIO = DiTFamily(
     family="stable-audio",
     pipelines=("StableAudioPipeline",),
     latent_to_grid=_grid,
-    block_classes=(),  # the blocks see [global token, T latent tokens]: not the grid
+    block_classes=(),
+    # the blocks see [global token, T latent tokens]
+    blocks=(BlockTokens(StableAudioDiTBlock, other_tokens=OtherTokens("leading", count=1),
+                        token_args={"rotary_embedding": TokenArg(dim=0), "attention_mask": TokenArg(dim=1)}),),
     unbatched_args=frozenset({"rotary_embedding"}),
     cfg_groups=even_batch_pairs,
     parameterization=stable_audio_parameterization,

@@ -15,8 +15,10 @@ Token sparsity runs in the double-stream ``ChromaTransformerBlock``s, called as
 attention_mask=(B, T + N))`` and returning ``(text, image)``. The rotary table is (T + N, D),
 text first, with no batch dimension (``TokenArg(dim=0)``: the rows of a call share one token
 set); the attention mask is (B, T + N), text first (``TokenArg(dim=1)``). The single-stream
-blocks take [text, image] as one (B, T + N, C) sequence, which is not the token grid: they run
-in full on every computed call.
+``ChromaSingleTransformerBlock``s take [text, image] as one (B, T + N, C) sequence and return
+it: the T text tokens are other tokens in front of the grid's (``OtherTokens("leading")``,
+their count whatever the prompt gives), always computed; the rotary table and the mask cover
+the same sequence, text first, and are declared as in the double-stream blocks.
 
 Refused: a loaded IP-adapter (``transformer.encoder_hid_proj``): the pipeline passes its
 embeddings through ``joint_attention_kwargs`` and the model rewrites that dict during the call;
@@ -27,10 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers.models.transformers.transformer_chroma import ChromaTransformerBlock
+from diffusers.models.transformers.transformer_chroma import ChromaSingleTransformerBlock, ChromaTransformerBlock
 
-from ...spec import StreamsByRepeatedSample, TokenArg
-from ..dit import DiTFamily, DiTPlugin
+from ...spec import OtherTokens, StreamsByRepeatedSample, TokenArg
+from ..dit import BlockTokens, DiTFamily, DiTPlugin
 from .flux import FLUX_UNBATCHED_ARGS, packed_latent_to_grid
 
 
@@ -43,14 +45,19 @@ def _ip_adapter(pipe: Any) -> str | None:
     return None
 
 
+#: both block kinds: the rotary table (T + N, D) and the mask (B, T + N), text first
+CHROMA_TOKEN_ARGS = {"image_rotary_emb": TokenArg(dim=0), "attention_mask": TokenArg(dim=1)}
+
 CHROMA = DiTFamily(
     family="chroma",
     pipelines=("ChromaPipeline",),
     latent_to_grid=lambda pipe: packed_latent_to_grid,
     block_classes=(ChromaTransformerBlock,),
     timestep_scale=1.0,
-    token_args={"image_rotary_emb": TokenArg(dim=0), "attention_mask": TokenArg(dim=1)},
+    token_args=CHROMA_TOKEN_ARGS,
     output_index=1,
+    blocks=(BlockTokens(ChromaSingleTransformerBlock, token_args=CHROMA_TOKEN_ARGS,
+                        other_tokens=OtherTokens("leading")),),
     unbatched_args=FLUX_UNBATCHED_ARGS,
     call_stream=lambda pipe: StreamsByRepeatedSample("hidden_states"),
     refuse=_ip_adapter,

@@ -12,11 +12,13 @@ True CFG (``true_cfg_scale > 1`` and a negative prompt) is one call per branch i
 diffusers' ``cache_context("cond")`` / ``("uncond")``: two call streams, decided together by
 the runtime, with no plugin code. Without CFG there is the one ``cond`` stream.
 
-Token sparsity is not offered: every ``QwenImageTransformerBlock`` receives its rotary table as
-one pair ``(image_freqs (N, D), text_freqs (T, D))``. Declaring it per token would cut both
-tables element-wise, and the text table too whenever the prompt has at least N tokens (small
-images, long prompts). No block is declared, so computed calls run in full; whole calls are
-skipped.
+Token sparsity runs in every ``QwenImageTransformerBlock``, called by keyword and returning
+``(text, image)`` (``output_index=1``). Its rotary argument is one pair ``(image_freqs (N, D),
+text_freqs (T, D))``: only the first element is per image token, ``TokenArg(dim=0,
+elements=(0,))`` (the text table passes whole, whatever its length). The text mask is per text
+token and the joint mask is built inside the attention from the (cut) image tokens; the
+per-token ``modulate_index`` (B, N) of ``zero_cond_t`` checkpoints is cut with them. Text
+tokens are never pruned.
 
 Not claimed: the edit, img2img, inpaint, ControlNet and layered Qwen-Image pipelines (each
 ``DiTFamily`` names exact classes).
@@ -28,8 +30,10 @@ from typing import Any
 
 import torch
 
+from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
+
 from ...errors import UnsupportedPipelineError
-from ...spec import LatentToGrid
+from ...spec import LatentToGrid, TokenArg
 from ..dit import DiTFamily, DiTPlugin
 
 
@@ -59,7 +63,9 @@ QWEN_IMAGE = DiTFamily(
     family="qwen-image",
     pipelines=("QwenImagePipeline",),
     latent_to_grid=_grid,
-    block_classes=(),  # the rotary pair (image, text) cannot be declared per token safely
+    block_classes=(QwenImageTransformerBlock,),
+    token_args={"image_rotary_emb": TokenArg(dim=0, elements=(0,)), "modulate_index": TokenArg(dim=1)},
+    output_index=1,
     timestep_scale=1.0,
     unbatched_args=frozenset({"img_shapes"}),
 )

@@ -11,15 +11,16 @@ prompt) calls the transformer twice per step inside diffusers' ``cache_context("
 The latent is (B, C, F, H, W), patchified by ``patch_size_t`` x ``patch_size`` x
 ``patch_size`` into a frames x rows x columns token grid (frame-major, row-major).
 
-Step skipping only, no token pruning: both the double-stream ``HunyuanVideoTransformerBlock``
-and the single-stream ``HunyuanVideoSingleTransformerBlock`` are called positionally with an
-attention mask of shape (B, 1, 1, N + T) whose *first* N entries are the video tokens and
-whose last T are the text tokens (the single-stream blocks concatenate ``[video, text]``).
-:class:`sadakit.TokenArg` keeps leading entries and indexes the *last* N, so the mask cannot
-be sliced by the contract, and a block receiving an unsliced mask with fewer tokens would fail.
-No block is declared as a token block; ``sadakit_token_blocks`` returns none and SADA's
-token-level criterion is not used (the rotary table ``(cos, sin)``, each (N, D), would fit
-``TokenArg(dim=0)``, but the mask rules the blocks out).
+Token sparsity runs in both block kinds, called positionally as ``block(video, text, temb,
+attention_mask, rotary)`` and returning ``(video, text)`` (``output_index=0``): the
+double-stream ``HunyuanVideoTransformerBlock`` (rotary argument ``freqs_cis``) and the
+single-stream ``HunyuanVideoSingleTransformerBlock`` (``image_rotary_emb``; it concatenates
+[video, text] inside). The rotary table ``(cos, sin)``, each (N, D) without a batch dimension,
+covers the video tokens only (``TokenArg(dim=0)``: the rows of a call share one token set). The
+attention mask (B, 1, 1, N + T) covers the keys [video, text], the query axis broadcast:
+``TokenArg(dim=(2, 3), others="trailing")`` cuts its key axis to the kept video tokens and keeps
+the text entries (a pruned video token is in neither the queries nor the keys). Text tokens are
+never pruned.
 
 Not served (left unclaimed): ``HunyuanVideoImageToVideoPipeline`` (token-replace / latent-concat
 image conditioning), ``HunyuanVideoFramepackPipeline`` and HunyuanVideo 1.5 pipelines.
@@ -31,8 +32,13 @@ from typing import Any
 
 import torch
 
-from ...spec import LatentToGrid
-from ..dit import DiTFamily, DiTPlugin
+from diffusers.models.transformers.transformer_hunyuan_video import (
+    HunyuanVideoSingleTransformerBlock,
+    HunyuanVideoTransformerBlock,
+)
+
+from ...spec import LatentToGrid, TokenArg
+from ..dit import BlockTokens, DiTFamily, DiTPlugin
 
 
 def hunyuan_video_grid(pipe: Any) -> LatentToGrid:
@@ -57,11 +63,18 @@ def _image_conditioned(pipe: Any) -> str | None:
     return None
 
 
+#: (B, 1, 1, N + T): [video, text] keys, queries broadcast (a (B, 1, S, S) mask would be cut on both)
+_MASK = {"attention_mask": TokenArg(dim=(2, 3), others="trailing")}
+
 HUNYUAN_VIDEO = DiTFamily(
     family="hunyuan_video",
     pipelines=("HunyuanVideoPipeline",),
     latent_to_grid=hunyuan_video_grid,
-    block_classes=(),  # the attention mask is laid out [video, text]: see the module docstring
+    block_classes=(),
+    blocks=(BlockTokens(HunyuanVideoTransformerBlock, token_args={"freqs_cis": TokenArg(dim=0), **_MASK},
+                        output_index=0),
+            BlockTokens(HunyuanVideoSingleTransformerBlock,
+                        token_args={"image_rotary_emb": TokenArg(dim=0), **_MASK}, output_index=0)),
     refuse=_image_conditioned,
     timestep_scale=1e-3,
     output_kind="video",
