@@ -38,8 +38,9 @@ Token layout rule: ``DenoiserSpec.latent_to_grid`` maps a per-element map shaped
 denoiser's sample to a per-token grid ``(B, *grid)`` with any number of axes. Each
 ``TokenBlockSpec`` block must receive ``(B, N, C)`` hidden states whose N tokens are that grid
 (``layout="exact"``) or the grid with every axis halved k times, ceil (``layout="halved"``), in
-row-major order (last axis fastest). A block that fits neither runs in full and the report
-names it.
+row-major order (last axis fastest), possibly next to tokens off the grid (text tokens of a
+single-stream block, a global token) that ``TokenBlockSpec.other_tokens`` declares and that are
+always computed. A block that fits neither runs in full and the report names it.
 
 Call streams: a pipeline that calls the denoiser more than once per step (one call per CFG
 branch) is served when it names each call with diffusers' ``cache_context`` (most pipelines
