@@ -52,6 +52,24 @@ def test_order_never_extrapolates_beyond_the_nodes_span_or_the_gap_limit():
     assert order_for(plan, 10, max_order=0, max_gap=9) == 0
 
 
+def test_the_automatic_gap_limit_is_half_the_spacing_rounded_up():
+    # computed calls 5 apart: linear up to 3 calls past the newest, then x0 held
+    plan = (0, 5, 10, 15)
+    assert [order_for(plan, n, max_order=1, max_gap=None) for n in (11, 12, 13, 14)] == [1, 1, 1, 0]
+    # 4 apart: up to 2 (as the fixed limit of 2 did)
+    plan = (0, 4, 8, 12)
+    assert [order_for(plan, n, max_order=1, max_gap=None) for n in (9, 10, 11)] == [1, 1, 0]
+    # 8 apart: up to 4; in a warm-up (calls 1 apart) only 1
+    assert [order_for((0, 8, 16), n, max_order=1, max_gap=None) for n in (19, 20, 21)] == [1, 1, 0]
+    assert [order_for((0, 1, 2, 6), n, max_order=1, max_gap=None) for n in (3, 4)] == [1, 0]
+    # the default plans at >= 0.33 of 50 calls are unchanged from the fixed limit of 2
+    for budget in (0.5, 0.4, 0.33):
+        calls = computed_calls(50, budget, 1, 2)
+        skipped = [n for n in range(50) if n not in calls]
+        assert ([order_for(calls, n, 1, None) for n in skipped] == [order_for(calls, n, 1, 2) for n in skipped])
+    assert sadakit.SADAConfig(budget=0.25).budget_order_gap is None
+
+
 def test_budget_is_validated_with_the_field_named():
     for bad in (0, 1.5, -0.1, True, "half"):
         with pytest.raises(ValueError, match="SADAConfig.budget must be"):

@@ -14,6 +14,7 @@ on the computed calls' grid, i.e. "fewer steps" on a subgrid of the full schedul
 from __future__ import annotations
 
 import bisect
+import math
 from functools import lru_cache
 
 
@@ -51,15 +52,23 @@ def computed_calls(expected_calls: int, budget: float, warmup_calls: int, final_
     return tuple(best if best is not None else range(n))
 
 
-def order_for(calls: tuple[int, ...], n: int, max_order: int, max_gap: int) -> int:
+def order_for(calls: tuple[int, ...], n: int, max_order: int, max_gap: int | None) -> int:
     """Extrapolation order for skipped call ``n``: 0 when ``n`` is more than ``max_gap`` calls
     past the newest computed one, else the highest ``p <= max_order`` whose ``p + 1`` newest
     computed calls span at least that distance (never an extrapolation beyond the nodes' own
-    span, where Lagrange polynomials blow up), else 0."""
+    span, where Lagrange polynomials blow up), else 0.
+
+    ``max_gap`` None: half the spacing of the two newest computed calls, rounded up (the first
+    half of the interval to the next computed call extrapolates, the second holds x0). Measured
+    on both bundled models (docs/frontier.md): with computed calls s apart, linear extrapolation
+    pays up to ``ceil(s / 2)`` calls ahead and costs beyond (s = 4: gap 3 loses 3-8 dB; s = 5, 6,
+    8: gaps 3, 3, 4 gain up to 8 dB over a fixed limit of 2)."""
     i = bisect.bisect_left(calls, n) - 1  # newest computed call before n
     if i < 0:
         return 0
     gap = n - calls[i]
+    if max_gap is None:
+        max_gap = math.ceil((calls[i] - calls[i - 1]) / 2) if i >= 1 else 0
     if gap > max_gap:
         return 0
     for p in range(max_order, 0, -1):
