@@ -83,7 +83,7 @@ class SADAConfig:
     #: Highest extrapolation order of a budget plan (0 = the solver's own step over the gap).
     budget_order: int = field(default=1)
     #: Calls past the newest computed one beyond which a budget plan extrapolates at order 0;
-    #: None (default): half the spacing of the computed calls, rounded up (docs/frontier.md).
+    #: None (default): half the spacing of the computed calls, rounded up, at most 3 (docs/frontier.md).
     budget_order_gap: int | None = field(default=None, validator=validators.optional(_int_at_least(1)))
     #: Side of the window that gets one rotating anchor token on partial calls.
     anchor_window: int = field(default=2, validator=_int_at_least(1))

@@ -59,8 +59,8 @@ def test_the_automatic_gap_limit_is_half_the_spacing_rounded_up():
     # 4 apart: up to 2 (as the fixed limit of 2 did)
     plan = (0, 4, 8, 12)
     assert [order_for(plan, n, max_order=1, max_gap=None) for n in (9, 10, 11)] == [1, 1, 0]
-    # 8 apart: up to 4; in a warm-up (calls 1 apart) only 1
-    assert [order_for((0, 8, 16), n, max_order=1, max_gap=None) for n in (19, 20, 21)] == [1, 1, 0]
+    # 8 apart: up to 3 (the cap); in a warm-up (calls 1 apart) only 1
+    assert [order_for((0, 8, 16), n, max_order=1, max_gap=None) for n in (18, 19, 20)] == [1, 1, 0]
     assert [order_for((0, 1, 2, 6), n, max_order=1, max_gap=None) for n in (3, 4)] == [1, 0]
     # the default plans at >= 0.33 of 50 calls are unchanged from the fixed limit of 2
     for budget in (0.5, 0.4, 0.33):

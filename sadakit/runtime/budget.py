@@ -18,6 +18,10 @@ import math
 from functools import lru_cache
 
 
+#: the automatic extrapolation limit never exceeds this many calls past the newest computed one
+AUTO_GAP_CAP = 3
+
+
 @lru_cache(maxsize=64)
 def computed_calls(expected_calls: int, budget: float, warmup_calls: int, final_calls: int) -> tuple[int, ...]:
     """The indices of the calls that run the network, sorted.
@@ -58,17 +62,17 @@ def order_for(calls: tuple[int, ...], n: int, max_order: int, max_gap: int | Non
     computed calls span at least that distance (never an extrapolation beyond the nodes' own
     span, where Lagrange polynomials blow up), else 0.
 
-    ``max_gap`` None: half the spacing of the two newest computed calls, rounded up (the first
-    half of the interval to the next computed call extrapolates, the second holds x0). Measured
-    on both bundled models (docs/frontier.md): with computed calls s apart, linear extrapolation
-    pays up to ``ceil(s / 2)`` calls ahead and costs beyond (s = 4: gap 3 loses 3-8 dB; s = 5, 6,
-    8: gaps 3, 3, 4 gain up to 8 dB over a fixed limit of 2)."""
+    ``max_gap`` None: half the spacing of the two newest computed calls, rounded up, and at most
+    3 (the first half of the interval to the next computed call extrapolates, the second holds
+    x0). Measured on both bundled models (docs/frontier.md): with computed calls s apart, a limit
+    of 3 instead of 2 loses 3-8 dB at s = 4 and gains 3-8 dB at s = 5 and 6; at s = 8 a limit
+    of 4 gains 3 dB on notes and loses 4 dB (and adherence) on shapes."""
     i = bisect.bisect_left(calls, n) - 1  # newest computed call before n
     if i < 0:
         return 0
     gap = n - calls[i]
     if max_gap is None:
-        max_gap = math.ceil((calls[i] - calls[i - 1]) / 2) if i >= 1 else 0
+        max_gap = min(math.ceil((calls[i] - calls[i - 1]) / 2), AUTO_GAP_CAP) if i >= 1 else 0
     if gap > max_gap:
         return 0
     for p in range(max_order, 0, -1):
