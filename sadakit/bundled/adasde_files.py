@@ -31,12 +31,16 @@ class BundledAdaSDE:
     #: top of the distillation grid, when the default (``VP_SIGMA_CAP``) is not this model's best
     sigma_max: float | None = None
 
-    def path(self, nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None) -> Path:
-        """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation)."""
+    def path(self, nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None,
+             learned_grid: bool = False) -> Path:
+        """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
+        ``...-lgrid`` (the sigma grid learned with the coefficients)."""
         if solver not in SOLVER_FORMS:
             raise ValueError(f"solver={solver!r} is not allowed; allowed: {', '.join(SOLVER_FORMS)}")
         stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
-        return (root or self.directory) / (f"{stem}-gamma0.safetensors" if deterministic else f"{stem}.safetensors")
+        stem += "-gamma0" if deterministic else ""
+        stem += "-lgrid" if learned_grid else ""
+        return (root or self.directory) / f"{stem}.safetensors"
 
     def available(self, root: Path | None = None) -> list[str]:
         """File names of the shipped coefficient files (without checkpoints)."""
