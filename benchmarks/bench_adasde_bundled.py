@@ -176,9 +176,10 @@ def run_rows(model: BenchModel, args: argparse.Namespace) -> list[dict]:
         for solver, learn_grid in [(s, False) for s in args.solvers] + [(s, True) for s in args.learn_grid]:
             name = "adasde" if solver == "adasde" else f"learned churn + {solver}"
             name += ", learned grid" if learn_grid else ""
-            for gamma_max, label in ((args.gamma_max, name), (0.0, f"{name}, gamma=0")):
-                if gamma_max == 0.0 and not (args.ablation and solver == "adasde"):
-                    continue
+            settings = [(args.gamma_max, name if args.gamma_max > 0 else f"{name}, gamma=0")]
+            if args.ablation and solver == "adasde" and args.gamma_max > 0:
+                settings.append((0.0, f"{name}, gamma=0"))
+            for gamma_max, label in settings:
                 pipe.scheduler = base_scheduler
                 try:
                     path = ensure_coefficients(model, pipe, nfe, gamma_max, solver, args, learn_grid)

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-lo", nargs="+", type=float, default=[0.03, 0.1, 0.3, 0.7])
     p.add_argument("--adasde", nargs="*", default=[], metavar="LABEL=PATH", help="AdaSDE coefficient files to compare")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write every row (with per-sample PSNR) here")
+    p.add_argument("--load-baselines", default=None,
+                   help="rows of an earlier --json run with the same --prompts and --seed: skip the diffusers runs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -127,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                               args.calib_seed if which == "calib" else args.seed, steps)
 
     reference = run(base, model.default_steps, "eval")
-    calib_reference = run(base, model.default_steps, "calib") if "tuned" in args.grids else None
     rows: list[dict[str, Any]] = []
+    if args.load_baselines:
+        rows = [r for r in json.loads(Path(args.load_baselines).read_text()) if r["nfe"] in args.nfe]
+        args.solvers = []
+    calib_reference = run(base, model.default_steps, "calib") if ("tuned" in args.grids and args.solvers) else None
 
     def record(method: str, grid: str, nfe: int, out: Any, extra: dict[str, Any] | None = None) -> None:
         values = per_sample_psnr(model, out, reference, prompts)
@@ -174,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['method']} | {nfe} | {r['grid']} | " + " | ".join(cells)
                   + f" | {r['psnr_mean']:.2f} +- {r['psnr_ci']:.2f} |")
     adasde_labels = {spec.partition("=")[0] for spec in args.adasde}
+    for r in rows:
+        r.setdefault("kind", "adasde" if r["method"] in adasde_labels else "diffusers")
+    adasde_labels |= {r["method"] for r in rows if r["kind"] == "adasde"}
     print("\nPaired per-sample PSNR difference to the best diffusers solver on its best grid (same samples):\n")
     print("| AdaSDE file | NFE | best diffusers (grid) | its PSNR | AdaSDE PSNR | mean difference dB +- 95% CI | verdict |")
     print("|---|---|---|---|---|---|---|")

@@ -30,6 +30,16 @@ class BundledAdaSDE:
     pipeline_class: str  # class name of the pipeline the files belong to
     #: top of the distillation grid, when the default (``VP_SIGMA_CAP``) is not this model's best
     sigma_max: float | None = None
+    #: per NFE, the shipped file measured best (docs/adasde.md): ``(nfe, solver, deterministic, learned_grid)``;
+    #: ``scheduler`` uses it when the caller names no solver form
+    best: tuple[tuple[int, str, bool, bool], ...] = ()
+
+    def form(self, nfe: int) -> tuple[str, bool, bool]:
+        """``(solver, deterministic, learned_grid)`` of the default file at ``nfe``: the measured best, else churn + Euler."""
+        for n, solver, deterministic, learned_grid in self.best:
+            if n == nfe:
+                return solver, deterministic, learned_grid
+        return "euler", False, False
 
     def path(self, nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None,
              learned_grid: bool = False) -> Path:
@@ -53,14 +63,17 @@ class BundledAdaSDE:
         self,
         pipe: Any,
         nfe: int = 5,
-        solver: str = "euler",
-        deterministic: bool = False,
+        solver: str | None = None,
+        deterministic: bool | None = None,
         guidance_scale: float | None = None,
         root: Path | None = None,
+        learned_grid: bool | None = None,
     ) -> Any:
         """An ``AdaSDEScheduler`` for this bundled pipeline from the shipped file.
 
-        ``pipe`` supplies the training schedule through its current scheduler (pass the
+        With no ``solver`` the file is the one measured best at ``nfe`` (:meth:`form`); a named
+        ``solver`` picks that form's file (``deterministic`` and ``learned_grid`` default to
+        False). ``pipe`` supplies the training schedule through its current scheduler (pass the
         pipeline as loaded, not one already switched to AdaSDE). ``guidance_scale`` is the
         guidance the caller will sample at (default: the model's); another value than the
         file's is refused, as is a pipeline of another class. Call the pipeline with
@@ -68,13 +81,20 @@ class BundledAdaSDE:
         """
         from sadakit.adasde import AdaSDEScheduler
 
+        if solver is None:
+            best_solver, best_deterministic, best_grid = self.form(nfe)
+            solver = best_solver
+            deterministic = best_deterministic if deterministic is None else deterministic
+            learned_grid = best_grid if learned_grid is None else learned_grid
+        deterministic, learned_grid = bool(deterministic), bool(learned_grid)
+
         kind = type(pipe).__name__
         if kind != self.pipeline_class:
             raise ValueError(
                 f"the shipped {self.name} AdaSDE coefficients belong to the bundled {self.model_id} "
                 f"({self.pipeline_class}); got a {kind}"
             )
-        path = self.path(nfe, solver, deterministic, root)
+        path = self.path(nfe, solver, deterministic, root, learned_grid)
         if not path.is_file():
             shipped = ", ".join(self.available(root)) or "none"
             raise BundledModelError(f"no shipped AdaSDE coefficients at {path}; shipped files: {shipped}")
