@@ -74,6 +74,9 @@ def make_scheduler(label: str, grid: str, base_config: Any, custom: np.ndarray |
         end = float(sched.sigmas[-1])  # its own final noise level (0, or sigma at t = 0)
         sched.sigmas = torch.tensor(np.concatenate([custom, [end]]), dtype=torch.float32)
         dtype = sched.timesteps.dtype
+        if not dtype.is_floating_point and len(set(t.round().tolist())) < len(t):
+            # an integer-timestep multistep scheduler finds its step by timestep: duplicates break it
+            raise ValueError(f"{label}: the grid {custom} rounds to repeated timesteps")
         sched.timesteps = torch.from_numpy(t if dtype.is_floating_point else t.round()).to(device=device, dtype=dtype)
         if hasattr(sched, "_step_index"):
             sched._step_index = None
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adasde", nargs="*", default=[], metavar="LABEL=PATH", help="AdaSDE coefficient files to compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write every row (with per-sample PSNR) here")
+    p.add_argument("--only", nargs="*", default=None, metavar="SOLVER:NFE:HI:LO",
+                   help="instead of the sweep, just these diffusers rows on a log-linear grid (e.g. a sweep's winners)")
     p.add_argument("--load-baselines", default=None,
                    help="rows of an earlier --json run with the same --prompts and --seed: skip the diffusers runs")
     args = p.parse_args(argv)
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {method:>10} {grid:>24} NFE={nfe}: PSNR {row['psnr']:.2f} (per-sample mean {row['psnr_mean']:.2f} "
               f"+- {row['psnr_ci']:.2f})", file=sys.stderr, flush=True)
 
-    for nfe in args.nfe:
+    for nfe in args.nfe if args.only is None else []:
         for label in args.solvers:
             for grid in args.grids:
                 if grid != "tuned":
@@ -152,11 +157,19 @@ def main(argv: list[str] | None = None) -> int:
                 scores = {}
                 for hi, lo in itertools.product(args.tune_hi, args.tune_lo):
                     sched = make_scheduler(label, "default", base.config, loglinear(nfe, hi, lo))
-                    scores[(hi, lo)] = model.measure(run(sched, nfe, "calib"), calib_reference, calib_prompts)["psnr"]
+                    try:
+                        scores[(hi, lo)] = model.measure(run(sched, nfe, "calib"), calib_reference, calib_prompts)["psnr"]
+                    except ValueError as err:  # a grid this scheduler cannot represent
+                        print(f"  skip {label} log-linear {hi:g}-{lo:g} NFE={nfe}: {err}", file=sys.stderr)
                 hi, lo = max(scores, key=scores.get)
                 sched = make_scheduler(label, "default", base.config, loglinear(nfe, hi, lo))
                 record(label, f"tuned log-linear {hi:g}-{lo:g}", nfe, run(sched, nfe, "eval"),
                        {"calib_psnr": scores[(hi, lo)]})
+    for entry in args.only or []:
+        label, nfe_text, hi_text, lo_text = entry.split(":")
+        nfe, hi, lo = int(nfe_text), float(hi_text), float(lo_text)
+        record(label, f"tuned log-linear {hi:g}-{lo:g}", nfe,
+               run(make_scheduler(label, "default", base.config, loglinear(nfe, hi, lo)), nfe, "eval"))
     for spec in args.adasde:
         label, _, path = spec.partition("=")
         cf = load_coefficients(path)
