@@ -27,6 +27,9 @@ def test_path_names_the_learned_grid() -> None:
     assert SHAPES.path(5, "euler", True, learned_grid=True).name == "euler-nfe5-gamma0-lgrid.safetensors"
     assert SHAPES.path(5, "adasde").name == "nfe5.safetensors"  # the old names are unchanged
     assert SHAPES.form(99) == ("euler", False, False)  # no measured best: the old default
+    assert SHAPES.path(99).name == "euler-nfe99.safetensors"
+    for nfe, solver, deterministic, learned in SHAPES.best:  # no form named: the measured best
+        assert SHAPES.path(nfe) == SHAPES.path(nfe, solver, deterministic, learned_grid=learned)
 
 
 def test_default_scheduler_is_the_measured_best_file() -> None:

@@ -41,10 +41,20 @@ class BundledAdaSDE:
                 return solver, deterministic, learned_grid
         return "euler", False, False
 
-    def path(self, nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None,
-             learned_grid: bool = False) -> Path:
+    def resolve(self, nfe: int, solver: str | None, deterministic: bool | None,
+                learned_grid: bool | None) -> tuple[str, bool, bool]:
+        """The file's form: no ``solver`` means the measured best at ``nfe``; a named one defaults to the plain file."""
+        if solver is None:
+            best_solver, best_deterministic, best_grid = self.form(nfe)
+            return (best_solver, best_deterministic if deterministic is None else bool(deterministic),
+                    best_grid if learned_grid is None else bool(learned_grid))
+        return solver, bool(deterministic), bool(learned_grid)
+
+    def path(self, nfe: int, solver: str | None = None, deterministic: bool | None = None, root: Path | None = None,
+             learned_grid: bool | None = None) -> Path:
         """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
-        ``...-lgrid`` (the sigma grid learned with the coefficients)."""
+        ``...-lgrid`` (the sigma grid learned with the coefficients); no ``solver``: the default file at ``nfe``."""
+        solver, deterministic, learned_grid = self.resolve(nfe, solver, deterministic, learned_grid)
         if solver not in SOLVER_FORMS:
             raise ValueError(f"solver={solver!r} is not allowed; allowed: {', '.join(SOLVER_FORMS)}")
         stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
@@ -81,12 +91,7 @@ class BundledAdaSDE:
         """
         from sadakit.adasde import AdaSDEScheduler
 
-        if solver is None:
-            best_solver, best_deterministic, best_grid = self.form(nfe)
-            solver = best_solver
-            deterministic = best_deterministic if deterministic is None else deterministic
-            learned_grid = best_grid if learned_grid is None else learned_grid
-        deterministic, learned_grid = bool(deterministic), bool(learned_grid)
+        solver, deterministic, learned_grid = self.resolve(nfe, solver, deterministic, learned_grid)
 
         kind = type(pipe).__name__
         if kind != self.pipeline_class:

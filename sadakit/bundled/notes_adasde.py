@@ -24,10 +24,10 @@ NOTES_ADASDE_DIR = NOTES.directory
 NOTES_MODEL_ID = NOTES.model_id
 
 
-def notes_adasde_path(nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None,
-                      learned_grid: bool = False) -> Path:
+def notes_adasde_path(nfe: int, solver: str | None = None, deterministic: bool | None = None,
+                      root: Path | None = None, learned_grid: bool | None = None) -> Path:
     """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
-    ``...-lgrid`` (learned grid)."""
+    ``...-lgrid`` (learned grid); no ``solver``: the default file at ``nfe`` (the measured best)."""
     return NOTES.path(nfe, solver, deterministic, root or NOTES_ADASDE_DIR, learned_grid)
 
 

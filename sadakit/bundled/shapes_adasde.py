@@ -22,10 +22,10 @@ SHAPES_ADASDE_DIR = SHAPES.directory
 SHAPES_MODEL_ID = SHAPES.model_id
 
 
-def shapes_adasde_path(nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None,
-                      learned_grid: bool = False) -> Path:
+def shapes_adasde_path(nfe: int, solver: str | None = None, deterministic: bool | None = None,
+                       root: Path | None = None, learned_grid: bool | None = None) -> Path:
     """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
-    ``...-lgrid`` (learned grid)."""
+    ``...-lgrid`` (learned grid); no ``solver``: the default file at ``nfe`` (the measured best)."""
     return SHAPES.path(nfe, solver, deterministic, root or SHAPES_ADASDE_DIR, learned_grid)
 
 
