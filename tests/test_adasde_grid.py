@@ -160,3 +160,34 @@ def test_grid_learning_lowers_the_loss_and_the_final_error_on_the_testbed(tmp_pa
     err = lambda y: float((y - ref).pow(2).mean().sqrt())  # noqa: E731
     assert err(learned) < 0.8 * err(untrained), (err(learned), err(untrained))
     assert math.isfinite(err(learned))
+
+
+def test_a_learned_grid_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    tb = get_testbed("gmm2d-8")
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return tb.denoiser.denoise(x, sigma)
+
+    def noise(batch: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn((batch, *tb.data_shape), generator=g)
+
+    seed = int(torch.randint(0, 2**31, ()))
+    cfg = DistillConfig(nfe=3, solver="adasde", gamma_max=0.0, iterations=6, batch_size=32, teacher_factor=2,
+                        sigma_min=SMIN, sigma_max=SMAX, learn_grid=True, step_weight=0.0, checkpoint_every=3, seed=seed)
+    straight = distill(denoiser, noise, cfg, model="t", progress=False).coefficients
+    out = tmp_path / "c.safetensors"
+    calls = {"n": 0}
+
+    def crashing(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 11 * 4 + 5:  # 11 calls per iteration (and for the held-out loss): dies in iteration 4
+            raise KeyboardInterrupt
+        return denoiser(x, sigma)
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(crashing, noise, cfg, model="t", output=out, progress=False)
+    resumed = distill(denoiser, noise, cfg, model="t", output=out, progress=False)
+    assert resumed.resumed_from == 3
+    assert torch.allclose(resumed.coefficients.sigmas, straight.sigmas, rtol=1e-5)
+    assert torch.allclose(resumed.coefficients.raw, straight.raw, atol=1e-5)
