@@ -95,6 +95,49 @@ class AdaSDEMethod:
         return dataclasses.replace(out, start_tau=tau, start_scale=tau)
 
 
+@dataclasses.dataclass
+class GridSolverMethod:
+    """A diffusers solver on one grid option: its default (linspace), Karras, or a tuned log-linear grid.
+
+    The tuned grid's top and bottom are picked from ``TUNE_HI`` x ``TUNE_LO`` by sliced W2 on
+    *calibration* noise (another seed than the evaluated samples), per NFE.
+    """
+
+    name: str
+    solver: str  # a key of bench_adasde_grids.SOLVERS
+    grid: str  # "default", "karras" or "tuned"
+
+    def _pipe(self, tb: Testbed, nfe: int) -> GMMPipeline:
+        from bench_adasde_grids import loglinear, make_scheduler
+
+        base = dict(SD_SCHEDULE, final_sigmas_type="zero") if self.solver != "deis" else dict(SD_SCHEDULE)
+        if self.grid != "tuned":
+            return GMMPipeline(GMMEpsModel(tb), make_scheduler(self.solver, self.grid, base))
+        key = (tb.name, nfe)
+        if key not in self._chosen:
+            calib = torch.randn((512, *tb.data_shape), generator=torch.Generator().manual_seed(999))
+            scores = {}
+            for hi in TUNE_HI:
+                for lo in TUNE_LO:
+                    pipe = GMMPipeline(GMMEpsModel(tb), make_scheduler(self.solver, "default", base, loglinear(nfe, hi, lo)))
+                    out = pipe(num_inference_steps=nfe, latents=calib)
+                    scores[(hi, lo)] = float(bench.M.distribution_distance(tb.mixture, out.samples, 4).mean)
+            self._chosen[key] = min(scores, key=scores.get)
+            print(f"[tune] {tb.name} {self.solver} NFE={nfe}: log-linear {self._chosen[key]}", file=sys.stderr)
+        hi, lo = self._chosen[key]
+        return GMMPipeline(GMMEpsModel(tb), make_scheduler(self.solver, "default", base, loglinear(nfe, hi, lo)))
+
+    def __post_init__(self) -> None:
+        self._chosen: dict = {}
+
+    def run(self, ctx: bench.BenchContext, nfe: int) -> GMMPipelineOutput | None:
+        return self._pipe(ctx.testbed, nfe)(num_inference_steps=nfe, latents=ctx.noise)
+
+
+TUNE_HI = (14.6, 7.0, 3.5)
+TUNE_LO = (0.03, 0.1, 0.3)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["gmm2d-8", "gmm64-16-err"])
@@ -112,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="distil again even when a cached file exists")
     p.add_argument("--plugins", action="store_true", help="also rows for learned churn + Euler/Heun/mid-point")
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
+    p.add_argument("--learn-grid", action="store_true",
+                   help="also rows with the sigma grid learned (AdaSDE and Euler, last-step loss)")
+    p.add_argument("--grid-baselines", action="store_true",
+                   help="also euler/dpm++2m/dpm++3m/unipc/deis on their default (linspace), Karras and tuned grids")
+    p.add_argument("--no-plain", action="store_true", help="skip the fixed-grid adasde and adasde-g0 rows")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # mixture posteriors underflow at small sigma: denormals cost 30x on CPU
@@ -121,10 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.iterations, batch_size=args.batch, teacher_factor=args.teacher_factor,
         gamma_max=args.gamma_max, schedule=args.schedule, checkpoint_every=50,
     )
-    ours = [
+    ours = [] if args.no_plain else [
         AdaSDEMethod("adasde", base, args.cache, args.fresh),
         AdaSDEMethod("adasde-g0", attrs.evolve(base, gamma_max=0.0), args.cache, args.fresh),
     ]
+    if args.learn_grid:  # the grid learned with the coefficients, from the last-step loss (the testbed's best)
+        lg = attrs.evolve(base, learn_grid=True, step_weight=0.0, grid_lr=0.1)
+        ours += [AdaSDEMethod("adasde-lgrid", lg, args.cache, args.fresh),
+                 AdaSDEMethod("euler-lgrid", attrs.evolve(lg, solver="euler", gamma_max=0.0), args.cache, args.fresh)]
+    grid_rows = []
+    if args.grid_baselines:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        grid_rows = [GridSolverMethod(f"{solver}@{grid}", solver, grid)
+                     for solver in ("euler", "dpm++2m", "dpm++3m", "unipc", "deis") for grid in ("default", "karras", "tuned")]
+        for m in grid_rows:
+            if m.name not in bench.METHODS:
+                bench.register_method(m)
     if args.plugins:  # the paper's plugin form: learned churn in front of a base solver
         ours += [
             AdaSDEMethod(f"churn-{solver}", attrs.evolve(base, solver=solver), args.cache, args.fresh)
@@ -136,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     rows, summaries = bench.run_benchmark(
-        tuple(args.configs), tuple(args.nfe), list(args.baselines) + [m.name for m in ours],
+        tuple(args.configs), tuple(args.nfe), list(args.baselines) + [m.name for m in grid_rows] + [m.name for m in ours],
         args.samples, args.sw_repeats,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
@@ -152,14 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     for s in summaries:
         for nfe in args.nfe:
             sub = [r for r in rows if r.config == s.config and r.nfe == nfe]
-            ada = [r for r in sub if r.method == "adasde"]
-            others = [r for r in sub if r.method in args.baselines]
-            if not ada or not others:
+            baseline_names = set(args.baselines) | {m.name for m in grid_rows}
+            others = [r for r in sub if r.method in baseline_names]
+            if not others:
                 continue
             best = min(others, key=lambda r: r.values["sw"].mean)
-            a = ada[0].values["sw"].mean
-            verdict = "wins" if a < best.values["sw"].mean else "DOES NOT WIN"
-            print(f"- {s.config} NFE {nfe}: adasde sw {a:.4f} vs best diffusers {best.method} {best.values['sw'].mean:.4f} -> {verdict}")
+            b, b_ci = best.values["sw"].mean, best.values["sw"].ci95
+            for ada in [r for r in sub if r.method in {m.name for m in ours}]:
+                a, a_ci = ada.values["sw"].mean, ada.values["sw"].ci95
+                verdict = ("wins" if a + a_ci < b - b_ci else "loses" if a - a_ci > b + b_ci
+                           else "tie (CIs overlap)")
+                print(f"- {s.config} NFE {nfe}: {ada.method} sw {a:.4f} +- {a_ci:.4f} vs best diffusers {best.method} "
+                      f"{b:.4f} +- {b_ci:.4f} -> {verdict}")
     print(f"\n_{len(rows)} rows in {time.perf_counter() - t0:.0f} s, torch {torch.__version__}_")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -113,15 +113,16 @@ MODELS = {"shapes": shapes_model, "notes": notes_model}
 
 
 def ensure_coefficients(model: BenchModel, pipe: Any, nfe: int, gamma_max: float, solver: str,
-                        args: argparse.Namespace) -> Path:
+                        args: argparse.Namespace, learn_grid: bool = False) -> Path:
     """The cached file for this setting, distilled first if missing (or ``--fresh``)."""
-    path = model.spec.path(nfe, solver, deterministic=gamma_max == 0, root=Path(args.coeff_dir))
+    path = model.spec.path(nfe, solver, deterministic=gamma_max == 0, root=Path(args.coeff_dir), learned_grid=learn_grid)
     if path.exists() and not args.fresh:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = DistillConfig(
         nfe=nfe, solver=solver, gamma_max=gamma_max, iterations=args.iterations, batch_size=args.batch,
-        teacher_factor=args.teacher_factor, checkpoint_every=10, seed=args.seed,
+        teacher_factor=args.teacher_factor, checkpoint_every=10, seed=args.seed, learn_grid=learn_grid,
+        grid_lr=args.grid_lr, step_weight=args.grid_step_weight if learn_grid else 1.0,
     )
     t0 = time.perf_counter()
     res = distill_pipeline(
@@ -132,7 +133,7 @@ def ensure_coefficients(model: BenchModel, pipe: Any, nfe: int, gamma_max: float
     ckpt = path.with_name(path.stem + ".ckpt.safetensors")
     ckpt.unlink(missing_ok=True)  # the shipped file is the result; the checkpoint only served resuming
     print(
-        f"[distill] {model.spec.name} {solver} NFE={nfe} gamma_max={gamma_max}: loss {res.initial_loss:.4g} -> "
+        f"[distill] {model.spec.name} {solver} NFE={nfe} gamma_max={gamma_max} learn_grid={learn_grid}: loss {res.initial_loss:.4g} -> "
         f"{res.losses[-1]:.4g} in {time.perf_counter() - t0:.0f} s ({cfg.iterations} it x {cfg.batch_size} samples, "
         f"teacher x{cfg.teacher_factor})",
         file=sys.stderr, flush=True,
@@ -169,17 +170,19 @@ def run_rows(model: BenchModel, args: argparse.Namespace) -> list[dict]:
         print(f"  {name:>22} NFE={nfe} ({calls:g} calls): {metrics}", file=sys.stderr, flush=True)
 
     for nfe in args.nfe:
-        for label, cls_name in SOLVERS.items():
+        for label, cls_name in ({} if args.only_learned else SOLVERS).items():
             pipe.scheduler = getattr(diffusers, cls_name).from_config(base_scheduler.config)
             measure(label, nfe)
-        for solver in args.solvers:
+        for solver, learn_grid in [(s, False) for s in args.solvers] + [(s, True) for s in args.learn_grid]:
             name = "adasde" if solver == "adasde" else f"learned churn + {solver}"
-            for gamma_max, label in ((args.gamma_max, name), (0.0, f"{name}, gamma=0")):
-                if gamma_max == 0.0 and not (args.ablation and solver == "adasde"):
-                    continue
+            name += ", learned grid" if learn_grid else ""
+            settings = [(args.gamma_max, name if args.gamma_max > 0 else f"{name}, gamma=0")]
+            if args.ablation and solver == "adasde" and args.gamma_max > 0:
+                settings.append((0.0, f"{name}, gamma=0"))
+            for gamma_max, label in settings:
                 pipe.scheduler = base_scheduler
                 try:
-                    path = ensure_coefficients(model, pipe, nfe, gamma_max, solver, args)
+                    path = ensure_coefficients(model, pipe, nfe, gamma_max, solver, args, learn_grid)
                 except ValueError as err:  # e.g. an NFE this solver form cannot reach
                     print(f"  skip {label} NFE={nfe}: {err}", file=sys.stderr)
                     continue
@@ -226,8 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-factor", type=int, default=4)
     p.add_argument("--gamma-max", type=float, default=0.3)
     p.add_argument("--ablation", action="store_true", help="also distil and run AdaSDE's gamma = 0 ablation")
-    p.add_argument("--solvers", nargs="+", default=["adasde", "euler"], choices=["adasde", "euler", "heun", "midpoint"],
+    p.add_argument("--solvers", nargs="*", default=["adasde", "euler"], choices=["adasde", "euler", "heun", "midpoint"],
                    help="AdaSDE's own step and/or the learned churn in front of a base solver")
+    p.add_argument("--learn-grid", nargs="*", default=[], choices=["adasde", "euler", "heun", "midpoint"],
+                   help="solver forms also distilled with the sigma grid learned (files named ...-lgrid)")
+    p.add_argument("--grid-lr", type=float, default=0.05, help="Adam learning rate of the grid logits")
+    p.add_argument("--grid-step-weight", type=float, default=0.0,
+                   help="weight of the per-step terms in learned-grid runs (0: the last step only, the testbed's best)")
+    p.add_argument("--only-learned", action="store_true", help="skip the diffusers rows (quick experiments)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--coeff-dir", default=None, help="where coefficient files are cached (default: the shipped directory)")
     p.add_argument("--progress", action="store_true")

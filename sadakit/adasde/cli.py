@@ -109,7 +109,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max if args.sigma_max is not None else _bundled_sigma_max(args) or meta.get("sigma_max", 80.0),
         schedule=args.schedule,
         teacher_factor=args.teacher_factor, iterations=args.iterations, batch_size=args.batch, lr=args.lr,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid, grid_lr=args.grid_lr,
+        step_weight=args.step_weight if args.step_weight is not None else (0.0 if args.learn_grid else 1.0),
     )
     res = distill(
         denoiser, sample_noise, cfg, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
@@ -166,6 +167,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--sigma-min", type=float, default=None, help="bottom of the grid (default: the model's range)")
     d.add_argument("--sigma-max", type=float, default=None,
                    help="top of the grid (default: the model's range, capped at 80; a bundled model's measured best)")
+    d.add_argument("--learn-grid", action="store_true",
+                   help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
+    d.add_argument("--grid-lr", type=float, default=0.05, help="--learn-grid: Adam learning rate of the grid")
+    d.add_argument("--step-weight", type=float, default=None,
+                   help="weight of the per-step terms (default 1; 0 with --learn-grid: the last step only)")
     d.add_argument("--teacher-factor", type=int, default=8)
     d.add_argument("--iterations", type=int, default=200)
     d.add_argument("--batch", type=int, default=256)

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from ..core.adasde import BASE_SOLVERS, N_COEFFS, calls_per_step, count_nfe
 from ..errors import SadakitError
+from .grid import MAX_GRID_LOGIT, grid_from_logits
 
 METADATA_KEY = "sadakit.adasde"
 FORMAT_VERSION = 1
@@ -53,6 +54,8 @@ MAX_TRAINING_ENTRIES = 64
 TENSOR_DTYPES = {"raw": ("F32", torch.float32), "sigmas": ("F64", torch.float64)}
 #: how close the grid's ends must be to the metadata's sigma_max / sigma_min (relative)
 GRID_END_RTOL = 1e-5
+#: how close a learned grid must be to the grid its ``grid_logits`` give (relative, per node)
+LEARNED_GRID_RTOL = 1e-6
 FINGERPRINT_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}:[0-9a-f]{64}")
 _LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.+:-]{1,%d}" % MAX_LABEL_CHARS)
 
@@ -133,6 +136,15 @@ def _training_ok(value: Any) -> bool:
     return True
 
 
+def _grid_logits_ok(value: Any) -> bool:
+    """A learned grid's parameters: null, or a list of finite numbers within +-MAX_GRID_LOGIT."""
+    if value is None:
+        return True
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_NFE + 1:
+        return False
+    return all(_finite_in(v, -MAX_GRID_LOGIT, MAX_GRID_LOGIT) for v in value)
+
+
 @dataclass(frozen=True)
 class FieldRule:
     """What one metadata field may hold: a predicate and its description for error messages."""
@@ -174,10 +186,14 @@ FIELD_RULES: dict[str, FieldRule] = {
                                 lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= FORMAT_VERSION),
     "model_fingerprint": FieldRule("null or '<DenoiserClass>:<64 hex digits>' (sadakit.adasde.model_fingerprint)",
                                    lambda v: v is None or (isinstance(v, str) and FINGERPRINT_PATTERN.fullmatch(v) is not None)),
+    "grid_logits": FieldRule(f"null or a list of one finite number from {-MAX_GRID_LOGIT:g} to {MAX_GRID_LOGIT:g} per step "
+                             "(the learned grid's softmax logits, sadakit.adasde.grid)", _grid_logits_ok),
 }
-#: Fields every file written by ``save_coefficients`` holds (format 1 from its first release);
-#: ``model_fingerprint`` came later, so files without it still load (the model is then not checked).
-REQUIRED_FIELDS = tuple(name for name in FIELD_RULES if name != "model_fingerprint")
+#: Fields added after format 1's first release: files without them still load (``model_fingerprint``:
+#: the model is then not checked; ``grid_logits``: the grid was not learned).
+OPTIONAL_FIELDS = ("model_fingerprint", "grid_logits")
+#: Fields every file written by ``save_coefficients`` holds (format 1 from its first release).
+REQUIRED_FIELDS = tuple(name for name in FIELD_RULES if name not in OPTIONAL_FIELDS)
 
 
 def _check_field(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -185,6 +201,13 @@ def _check_field(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not rule.ok(value):
         raise CoefficientFileError(f"{_short(value)} is not allowed; allowed: {rule.allowed}",
                                    field=f"metadata field {attribute.name!r}")
+
+
+def _logits_to_floats(value: Any) -> Any:
+    """JSON may write a logit 0.0 as 0; anything but a list of numbers is left for the rule to judge."""
+    if isinstance(value, (list, tuple)) and all(_is_number(v) for v in value):
+        return [_int_to_float(v) for v in value]
+    return value
 
 
 def _int_to_float(value: Any) -> Any:
@@ -251,6 +274,7 @@ class CoefficientMetadata:
     sadakit_version: str = _field(factory=_sadakit_version)
     format_version: int = _field(FORMAT_VERSION)
     model_fingerprint: str | None = _field(None)
+    grid_logits: list[float] | None = _field(None, converter=_logits_to_floats)
 
     def __attrs_post_init__(self) -> None:
         if not self.sigma_min < self.sigma_max:
@@ -264,6 +288,18 @@ class CoefficientMetadata:
                 f"{self.analytic_first_step}; allowed: {', '.join(map(str, reachable))}, ...",
                 field="metadata field 'nfe'",
             )
+        if self.grid_logits is not None and len(self.grid_logits) != self.steps:
+            raise CoefficientFileError(
+                f"has {len(self.grid_logits)} entries; allowed: one per step ({self.steps} for nfe={self.nfe} with "
+                f"solver={self.solver!r})", field="metadata field 'grid_logits'",
+            )
+
+    @property
+    def learned_grid(self) -> torch.Tensor | None:
+        """The grid ``grid_logits`` describe (float64), or ``None`` for a file whose grid was not learned."""
+        if self.grid_logits is None:
+            return None
+        return grid_from_logits(torch.tensor(self.grid_logits, dtype=torch.float64), self.sigma_max, self.sigma_min)
 
     @property
     def steps(self) -> int:
@@ -333,6 +369,12 @@ def _grid_problem(sigmas: torch.Tensor, meta: CoefficientMetadata) -> str | None
     for end, name, want in ((float(sigmas[0]), "sigma_max", meta.sigma_max), (float(sigmas[-1]), "sigma_min", meta.sigma_min)):
         if not math.isclose(end, want, rel_tol=GRID_END_RTOL):
             return f"ends at {end:.6g}, but the metadata says {name}={want:.6g}"
+    learned = meta.learned_grid
+    if learned is not None:
+        worst = float(((sigmas - learned).abs() / learned).max())
+        if worst > LEARNED_GRID_RTOL:
+            return (f"is not the grid of the metadata's grid_logits (a node differs by {worst:.3g} relative; "
+                    f"allowed: {LEARNED_GRID_RTOL:g}): the grid or metadata field 'grid_logits' was changed")
     return None
 
 

@@ -8,6 +8,14 @@ teacher's state at the matching sigma, with a pluggable feature loss at the last
 coefficients train: the model is frozen and never differentiated with respect to its
 weights.
 
+With ``learn_grid=True`` the student's interior sigmas train too (``sadakit.adasde.grid``:
+softmax shares of the log-sigma drop between the fixed ends, so every grid is valid). The
+teacher then runs on the current grid refined ``teacher_factor`` times at every iteration.
+The grid learns from the last-step term only: a per-step term compares with the teacher *at
+that node*, so moving the node changes what it measures, and on the testbed letting those
+terms move the grid pulled the nodes up and made the final error worse (docs/adasde.md).
+The coefficients still learn from the whole loss.
+
 Input is any VE denoiser ``D(x, sigma)`` (a callable: testbed, or a plugin's pipeline
 denoiser with its prompts and CFG, adapted by ``sadakit.core.parameterization``) and a
 ``sample_noise(batch, generator) -> unit noise`` function. The output is a coefficient file
@@ -48,6 +56,7 @@ from ..core.adasde import (
     steps_for_nfe,
 )
 from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
+from .grid import grid_from_logits, logits_for_grid
 from .identity import fingerprint_or_none
 
 NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]
@@ -101,6 +110,8 @@ class DistillConfig:
     for flow-matching models (how ``AdaSDEScheduler`` reads a flow pipeline's latents).
     ``gamma_max = 0`` distils the deterministic ablation. ``step_weight`` weighs the per-step
     L2 at the intermediate nodes and ``last_step_weight`` the feature loss at the last one.
+    ``learn_grid`` trains the interior sigmas too (Adam at ``grid_lr``, same cosine decay),
+    starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed.
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -121,6 +132,8 @@ class DistillConfig:
     checkpoint_every: int = attrs.field(default=50, validator=_positive_int)
     seed: int = 0
     start_scale: float | None = None
+    learn_grid: bool = False
+    grid_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
 
     @property
     def steps(self) -> int:
@@ -194,8 +207,12 @@ def trajectory_loss(
     config: DistillConfig,
     generator: torch.Generator,
     feature_loss: FeatureLoss = latent_l2,
+    last_term: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Per-step L2 of the student rollout to the teacher states, feature loss at the last step."""
+    """Per-step L2 of the student rollout to the teacher states, feature loss at the last step.
+
+    ``last_term`` (if given) receives the weighted last-step term alone (a learned grid trains on it).
+    """
     coeffs = squash(raw, config.gamma_max)
     traj: list[torch.Tensor] = []
     plan = solver_plan(x_start, sigmas, coeffs, config.solver, generator, config.analytic_first_step, traj)
@@ -203,7 +220,10 @@ def trajectory_loss(
     loss = x_start.new_zeros((), dtype=torch.float32)
     for n, (xs, xt) in enumerate(zip(traj, teacher_states)):
         if n == len(traj) - 1:
-            loss = loss + config.last_step_weight * feature_loss(xs, xt)
+            last = config.last_step_weight * feature_loss(xs, xt)
+            if last_term is not None:
+                last_term.append(last)
+            loss = loss + last
         else:
             loss = loss + config.step_weight * latent_l2(xs, xt)
     return loss
@@ -235,18 +255,19 @@ def _checkpoint_path(output: str) -> str:
     return root + ".ckpt.safetensors"
 
 
-def _save_checkpoint(path: str, raw: torch.Tensor, opt: torch.optim.Adam, iteration: int, config: DistillConfig, losses: list[float]) -> None:
-    st = opt.state.get(raw, {})
-    tensors = {"raw": raw.detach().cpu().contiguous()}
-    if st:
-        tensors["exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
-        tensors["exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
-    meta = {
-        "iteration": iteration,
-        "adam_step": float(st["step"]) if st else 0.0,
-        "config": attrs.asdict(config),
-        "losses": losses,
-    }
+def _save_checkpoint(path: str, raw: torch.Tensor, opt: torch.optim.Adam, iteration: int, config: DistillConfig,
+                     losses: list[float], grid_logits: torch.Tensor | None = None,
+                     grid_opt: torch.optim.Adam | None = None) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"iteration": iteration, "config": attrs.asdict(config), "losses": losses}
+    params = [("", raw, opt)] + ([("grid_", grid_logits, grid_opt)] if grid_logits is not None else [])
+    for prefix, param, optimizer in params:
+        st = optimizer.state.get(param, {}) if optimizer is not None else {}
+        tensors[prefix + ("raw" if not prefix else "logits")] = param.detach().cpu().contiguous()
+        if st:
+            tensors[prefix + "exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+            tensors[prefix + "exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+        meta[prefix + "adam_step"] = float(st["step"]) if st else 0.0
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(tensors, tmp, metadata={"sadakit.adasde.checkpoint": json.dumps(meta)})
     os.replace(tmp, path)
@@ -261,7 +282,10 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     saved = meta.get("config", {})
     ours = attrs.asdict(config)
     # iterations may grow on resume (train longer); everything else must match
-    diff = {k: (saved.get(k), v) for k, v in ours.items() if k != "iterations" and saved.get(k) != v}
+    # settings added later are absent from older checkpoints: they were written at the default
+    defaults = {"learn_grid": False, "grid_lr": 0.05}
+    diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
+            if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
         raise ValueError(
             f"checkpoint {path} was written with different settings "
@@ -286,7 +310,7 @@ def _file_metadata(
         nfe=config.nfe,
         solver=config.solver,
         analytic_first_step=config.analytic_first_step,
-        schedule="custom" if custom_grid else config.schedule,
+        schedule="learned" if config.learn_grid else "custom" if custom_grid else config.schedule,
         sigma_min=float(grid[-1]),
         sigma_max=float(grid[0]),
         gamma_max=config.gamma_max,
@@ -347,41 +371,63 @@ def distill(
                                guidance_scale=guidance_scale,
                                model_fingerprint=model_fingerprint or fingerprint_or_none(denoiser))
 
+    sigma_min = float(grid[-1])
     raw = init_raw_coefficients(config.steps, config.gamma_init, config.gamma_max)
-    opt = torch.optim.Adam([raw], lr=config.lr)
+    grid_logits = logits_for_grid(grid).to(torch.float32) if config.learn_grid else None
     losses: list[float] = []
     start_it = 0
     ckpt = _checkpoint_path(os.fspath(output)) if output is not None else None
-    if ckpt is not None and resume:
-        loaded = _load_checkpoint(ckpt, config)
-        if loaded is not None:
-            tensors, meta = loaded
-            raw = tensors["raw"].clone()
-            opt = torch.optim.Adam([raw], lr=config.lr)
-            if "exp_avg" in tensors:
-                opt.state[raw] = {
-                    "step": torch.tensor(meta["adam_step"]),
-                    "exp_avg": tensors["exp_avg"].clone(),
-                    "exp_avg_sq": tensors["exp_avg_sq"].clone(),
-                }
-            start_it = int(meta["iteration"])
-            losses = list(meta.get("losses", []))[:start_it]
+    loaded = _load_checkpoint(ckpt, config) if (ckpt is not None and resume) else None
+    if loaded is not None:
+        tensors, meta = loaded
+        raw = tensors["raw"].clone()
+        if grid_logits is not None:
+            grid_logits = tensors["grid_logits"].clone()
+        start_it = int(meta["iteration"])
+        losses = list(meta.get("losses", []))[:start_it]
     raw.requires_grad_(True)
+    opt = torch.optim.Adam([raw], lr=config.lr)
+    grid_opt = None
+    if grid_logits is not None:
+        grid_logits.requires_grad_(True)
+        grid_opt = torch.optim.Adam([grid_logits], lr=config.grid_lr)
+    if loaded is not None:
+        for prefix, param, optimizer in (("", raw, opt), ("grid_", grid_logits, grid_opt)):
+            if optimizer is not None and prefix + "exp_avg" in tensors:
+                optimizer.state[param] = {
+                    "step": torch.tensor(meta[prefix + "adam_step"]),
+                    "exp_avg": tensors[prefix + "exp_avg"].clone(),
+                    "exp_avg_sq": tensors[prefix + "exp_avg_sq"].clone(),
+                }
 
     dev = sample_noise(1, torch.Generator().manual_seed(0)).device  # the model's device, as the caller chose it
     grid_on_dev = grid.to(torch.float32).to(dev)
     fine_on_dev = refine_sigmas(grid, config.teacher_factor).to(torch.float32).to(dev)
 
+    def current_grid() -> torch.Tensor:
+        """The grid now (float64 host table): the learned one, or the fixed one."""
+        if grid_logits is None:
+            return grid
+        return grid_from_logits(grid_logits.detach().cpu().to(torch.float64), sigma_max, sigma_min)
+
     def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
         z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
         return z.to(torch.float32) * start_scale, _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
 
-    def evaluate(iteration: int, stream: int, with_grad: bool) -> torch.Tensor:
+    def evaluate(iteration: int, stream: int, with_grad: bool,
+                 last_term: list[torch.Tensor] | None = None) -> torch.Tensor:
         x, g = batch(iteration, stream)
-        teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor, fine_on_dev)
+        if grid_logits is None:
+            teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor, fine_on_dev)
+            with torch.set_grad_enabled(with_grad):
+                return trajectory_loss(denoiser, x, grid_on_dev, raw, teacher, config, g, feature_loss)
+        # a learned grid: the teacher follows the current grid
+        host = current_grid()
+        fine = refine_sigmas(host, config.teacher_factor).to(torch.float32).to(dev)
+        teacher = teacher_trajectory(denoiser, x, host, config.teacher_factor, fine)
         with torch.set_grad_enabled(with_grad):
-            local = trajectory_loss(denoiser, x, grid_on_dev, raw, teacher, config, g, feature_loss)
-        return local
+            sigmas_now = grid_from_logits(grid_logits.to(dev), sigma_max, sigma_min)
+            return trajectory_loss(denoiser, x, sigmas_now, raw, teacher, config, g, feature_loss, last_term)
 
     # loss of the untrained coefficients on a fixed held-out batch, for the log and the report
     with torch.no_grad():
@@ -397,21 +443,37 @@ def distill(
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=False)
-            local = evaluate(it, 0, True)
-            (local * (local_bs / config.batch_size)).backward()
-            if raw.grad is None:
-                raw.grad = torch.zeros_like(raw)
-            grad = _sum_across(raw.grad.detach().cpu(), state)
-            raw.grad.copy_(grad)
+            if grid_opt is not None:
+                for group in grid_opt.param_groups:
+                    group["lr"] = config.grid_lr * lr / config.lr
+                grid_opt.zero_grad(set_to_none=False)
+            last: list[torch.Tensor] = []
+            local = evaluate(it, 0, True, last)
+            share = local_bs / config.batch_size
+            if grid_logits is not None and config.step_weight > 0:
+                # the grid from the last-step term, the coefficients from the whole loss
+                (grid_grad,) = torch.autograd.grad(last[0] * share, grid_logits, retain_graph=True)
+                (local * share).backward(inputs=[raw])
+                grid_logits.grad = grid_grad
+            else:
+                (local * share).backward()
+            for param in (raw, grid_logits):
+                if param is None:
+                    continue
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                param.grad.copy_(_sum_across(param.grad.detach().cpu(), state))
             loss_value = float(_sum_across((local.detach() * (local_bs / config.batch_size)).reshape(1).cpu(), state))
             opt.step()
+            if grid_opt is not None:
+                grid_opt.step()
             losses.append(loss_value)
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}")
             if log is not None:
                 log.write(json.dumps({"iteration": it, "loss": loss_value, "lr": lr, "time": time.perf_counter() - t0}) + "\n")
                 log.flush()
             if ckpt is not None and main and ((it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations):
-                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses)
+                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses, grid_logits, grid_opt)
     finally:
         if log is not None:
             log.close()
@@ -419,8 +481,12 @@ def distill(
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
     training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
-    meta = attrs.evolve(file_meta, training=training)
-    cf = CoefficientFile(raw.detach().cpu().clone(), grid, meta)
+    final_grid = current_grid()
+    learned = None if grid_logits is None else [float(v) for v in grid_logits.detach().cpu()]
+    meta = attrs.evolve(file_meta, training=training, grid_logits=learned)
+    if learned is not None:  # exactly the grid the metadata's logits give, as the loader checks
+        final_grid = meta.learned_grid
+    cf = CoefficientFile(raw.detach().cpu().clone(), final_grid, meta)
     if output is not None and main:
         save_coefficients(output, cf.raw, cf.sigmas, meta)
     return DistillResult(cf, losses, initial_loss, seconds, start_it)

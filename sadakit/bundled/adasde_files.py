@@ -30,13 +30,37 @@ class BundledAdaSDE:
     pipeline_class: str  # class name of the pipeline the files belong to
     #: top of the distillation grid, when the default (``VP_SIGMA_CAP``) is not this model's best
     sigma_max: float | None = None
+    #: per NFE, the shipped file measured best (docs/adasde.md): ``(nfe, solver, deterministic, learned_grid)``;
+    #: ``scheduler`` uses it when the caller names no solver form
+    best: tuple[tuple[int, str, bool, bool], ...] = ()
 
-    def path(self, nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None) -> Path:
-        """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation)."""
+    def form(self, nfe: int) -> tuple[str, bool, bool]:
+        """``(solver, deterministic, learned_grid)`` of the default file at ``nfe``: the measured best, else churn + Euler."""
+        for n, solver, deterministic, learned_grid in self.best:
+            if n == nfe:
+                return solver, deterministic, learned_grid
+        return "euler", False, False
+
+    def resolve(self, nfe: int, solver: str | None, deterministic: bool | None,
+                learned_grid: bool | None) -> tuple[str, bool, bool]:
+        """The file's form: no ``solver`` means the measured best at ``nfe``; a named one defaults to the plain file."""
+        if solver is None:
+            best_solver, best_deterministic, best_grid = self.form(nfe)
+            return (best_solver, best_deterministic if deterministic is None else bool(deterministic),
+                    best_grid if learned_grid is None else bool(learned_grid))
+        return solver, bool(deterministic), bool(learned_grid)
+
+    def path(self, nfe: int, solver: str | None = None, deterministic: bool | None = None, root: Path | None = None,
+             learned_grid: bool | None = None) -> Path:
+        """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
+        ``...-lgrid`` (the sigma grid learned with the coefficients); no ``solver``: the default file at ``nfe``."""
+        solver, deterministic, learned_grid = self.resolve(nfe, solver, deterministic, learned_grid)
         if solver not in SOLVER_FORMS:
             raise ValueError(f"solver={solver!r} is not allowed; allowed: {', '.join(SOLVER_FORMS)}")
         stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
-        return (root or self.directory) / (f"{stem}-gamma0.safetensors" if deterministic else f"{stem}.safetensors")
+        stem += "-gamma0" if deterministic else ""
+        stem += "-lgrid" if learned_grid else ""
+        return (root or self.directory) / f"{stem}.safetensors"
 
     def available(self, root: Path | None = None) -> list[str]:
         """File names of the shipped coefficient files (without checkpoints)."""
@@ -49,14 +73,17 @@ class BundledAdaSDE:
         self,
         pipe: Any,
         nfe: int = 5,
-        solver: str = "euler",
-        deterministic: bool = False,
+        solver: str | None = None,
+        deterministic: bool | None = None,
         guidance_scale: float | None = None,
         root: Path | None = None,
+        learned_grid: bool | None = None,
     ) -> Any:
         """An ``AdaSDEScheduler`` for this bundled pipeline from the shipped file.
 
-        ``pipe`` supplies the training schedule through its current scheduler (pass the
+        With no ``solver`` the file is the one measured best at ``nfe`` (:meth:`form`); a named
+        ``solver`` picks that form's file (``deterministic`` and ``learned_grid`` default to
+        False). ``pipe`` supplies the training schedule through its current scheduler (pass the
         pipeline as loaded, not one already switched to AdaSDE). ``guidance_scale`` is the
         guidance the caller will sample at (default: the model's); another value than the
         file's is refused, as is a pipeline of another class. Call the pipeline with
@@ -64,13 +91,15 @@ class BundledAdaSDE:
         """
         from sadakit.adasde import AdaSDEScheduler
 
+        solver, deterministic, learned_grid = self.resolve(nfe, solver, deterministic, learned_grid)
+
         kind = type(pipe).__name__
         if kind != self.pipeline_class:
             raise ValueError(
                 f"the shipped {self.name} AdaSDE coefficients belong to the bundled {self.model_id} "
                 f"({self.pipeline_class}); got a {kind}"
             )
-        path = self.path(nfe, solver, deterministic, root)
+        path = self.path(nfe, solver, deterministic, root, learned_grid)
         if not path.is_file():
             shipped = ", ".join(self.available(root)) or "none"
             raise BundledModelError(f"no shipped AdaSDE coefficients at {path}; shipped files: {shipped}")
@@ -86,16 +115,20 @@ class BundledAdaSDE:
 def _shapes() -> BundledAdaSDE:
     from .shapes import DEFAULT_GUIDANCE
 
-    # steps above sigma ~20 are wasted on this model: Euler NFE 5 from 80 / 20 / 14.6: 21.9 / 26.5 / 26.0 dB
+    # steps above sigma ~20 are wasted on this model: Euler NFE 5 from 80 / 20 / 14.6: 21.9 / 26.5 / 26.0 dB.
+    # At NFE 5 the learned-grid Euler file is the best shipped one (29.5 dB / 100 % against 25.9 dB / 97.9 %
+    # for learned churn + Euler; docs/adasde.md); it ties diffusers' Euler on its tuned grid.
     return BundledAdaSDE("shapes", MODELS_DIR / "shapes-adasde", "sadakit/bundled/shapes-sd", DEFAULT_GUIDANCE,
-                         "StableDiffusionPipeline", sigma_max=14.6)
+                         "StableDiffusionPipeline", sigma_max=14.6, best=((5, "euler", True, True),))
 
 
 def _notes() -> BundledAdaSDE:
     from .notes import DEFAULT_GUIDANCE
 
+    # at NFE 5 the learned-grid Euler file is the best shipped one (32.9 dB log-mel against 32.0 dB for learned
+    # churn + Euler, 16 clips; docs/adasde.md); it ties DEIS on its tuned grid
     return BundledAdaSDE("notes", MODELS_DIR / "notes-adasde", "sadakit/bundled/notes-musicldm", DEFAULT_GUIDANCE,
-                         "MusicLDMPipeline")
+                         "MusicLDMPipeline", best=((5, "euler", True, True),))
 
 
 SHAPES = _shapes()

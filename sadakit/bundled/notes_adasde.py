@@ -24,9 +24,11 @@ NOTES_ADASDE_DIR = NOTES.directory
 NOTES_MODEL_ID = NOTES.model_id
 
 
-def notes_adasde_path(nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None) -> Path:
-    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation)."""
-    return NOTES.path(nfe, solver, deterministic, root or NOTES_ADASDE_DIR)
+def notes_adasde_path(nfe: int, solver: str | None = None, deterministic: bool | None = None,
+                      root: Path | None = None, learned_grid: bool | None = None) -> Path:
+    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
+    ``...-lgrid`` (learned grid); no ``solver``: the default file at ``nfe`` (the measured best)."""
+    return NOTES.path(nfe, solver, deterministic, root or NOTES_ADASDE_DIR, learned_grid)
 
 
 def available_notes_adasde(root: Path | None = None) -> list[str]:
@@ -34,8 +36,10 @@ def available_notes_adasde(root: Path | None = None) -> list[str]:
     return NOTES.available(root or NOTES_ADASDE_DIR)
 
 
-def notes_adasde_scheduler(pipe: Any, nfe: int = 5, solver: str = "euler", deterministic: bool = False,
-                           guidance_scale: float | None = None) -> Any:
+def notes_adasde_scheduler(pipe: Any, nfe: int = 5, solver: str | None = None, deterministic: bool | None = None,
+                           guidance_scale: float | None = None, learned_grid: bool | None = None) -> Any:
     """An ``AdaSDEScheduler`` for the bundled notes pipeline from the shipped file
-    (:meth:`~sadakit.bundled.adasde_files.BundledAdaSDE.scheduler`)."""
-    return NOTES.scheduler(pipe, nfe, solver, deterministic, guidance_scale, root=NOTES_ADASDE_DIR)
+    (:meth:`~sadakit.bundled.adasde_files.BundledAdaSDE.scheduler`; no ``solver``: the file
+    measured best at ``nfe``)."""
+    return NOTES.scheduler(pipe, nfe, solver, deterministic, guidance_scale, root=NOTES_ADASDE_DIR,
+                           learned_grid=learned_grid)

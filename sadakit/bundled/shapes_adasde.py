@@ -22,9 +22,11 @@ SHAPES_ADASDE_DIR = SHAPES.directory
 SHAPES_MODEL_ID = SHAPES.model_id
 
 
-def shapes_adasde_path(nfe: int, solver: str = "euler", deterministic: bool = False, root: Path | None = None) -> Path:
-    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation)."""
-    return SHAPES.path(nfe, solver, deterministic, root or SHAPES_ADASDE_DIR)
+def shapes_adasde_path(nfe: int, solver: str | None = None, deterministic: bool | None = None,
+                       root: Path | None = None, learned_grid: bool | None = None) -> Path:
+    """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
+    ``...-lgrid`` (learned grid); no ``solver``: the default file at ``nfe`` (the measured best)."""
+    return SHAPES.path(nfe, solver, deterministic, root or SHAPES_ADASDE_DIR, learned_grid)
 
 
 def available_shapes_adasde(root: Path | None = None) -> list[str]:
@@ -32,9 +34,11 @@ def available_shapes_adasde(root: Path | None = None) -> list[str]:
     return SHAPES.available(root or SHAPES_ADASDE_DIR)
 
 
-def shapes_adasde_scheduler(pipe: Any, nfe: int = 5, solver: str = "euler", deterministic: bool = False,
-                            guidance_scale: float | None = None) -> Any:
+def shapes_adasde_scheduler(pipe: Any, nfe: int = 5, solver: str | None = None, deterministic: bool | None = None,
+                            guidance_scale: float | None = None, learned_grid: bool | None = None) -> Any:
     """An ``AdaSDEScheduler`` for the bundled shapes pipeline from the shipped file
-    (:meth:`~sadakit.bundled.adasde_files.BundledAdaSDE.scheduler`). Call the pipeline with
+    (:meth:`~sadakit.bundled.adasde_files.BundledAdaSDE.scheduler`; no ``solver``: the file
+    measured best at ``nfe``). Call the pipeline with
     ``num_inference_steps=nfe`` and ``guidance_scale=DEFAULT_GUIDANCE``."""
-    return SHAPES.scheduler(pipe, nfe, solver, deterministic, guidance_scale, root=SHAPES_ADASDE_DIR)
+    return SHAPES.scheduler(pipe, nfe, solver, deterministic, guidance_scale, root=SHAPES_ADASDE_DIR,
+                            learned_grid=learned_grid)
