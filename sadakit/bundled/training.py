@@ -11,6 +11,7 @@ the recipes from drifting apart. Two objectives: DDPM v-prediction (the UNets) a
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -73,8 +74,6 @@ def encode_latent_bank(encode: Callable[[torch.Tensor], object], sample: Callabl
 def drop_local_paths(model_dir: Path) -> None:
     """Remove ``_name_or_path`` (this machine's directory, set by ``from_pretrained`` when a part
     was loaded rather than built) from a saved pipeline's configs: shipped files name no local path."""
-    import json
-
     for config in model_dir.glob("*/config.json"):
         data = json.loads(config.read_text())
         if data.pop("_name_or_path", None) is not None:
@@ -222,6 +221,7 @@ def run_loop(
     ``checkpoint.resume`` restarts after the last saved step.
     """
     params = list(params)
+    new_weight = round(1 - smoothing, 12)  # 0.02, not 1 - 0.98 = 0.020000000000000018: logs match the old loops
     first, running, seconds_before, history = 0, None, 0.0, []
     if checkpoint is not None and checkpoint.resume:
         if not checkpoint.path.is_file():
@@ -248,7 +248,7 @@ def run_loop(
         if ema is not None:
             ema.update(step)
         value = loss.item()
-        running = value if running is None else smoothing * running + (1 - smoothing) * value
+        running = value if running is None else smoothing * running + new_weight * value
         result.running_loss, result.seconds = running, progress.seconds
         if step % log_every == 0 or step == steps - 1:
             progress(step, f"{label} step {step} loss {running:.4f}")
