@@ -75,10 +75,11 @@ def test_learned_the_data_not_noise(pipe: FluxPipeline) -> None:
 
 def test_classifier_judges_a_generation(pipe: FluxPipeline) -> None:
     prompts = shapes_dit.eval_prompts(4)
-    images = shapes_dit.generate(pipe, prompts, seed=0, num_inference_steps=shapes_dit.DEFAULT_STEPS)
+    images = shapes_dit.generate(pipe, prompts, seed=int(torch.randint(10_000, (1,))),
+                                 num_inference_steps=shapes_dit.DEFAULT_STEPS)
     result = shapes_dit.adherence(images, prompts)
-    assert result.n == 4 and 0.0 <= result.all_correct <= 1.0
-    assert result.colour >= 0.75, result  # the easiest attribute; the full 48x2 figure is in the docs
+    # measured 96/96 on the 48 prompts x 2 seeds (docs/bundled_models.md); here a fresh seed, one miss allowed
+    assert result.n == 4 and result.all_correct >= 0.75, result
     score = shapes_dit.scorer()(images[:1], prompts[0])
     assert set(score) == {"adherence", "adherence_attr"}
 
