@@ -199,23 +199,42 @@ def audio_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> 
 def bundled_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
     """The bundled trained shapes model (real trajectories, ~13 MB of weights in the package)."""
     from .bundled import shapes
+
+    steps = 30 if quick else 50
+    return _bundled_image_part(shapes, "shapes model (trained, SD architecture, 32x32)", f"SADA, {steps} Euler steps",
+                               steps, out_dir / "shapes_baseline_top_sada_bottom.png", quick, progress)
+
+
+def bundled_dit_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow:
+    """The bundled trained Flux model (``bundled:shapes-dit``, same data and judge as the shapes
+    model): SADA on a DiT with true CFG (two transformer calls per step) on learned weights."""
+    from .bundled import shapes_dit
+
+    steps = shapes_dit.DEFAULT_STEPS
+    return _bundled_image_part(shapes_dit, "shapes-dit model (trained, Flux architecture, 32x32)",
+                               f"SADA, {steps} flow-matching Euler steps", steps,
+                               out_dir / "shapes_dit_baseline_top_sada_bottom.png", quick, progress)
+
+
+def _bundled_image_part(model: Any, part: str, method: str, steps: int, picture: Path, quick: bool,
+                        progress: Progress | None) -> DemoRow:
+    """Baseline vs SADA on a bundled image model (its ``compare``), with the labelled picture."""
     from .visual import save_labelled
 
     progress = progress or _NoProgress()
-    steps = 30 if quick else 50
     repeats = 1 if quick else 3
     progress.expect(2 + 2 * repeats)
-    pipe = _quiet_pipe(shapes.load_pipeline())
-    cmp = shapes.compare(pipe, None, "default", n_prompts=4 if quick else 16, repeats=repeats,
-                         num_inference_steps=steps, on_run=progress.tick)
-    result = _comparison_row("shapes model (trained, SD architecture, 32x32)", f"SADA, {steps} Euler steps", cmp, {
+    pipe = _quiet_pipe(model.load_pipeline())
+    cmp = model.compare(pipe, None, "default", n_prompts=4 if quick else 16, repeats=repeats,
+                        num_inference_steps=steps, on_run=progress.tick)
+    result = _comparison_row(part, method, cmp, {
         "psnr_db": cmp.fidelity["psnr_db"],
         "ssim": cmp.fidelity["ssim"],
         "adherence_baseline": cmp.baseline_adherence.all_correct,
         "adherence_sada": cmp.sada_adherence.all_correct,
     })
     path = save_labelled(
-        _two_rows(cmp.baseline_output, cmp.sada_output), out_dir / "shapes_baseline_top_sada_bottom.png",
+        _two_rows(cmp.baseline_output, cmp.sada_output), picture,
         rows=[f"baseline, {steps} steps", "SADA"],
         caption=picture_caption(result, about="one prompt per column, same seed in both rows"),
     )
@@ -359,12 +378,13 @@ def bundled_notes_part(out_dir: Path, quick: bool, progress: Progress | None = N
 
 #: The parts in the order they run: the trained bundled models first (their numbers mean most).
 PARTS: tuple[Callable[..., DemoRow | None], ...] = (
-    bundled_part, bundled_adasde_part, bundled_notes_part, bundled_notes_adasde_part, testbed_part, image_part, audio_part,
+    bundled_part, bundled_adasde_part, bundled_dit_part, bundled_notes_part, bundled_notes_adasde_part, testbed_part, image_part, audio_part,
 )
 
 #: Bar titles (the row's own part/method names are known only after the part ran).
 _TITLES = {
     bundled_part: "shapes model, SADA", bundled_adasde_part: "shapes model, AdaSDE",
+    bundled_dit_part: "shapes-dit model (Flux), SADA",
     bundled_notes_part: "notes model, SADA", bundled_notes_adasde_part: "notes model, AdaSDE",
     testbed_part: "Gaussian-mixture testbed, SADA", image_part: "SDXL random weights, SADA",
     audio_part: "MusicLDM random weights, SADA",

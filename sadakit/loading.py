@@ -2,7 +2,7 @@
 
 ``tiny:<family>[:medium]`` builds the random-weight test pipelines of ``sadakit.testing``
 (``tiny:sdxl``, ``tiny:sd``, ``tiny:sd-v``, ``tiny:flux``, ``tiny:musicldm``, ...).
-``bundled:shapes`` and ``bundled:notes`` load the trained models shipped in ``sadakit.bundled``
+``bundled:shapes``, ``bundled:shapes-dit`` and ``bundled:notes`` load the trained models shipped in ``sadakit.bundled``
 (through the real ``from_pretrained``), the offline pipelines whose outputs mean something.
 Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users with weights
 (and network or a local copy) get the real loading path.
@@ -14,6 +14,8 @@ import os
 from typing import Any
 
 import torch
+
+from .bundled import NAMES as BUNDLED  # the one list of bundled names
 
 TINY_BUILDERS = {
     "sd": ("tiny_sd_pipeline", {}),
@@ -33,15 +35,11 @@ TINY_BUILDERS = {
 }
 
 
-BUNDLED = ("shapes", "notes")
-
-
 def _bundled_model(which: str) -> Any:
     """The model module of ``bundled:<which>`` (architecture, loader, generation; not its judge)."""
-    from .bundled.notes import model as notes
-    from .bundled.shapes import model as shapes
+    import importlib
 
-    return {"shapes": shapes, "notes": notes}[which]
+    return importlib.import_module(f".bundled.{which.replace('-', '_')}.model", __package__)
 
 
 def load_pipeline(name: str, dtype: str = "float32", device: str | None = None) -> Any:

@@ -3,10 +3,11 @@ calls computed, median wall ratio, fidelity and prompt adherence, all prompts in
 
     python scripts/bench_bundled.py --model shapes --prompts 16 --repeats 3 --threads 1 --json /tmp/bundled_bench.json
     python scripts/bench_bundled.py --model notes --prompts 16 --repeats 3 --threads 1
+    python scripts/bench_bundled.py --model shapes-dit --prompts 16 --repeats 3 --threads 1
 
 (``sadakit bench --pipeline bundled:shapes`` sets SADA beside the peer accelerators, one prompt
 per case; this script is the bundled models' own ``compare``, the numbers of docs/bundled_models.md.)
-Writes a comparison picture (baseline row over SADA rows) of the shapes model if asked.
+Writes a comparison picture (baseline row over SADA rows) of an image model (shapes, shapes-dit) if asked.
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ import torch
 
 import sadakit
 from sadakit.bench.script_args import script_parser, start, write_json
-from sadakit.bundled import notes, shapes
+from sadakit.bundled import notes, shapes, shapes_dit
+
+MODELS = {"shapes": shapes, "shapes-dit": shapes_dit, "notes": notes}
 
 
 def main() -> None:
     ap = script_parser(__doc__, repeats=3, threads=1)
-    ap.add_argument("--model", choices=("shapes", "notes"), default="shapes")
+    ap.add_argument("--model", choices=tuple(MODELS), default="shapes")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--model-dir", type=Path, default=None, help="default: the bundled model")
-    ap.add_argument("--picture", type=Path, default=None, help="shapes only: baseline row over the SADA rows")
+    ap.add_argument("--picture", type=Path, default=None, help="image models only: baseline row over the SADA rows")
     args = ap.parse_args()
     start(args)
-    model = shapes if args.model == "shapes" else notes
+    model = MODELS[args.model]
     pipe = model.load_pipeline(args.model_dir)
     configs = {"default": None, "criterion_only": sadakit.SADAConfig.criterion_only()}
     rows, outputs = [], []
@@ -48,7 +51,7 @@ def main() -> None:
         print(f"| {r['config']} | {r['network_calls']}/{r['denoiser_calls']} | {r['baseline_s']:.2f} | {r['sada_s']:.2f} "
               f"| {r['speedup']:.2f}x | {cells} | {adherence} |")
     write_json(args, rows)
-    if args.picture and args.model == "shapes":
+    if args.picture and args.model != "notes":
         from sadakit.visual import save_labelled
 
         grid = torch.cat([torch.cat(list(images[:8]), dim=-1) for images in outputs], dim=-2)

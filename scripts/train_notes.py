@@ -37,7 +37,18 @@ from safetensors.torch import load_file, save_file
 
 from sadakit.bundled import data_notes as D
 from sadakit.bundled import notes as N
-from sadakit.bundled.training import EMA, Progress, log, optimizer_step, v_prediction_pair, warmup_cosine
+from sadakit.bundled.training import (
+    EMA,
+    Checkpoint,
+    LoopResult,
+    Progress,
+    log,
+    optimizer_step,
+    run_loop,
+    seeded,
+    v_prediction_pair,
+    warmup_cosine,
+)
 
 #: Scratch directory (data banks, stage outputs) and the pipeline directory written to; both
 #: set from ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
@@ -110,8 +121,7 @@ def train_vocoder(steps: int, batch: int, seed: int, crop: int) -> dict:
     Amplitude head: the oscillator bank driven by the *true* f0 (teacher forcing, so spectral
     gradients never pass through a sine's frequency, which is a notoriously bad loss surface),
     log-mel L1 + multi-resolution STFT loss against the original audio."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 1)
+    g = seeded(seed, 1)
     _, waves, f0 = bank_with_f0(2048, seed)
     mels = N.log_mel(waves)
     vocoder = N.build_vocoder()
@@ -177,8 +187,7 @@ def vocoder_quality(vocoder, n_per_prompt: int = 4) -> dict:
 
 
 def train_vae(steps: int, batch: int, seed: int, crop: int) -> dict:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 2)
+    g = seeded(seed, 2)
     _, waves = bank(2048, seed)
     mels = N.log_mel(waves).unsqueeze(1)  # (n, 1, frames, mels)
     vae = N.build_vae().train()
@@ -274,16 +283,16 @@ def current_vocoder():
 
 
 def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, save_every: int = 200,
-               resume: bool = False) -> dict:
+               resume: bool = False, continue_run: bool = False) -> dict:
     """With a pre-trained text branch (``--stage text``) the text encoder is frozen and the 17
     prompt embeddings are computed once; otherwise it trains jointly. ``resume`` starts from
     the UNet saved in the model directory (e.g. one trained while conditioning was dead:
-    its unconditional denoising is a good start)."""
+    its unconditional denoising is a good start); ``continue_run`` continues an interrupted run
+    from its checkpoint in ``WORK`` (same batches as an uninterrupted run)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import ClapModel
 
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 3)
+    g = seeded(seed, 3)
     vae = AutoencoderKL.from_pretrained(WORK / "vae").eval()
     sf = vae.config.scaling_factor
     labels, waves = bank(bank_size, seed)  # the VAE's clips: cached, and no held-out need here
@@ -321,9 +330,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
     ema = EMA(unet, text_encoder)
     ema_unet, ema_te = ema.averaged
 
-    progress = Progress(steps)
-    running = None
-    for step in range(steps):
+    def loss_of_step(step: int) -> torch.Tensor:
         idx = torch.randint(len(means), (batch,), generator=g)
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * sf
         cond = labels[idx] + 1
@@ -337,15 +344,18 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, sav
         noise = torch.randn(z0.shape, generator=g)
         zt, target = v_prediction_pair(z0, noise, alphas_cumprod, t)  # v-prediction: the scheduler's setting
         pred = unet(zt, t, None, class_labels=emb).sample
-        loss = F.mse_loss(pred, target)
-        optimizer_step(loss, opt, sched, params, 1.0)
-        ema.update(step)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            progress(step, f"unet step {step} loss {running:.4f}")
+        return F.mse_loss(pred, target)
+
+    def on_step_end(step: int, result: LoopResult) -> bool:
         if (step + 1) % save_every == 0 or step == steps - 1:
             save_pipeline(vae, ema_te, ema_unet, current_vocoder())
-    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": progress.seconds, "final_loss_ema": running,
+        return False
+
+    result = run_loop(steps, loss_of_step, opt, sched, params, 1.0, ema, "unet", on_step_end=on_step_end,
+                      checkpoint=Checkpoint(WORK / "unet_checkpoint.pt", save_every, continue_run),
+                      modules=(unet, text_encoder), generators=(g,))
+    running = result.running_loss
+    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": running,
             "bank_size": len(means), "resumed": resume, "text_encoder_frozen": frozen_text}
     log(f"unet done {info}")
     return info
@@ -434,7 +444,9 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=800)
     ap.add_argument("--text-steps", type=int, default=300)
     ap.add_argument("--save-every", type=int, default=200)
-    ap.add_argument("--resume", action="store_true", help="unet stage: start from the saved UNet")
+    ap.add_argument("--resume", action="store_true", help="unet stage: start from the saved UNet (fresh optimiser)")
+    ap.add_argument("--continue-run", action="store_true",
+                    help="unet stage: continue an interrupted run from its checkpoint in --work (same batches)")
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=2e-3)
     ap.add_argument("--bank-size", type=int, default=2048)
@@ -458,7 +470,8 @@ def main() -> None:
     if args.stage in ("all", "unet"):
         key = "unet_resumed" if args.resume else "unet"
         record[key] = train_unet(args.unet_steps, args.unet_batch, args.seed + int(args.resume), args.unet_lr,
-                                 args.bank_size, save_every=args.save_every, resume=args.resume)
+                                 args.bank_size, save_every=args.save_every, resume=args.resume,
+                                 continue_run=args.continue_run)
     if args.stage == "install-vocoder":
         # the vocoder finished after the UNet's last save: put it into the pipeline
         install_vocoder()

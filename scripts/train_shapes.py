@@ -30,7 +30,18 @@ from safetensors.torch import save_file
 
 from sadakit.bundled import data_shapes
 from sadakit.bundled import shapes as S
-from sadakit.bundled.training import EMA, Progress, log, optimizer_step, v_prediction_pair, warmup_cosine
+from sadakit.bundled.training import (
+    EMA,
+    Checkpoint,
+    LoopResult,
+    drop_local_paths,
+    encode_latent_bank,
+    log,
+    run_loop,
+    seeded,
+    v_prediction_pair,
+    warmup_cosine,
+)
 
 #: Scratch directory (stage outputs) and the pipeline directory written to; both set from
 #: ``--work`` / ``--out`` (the default ``--out`` is the shipped model).
@@ -51,22 +62,19 @@ def blur_noise(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_vae(steps: int, batch: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    g = seeded(seed)
     vae = S.build_vae().train()
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_of_step(step: int) -> torch.Tensor:
         _, x = data_shapes.sample_batch(batch, g)
         x = x * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        mse = F.mse_loss(rec, x)
-        loss = mse + 1e-6 * post.kl().mean()
-        optimizer_step(loss, opt, sched)
-        if step % 50 == 0 or step == steps - 1:
-            log(f"vae step {step} mse {mse.item():.5f}")
+        return F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+
+    result = run_loop(steps, loss_of_step, opt, sched, label="vae")
     vae.eval()
     with torch.no_grad():
         _, x = data_shapes.sample_batch(512, torch.Generator().manual_seed(seed + 1))
@@ -75,7 +83,7 @@ def train_vae(steps: int, batch: int, seed: int) -> dict:
         test_mse = F.mse_loss(rec, x * 2 - 1).item()
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(WORK / "vae")
-    info = {"steps": steps, "batch": batch, "seconds": time.time() - t0, "test_mse_pm1": test_mse,
+    info = {"steps": steps, "batch": batch, "seconds": result.seconds, "test_mse_pm1": test_mse,
             "scaling_factor": float(1.0 / z.std())}
     log(f"vae done {info}")
     return info
@@ -87,8 +95,7 @@ def finetune_decoder(steps: int, batch: int, seed: int) -> dict:
     UNet can be trained on the encoder's latents before, after or while this runs."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 30)
+    g = seeded(seed, 30)
     vae = AutoencoderKL.from_pretrained(WORK / "vae")
     vae.eval()
     vae.decoder.train()
@@ -97,43 +104,40 @@ def finetune_decoder(steps: int, batch: int, seed: int) -> dict:
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_of_step(step: int) -> torch.Tensor:
         _, x = data_shapes.sample_batch(batch, g)
         x = x * 2 - 1
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=g)
         rec = vae.decode(z).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        optimizer_step(loss, opt, sched)
-        if step % 50 == 0 or step == steps - 1:
-            log(f"decoder step {step} loss {loss.item():.5f}")
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x)
+
+    result = run_loop(steps, loss_of_step, opt, sched, label="decoder")
     vae.eval()
     with torch.no_grad():
         _, x = data_shapes.sample_batch(512, torch.Generator().manual_seed(seed + 1))
         rec = vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample
         test_mse = F.mse_loss(rec, x * 2 - 1).item()
     vae.save_pretrained(WORK / "vae")
-    info = {"steps": steps, "batch": batch, "seconds": time.time() - t0, "test_mse_pm1": test_mse}
+    info = {"steps": steps, "batch": batch, "seconds": result.seconds, "test_mse_pm1": test_mse}
     log(f"decoder done {info}")
     return info
 
 
 def train_classifier(steps: int, batch: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 10)
+    g = seeded(seed, 10)
     model = S.ShapesClassifier().train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    t0 = time.time()
     names = ("shape", "colour", "position")
-    for step in range(steps):
+
+    def loss_of_step(step: int) -> torch.Tensor:
         labels, x = data_shapes.sample_batch(batch, g)
         logits = model(blur_noise(x, g))
-        loss = sum(F.cross_entropy(logits[k], labels[:, i]) for i, k in enumerate(names))
-        optimizer_step(loss, opt, sched)
-        if step % 100 == 0:
-            log(f"classifier step {step} loss {loss.item():.4f}")
+        return sum(F.cross_entropy(logits[k], labels[:, i]) for i, k in enumerate(names))
+
+    result = run_loop(steps, loss_of_step, opt, sched, label="classifier", log_every=100)
     model.eval()
     labels, x = data_shapes.sample_batch(2000, torch.Generator().manual_seed(seed + 11))
     acc = (model.predict(x) == labels).all(dim=1).float().mean().item()
@@ -141,7 +145,7 @@ def train_classifier(steps: int, batch: int, seed: int) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     (CLASSIFIER_DIR / S.CLASSIFIER_CONFIG.name).write_text(json.dumps({"width": model.width, "image_size": data_shapes.IMAGE_SIZE}, indent=2))
-    info = {"steps": steps, "batch": batch, "seconds": time.time() - t0, "heldout_accuracy_all": acc}
+    info = {"steps": steps, "batch": batch, "seconds": result.seconds, "heldout_accuracy_all": acc}
     log(f"classifier done {info}")
     return info
 
@@ -194,22 +198,16 @@ def load_vae():
 
 def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, resume: bool = False,
                save_every: int = 500, eval_every: int = 0, eval_prompts: int = 16,
-               high_noise_frac: float = 0.0, stop_after: int | None = None) -> dict:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 20)
+               high_noise_frac: float = 0.0, stop_after: int | None = None, continue_run: bool = False) -> dict:
+    """``resume`` warm-starts from the saved pipeline (fresh optimiser and schedule);
+    ``continue_run`` continues an interrupted run from its checkpoint in ``WORK``."""
+    g = seeded(seed, 20)
     vae = load_vae()
     sf = vae.config.scaling_factor
     # A bank of encoded latents (posterior samples re-drawn from stored mean/std each step).
     t0 = time.time()
-    labels, means, stds = [], [], []
-    with torch.no_grad():
-        for _ in range(bank_size // 256):
-            lab, x = data_shapes.sample_batch(256, g)
-            post = vae.encode(x * 2 - 1).latent_dist
-            labels.append(lab)
-            means.append(post.mean)
-            stds.append(post.std)
-    labels, means, stds = torch.cat(labels), torch.cat(means), torch.cat(stds)
+    labels, means, stds = encode_latent_bank(lambda x: vae.encode(x * 2 - 1).latent_dist,
+                                             lambda n: data_shapes.sample_batch(n, g), bank_size)
     log(f"latent bank {means.shape} in {time.time() - t0:.0f}s")
 
     tokenizer = S.build_tokenizer()
@@ -227,12 +225,9 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
     scheduler = S.build_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod
     # Unique prompts: index 0 is the empty prompt (CFG's unconditional branch).
-    all_labels = data_shapes.all_labels()
-    prompts = [""] + [l.prompt for l in all_labels]
-    ids = tokenizer(prompts, padding="max_length", max_length=S.TOKENIZER_MAX_LENGTH, truncation=True,
-                    return_tensors="pt").input_ids
-    index_of = {(l.shape, l.colour, l.position): i + 1 for i, l in enumerate(all_labels)}
-    label_index = torch.tensor([index_of[tuple(r)] for r in labels.tolist()])
+    ids = tokenizer(data_shapes.conditioning_prompts(), padding="max_length", max_length=S.TOKENIZER_MAX_LENGTH,
+                    truncation=True, return_tensors="pt").input_ids
+    label_index = data_shapes.conditioning_index(labels)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -240,10 +235,7 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
     ema = EMA(unet, text_encoder)
     ema_unet, ema_te = ema.averaged
 
-    progress = Progress(steps)
-    running = None
-    curve: list[dict] = []
-    for step in range(steps):
+    def loss_of_step(step: int) -> torch.Tensor:
         idx = torch.randint(len(means), (batch,), generator=g)
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)) * sf
         cond = label_index[idx].clone()
@@ -258,12 +250,9 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
         zt, target = v_prediction_pair(z0, noise, alphas_cumprod, t)
         pred = unet(zt, t, hidden).sample
         w = v_loss_weight(alphas_cumprod, t)
-        loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        optimizer_step(loss, opt, sched, params, 1.0)
-        ema.update(step)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            progress(step, f"unet step {step} loss {running:.4f}")
+        return (w * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    def on_step_end(step: int, result: LoopResult) -> bool:
         last = step == steps - 1 or step + 1 == stop_after
         if (step + 1) % save_every == 0 or last:
             save_pipeline(vae, ema_te, ema_unet)
@@ -273,11 +262,15 @@ def train_unet(steps: int, batch: int, seed: int, lr: float, bank_size: int, res
             pipe = S.assemble_pipeline(vae, ema_te, ema_unet)
             pipe.set_progress_bar_config(disable=True)
             res = S.evaluate(pipe, n_prompts=eval_prompts, seeds=(0,), classifier=classifier())
-            curve.append({"step": step + 1, "seconds": progress.seconds, **res.as_dict()})
+            result.history.append({"step": step + 1, "seconds": result.seconds, **res.as_dict()})
             log(f"unet step {step + 1} adherence {res.as_dict()} ({time.time() - t_eval:.0f}s)")
-        if step + 1 == stop_after:
-            break
-    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": progress.seconds, "final_loss_ema": running,
+        return step + 1 == stop_after
+
+    result = run_loop(steps, loss_of_step, opt, sched, params, 1.0, ema, "unet", on_step_end=on_step_end,
+                      checkpoint=Checkpoint(WORK / "unet_checkpoint.pt", save_every, continue_run),
+                      modules=(unet, text_encoder), generators=(g,))
+    running, curve = result.running_loss, result.history
+    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": running,
             "bank_size": len(means), "resumed": resume, "high_noise_frac": high_noise_frac,
             "stopped_after": stop_after, "prediction_type": scheduler.config.prediction_type,
             "zero_terminal_snr": scheduler.config.rescale_betas_zero_snr, "adherence_curve": curve}
@@ -290,15 +283,6 @@ def save_pipeline(vae, text_encoder, unet) -> None:
     pipe.save_pretrained(OUT, safe_serialization=True)
     drop_local_paths(OUT)
     log(f"saved pipeline to {OUT}")
-
-
-def drop_local_paths(model_dir: Path) -> None:
-    """Remove ``_name_or_path`` (this machine's directory, set by ``from_pretrained`` when
-    resuming) from the saved configs: the shipped files should not name a local path."""
-    for config in model_dir.glob("*/config.json"):
-        data = json.loads(config.read_text())
-        if data.pop("_name_or_path", None) is not None:
-            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def evaluate(n_prompts: int | None, seeds: tuple[int, ...]) -> dict:
@@ -385,7 +369,10 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=1300)
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=2e-3)
-    ap.add_argument("--resume", action="store_true", help="unet stage: continue from the saved weights")
+    ap.add_argument("--resume", action="store_true",
+                    help="unet stage: warm-start from the saved weights (fresh optimiser, schedule and batches)")
+    ap.add_argument("--continue-run", action="store_true",
+                    help="unet stage: continue an interrupted run from its checkpoint in --work (same batches)")
     ap.add_argument("--bank-size", type=int, default=8192)
     ap.add_argument("--save-every", type=int, default=500, help="unet stage: save the EMA pipeline every N steps")
     ap.add_argument("--eval-every", type=int, default=0,
@@ -417,7 +404,8 @@ def main() -> None:
         key = "unet_resumed" if args.resume else "unet"
         seed = args.seed + 1 if args.resume else args.seed  # fresh batches when continuing
         record[key] = train_unet(args.unet_steps, args.unet_batch, seed, args.unet_lr, args.bank_size, args.resume,
-                                 args.save_every, args.eval_every, args.eval_prompts, args.high_noise_frac, args.stop_after)
+                                 args.save_every, args.eval_every, args.eval_prompts, args.high_noise_frac, args.stop_after,
+                                 args.continue_run)
     if args.stage == "install-vae":
         # the decoder was fine-tuned while the UNet trained: put the final VAE in the pipeline
         from diffusers import AutoencoderKL

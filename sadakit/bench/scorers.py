@@ -60,7 +60,8 @@ def fidelity_for(pipe: Any) -> Fidelity:
 
 
 #: ``bundled:<name>`` -> the module whose ``scorer()`` builds that model's judge.
-JUDGES = {"shapes": "sadakit.bundled.shapes.judging", "notes": "sadakit.bundled.notes.judging"}
+JUDGES = {"shapes": "sadakit.bundled.shapes.judging", "shapes-dit": "sadakit.bundled.shapes_dit.judging",
+          "notes": "sadakit.bundled.notes.judging"}
 
 
 def judge_for(pipeline_name: str) -> Judge | None:

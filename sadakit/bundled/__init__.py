@@ -11,6 +11,8 @@ Each model is a namespace with the same names (``load_pipeline``, ``generate``, 
 * :mod:`sadakit.bundled.shapes`: a ``StableDiffusionPipeline`` (32x32 px) trained on
   :mod:`sadakit.bundled.data_shapes` ("a red circle in the top left"), plus an independent
   classifier that measures prompt adherence.
+* :mod:`sadakit.bundled.shapes_dit` (``bundled:shapes-dit``): a ``FluxPipeline`` (the Flux
+  architecture, flow matching) trained on the same data and judged by the same classifier.
 * :mod:`sadakit.bundled.notes`: a ``MusicLDMPipeline`` (1.28 s at 16 kHz) trained on
   :mod:`sadakit.bundled.data_notes` ("a soft note C4"); pitch adherence is measured by DSP.
 
@@ -18,12 +20,12 @@ Each model is a namespace with the same names (``load_pipeline``, ``generate``, 
     pipe = shapes.load_pipeline()
     print(shapes.evaluate(pipe, n_prompts=12))
 
-Training: ``scripts/train_shapes.py``, ``scripts/train_notes.py``; numbers and commands: ``docs/bundled_models.md``.
+Training: ``scripts/train_shapes.py``, ``scripts/train_shapes_dit.py``, ``scripts/train_notes.py``; numbers and commands: ``docs/bundled_models.md``.
 """
 
 from ._files import MODELS_DIR, BundledModelError, check_model_dir
 
-#: The ``bundled:<name>`` pipelines, each a subpackage of this one.
-NAMES = ("shapes", "notes")
+#: The ``bundled:<name>`` pipelines, each a subpackage of this one (``-`` in a name is ``_`` in its module).
+NAMES = ("shapes", "shapes-dit", "notes")
 
 __all__ = ["MODELS_DIR", "NAMES", "BundledModelError", "check_model_dir"]

@@ -70,3 +70,30 @@ def load_safetensors_checked(path: Path) -> dict[str, torch.Tensor]:
         raise BundledModelError(f"bundled model file is missing: {path}")
     _check_safetensors(path)
     return load_file(str(path))
+
+
+def check_loaded_weights(components: dict[str, object], model_dir: Path) -> None:
+    """Raise :class:`BundledModelError` if ``from_pretrained`` initialised any weight of a loaded
+    component at random because its safetensors file lacks it (a config that no longer matches
+    the weights). Why: diffusers and transformers only log a warning then, and the pipeline would
+    generate noise. Weights tied to a stored one (same storage) count as stored."""
+    from torch import nn
+
+    for name, module in components.items():
+        if not isinstance(module, nn.Module):
+            continue
+        files = sorted((model_dir / name).glob("*.safetensors"))
+        if not files:
+            continue
+        stored: set[str] = set()
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                stored.update(handle.keys())
+        state = module.state_dict()
+        stored_storage = {state[k].untyped_storage().data_ptr() for k in stored if k in state}
+        missing = [k for k, v in state.items() if k not in stored and v.untyped_storage().data_ptr() not in stored_storage]
+        if missing:
+            raise BundledModelError(
+                f"bundled model file does not match its config: {files[0]} lacks {len(missing)} weight(s) that "
+                f"{model_dir / name / 'config.json'} asks for (e.g. {missing[0]!r}); restore the directory"
+            )

@@ -133,3 +133,15 @@ def sample_batch(n: int, generator: torch.Generator, size: int = IMAGE_SIZE) -> 
 def prompts_of(labels: torch.Tensor) -> list[str]:
     """The prompt of every label row."""
     return [prompt_for(int(s), int(c), int(p)) for s, c, p in labels.tolist()]
+
+
+def conditioning_prompts() -> list[str]:
+    """The prompts a text-to-image model trains on: index 0 is the empty prompt (classifier-free
+    guidance's unconditional branch), then every label's prompt in :func:`all_labels` order."""
+    return [""] + [label.prompt for label in all_labels()]
+
+
+def conditioning_index(labels: torch.Tensor) -> torch.Tensor:
+    """Each ``(shape, colour, position)`` row's index in :func:`conditioning_prompts`."""
+    index_of = {(l.shape, l.colour, l.position): i + 1 for i, l in enumerate(all_labels())}
+    return torch.tensor([index_of[tuple(row)] for row in labels.tolist()])
