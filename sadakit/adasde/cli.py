@@ -150,7 +150,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--testbed", help="a sadakit.testbeds configuration name, e.g. gmm2d-8")
     src.add_argument("--factory", help="module:function returning (denoiser, sample_noise, meta)")
-    src.add_argument("--pipeline", help="hub id, local directory or offline name (tiny:sdxl, bundled:shapes, bundled:notes)")
+    src.add_argument("--pipeline", help="hub id, local directory or offline name (tiny:sdxl, bundled:shapes, bundled:shapes-dit, bundled:notes)")
     d.add_argument("--prompt", action="append", default=[],
                    help="--pipeline: a prompt (repeat for several; default for bundled:*: its evaluation prompts)")
     d.add_argument("--guidance", type=float, default=None,
