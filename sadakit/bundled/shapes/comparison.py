@@ -7,34 +7,43 @@ from typing import Any, Callable
 import torch
 
 from ..comparison import Comparison, compare_sada
+from . import model as shapes_model
 from .judging import ShapesClassifier, adherence, load_classifier
-from .model import DEFAULT_GUIDANCE, DEFAULT_STEPS, eval_prompts, generate
 
 
-def compare(
-    pipe: Any,
-    config: Any = None,
-    config_name: str = "default",
-    n_prompts: int = 24,
-    seed: int = 0,
-    repeats: int = 3,
-    num_inference_steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
-    classifier: ShapesClassifier | None = None,
-    on_run: Callable[[str], None] | None = None,
-) -> Comparison:
-    """Baseline and ``sadakit.accelerate(pipe, config)`` on the first ``n_prompts`` of :func:`eval_prompts`,
-    all in one batch (one pipeline call, so a wall time is one generation's)."""
-    from sadakit.bench.scorers import image_fidelity
+def comparison_for(model: Any) -> Callable[..., Comparison]:
+    """``compare`` for a model of the shapes data (its module's prompts, ``generate`` and default
+    sampling): the UNet and the DiT model are compared the same way, by the same classifier."""
 
-    prompts = eval_prompts(n_prompts)
-    classifier = classifier if classifier is not None else load_classifier()
+    def compare(
+        pipe: Any,
+        config: Any = None,
+        config_name: str = "default",
+        n_prompts: int = 24,
+        seed: int = 0,
+        repeats: int = 3,
+        num_inference_steps: int = model.DEFAULT_STEPS,
+        guidance_scale: float = model.DEFAULT_GUIDANCE,
+        classifier: ShapesClassifier | None = None,
+        on_run: Callable[[str], None] | None = None,
+    ) -> Comparison:
+        """Baseline and ``sadakit.accelerate(pipe, config)`` on the first ``n_prompts`` evaluation
+        prompts, all in one batch (one pipeline call, so a wall time is one generation's)."""
+        from sadakit.bench.scorers import image_fidelity
 
-    def run(steps: int) -> torch.Tensor:
-        return generate(pipe, prompts, seed, steps, guidance_scale, batch_size=len(prompts))
+        prompts = model.eval_prompts(n_prompts)
+        judge = classifier if classifier is not None else load_classifier()
 
-    return compare_sada(
-        pipe, run, prompts, num_inference_steps, lambda test, ref: image_fidelity(test, ref, lpips=False),
-        lambda images: adherence(images, prompts, classifier), lambda images: images,
-        config, config_name, repeats, on_run,
-    )
+        def run(steps: int) -> torch.Tensor:
+            return model.generate(pipe, prompts, seed, steps, guidance_scale, batch_size=len(prompts))
+
+        return compare_sada(
+            pipe, run, prompts, num_inference_steps, lambda test, ref: image_fidelity(test, ref, lpips=False),
+            lambda images: adherence(images, prompts, judge), lambda images: images,
+            config, config_name, repeats, on_run,
+        )
+
+    return compare
+
+
+compare = comparison_for(shapes_model)

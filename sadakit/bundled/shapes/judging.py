@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,10 +18,7 @@ from torch import nn
 from sadakit.bundled import data_shapes
 from sadakit.bundled._files import MODELS_DIR, load_safetensors_checked
 
-if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
-
-from .model import DEFAULT_GUIDANCE, DEFAULT_STEPS, eval_prompts, generate
+from . import model as shapes_model
 
 CLASSIFIER_FILE = MODELS_DIR / "shapes-classifier" / "model.safetensors"
 CLASSIFIER_CONFIG = MODELS_DIR / "shapes-classifier" / "config.json"
@@ -118,21 +115,31 @@ def adherence(
     )
 
 
-def evaluate(
-    pipe: StableDiffusionPipeline,
-    n_prompts: int | None = None,
-    seeds: tuple[int, ...] = (0,),
-    num_inference_steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
-    classifier: ShapesClassifier | None = None,
-) -> AdherenceResult:
-    """Prompt adherence of ``pipe`` over :func:`eval_prompts` x ``seeds``."""
-    prompts = eval_prompts(n_prompts)
-    all_images, all_prompts = [], []
-    for seed in seeds:
-        all_images.append(generate(pipe, prompts, 1000 * seed, num_inference_steps, guidance_scale))
-        all_prompts += prompts
-    return adherence(torch.cat(all_images), all_prompts, classifier)
+def evaluator_for(model: Any) -> Callable[..., AdherenceResult]:
+    """``evaluate`` for a model of the shapes data (its module's ``eval_prompts``, ``generate``
+    and default sampling), judged by this one classifier: the UNet and the DiT model share it."""
+
+    def evaluate(
+        pipe: Any,
+        n_prompts: int | None = None,
+        seeds: tuple[int, ...] = (0,),
+        num_inference_steps: int = model.DEFAULT_STEPS,
+        guidance_scale: float = model.DEFAULT_GUIDANCE,
+        classifier: ShapesClassifier | None = None,
+    ) -> AdherenceResult:
+        """Prompt adherence of ``pipe`` over ``eval_prompts`` x ``seeds`` (seed ``s`` gives image
+        ``i`` the noise seed ``1000 s + i``)."""
+        prompts = model.eval_prompts(n_prompts)
+        all_images, all_prompts = [], []
+        for seed in seeds:
+            all_images.append(model.generate(pipe, prompts, 1000 * seed, num_inference_steps, guidance_scale))
+            all_prompts += prompts
+        return adherence(torch.cat(all_images), all_prompts, classifier)
+
+    return evaluate
+
+
+evaluate = evaluator_for(shapes_model)
 
 
 def scorer(classifier: ShapesClassifier | None = None) -> Callable[[torch.Tensor, str], dict[str, float]]:

@@ -7,7 +7,7 @@ code: the model itself (:mod:`.model`) does not need it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
@@ -16,35 +16,18 @@ from sadakit.bundled.shapes.judging import (
     AdherenceResult,
     ShapesClassifier,
     adherence,
+    evaluator_for,
     load_classifier,
 )
 from sadakit.bundled.shapes.judging import scorer as _shapes_scorer
 
-from .model import DEFAULT_GUIDANCE, DEFAULT_STEPS, eval_prompts, generate
-
-if TYPE_CHECKING:
-    from diffusers import FluxPipeline
+from . import model as dit_model
 
 __all__ = ["CLASSIFIER_FILE", "AdherenceResult", "ShapesClassifier", "adherence", "load_classifier", "evaluate",
            "scorer"]
 
-
-def evaluate(
-    pipe: FluxPipeline,
-    n_prompts: int | None = None,
-    seeds: tuple[int, ...] = (0,),
-    num_inference_steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
-    classifier: ShapesClassifier | None = None,
-) -> AdherenceResult:
-    """Prompt adherence of ``pipe`` over :func:`eval_prompts` x ``seeds`` (seed ``s`` gives
-    image ``i`` the noise seed ``1000 s + i``, as the shapes model's evaluation does)."""
-    prompts = eval_prompts(n_prompts)
-    all_images, all_prompts = [], []
-    for seed in seeds:
-        all_images.append(generate(pipe, prompts, 1000 * seed, num_inference_steps, guidance_scale))
-        all_prompts += prompts
-    return adherence(torch.cat(all_images), all_prompts, classifier)
+#: prompt adherence of a shapes-dit pipeline over its evaluation prompts x seeds
+evaluate = evaluator_for(dit_model)
 
 
 def scorer(classifier: ShapesClassifier | None = None) -> Callable[[torch.Tensor, str], dict[str, float]]:
