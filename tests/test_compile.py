@@ -34,7 +34,8 @@ def _case(kind: str):
 
 
 @pytest.mark.parametrize(("kind", "config", "how"), [  # without fullgraph (fullgraph: below)
-    ("sd-controlnet", None, "wrapper, before accelerate"),  # pipe.unet = torch.compile(pipe.unet)
+    # pipe.unet = torch.compile(pipe.unet); slow: the fullgraph test below compiles SD-ControlNet too
+    pytest.param("sd-controlnet", None, "wrapper, before accelerate", marks=pytest.mark.slow),
     ("flux", sadakit.SADAConfig(skip_steps=False, max_token_fraction=1.0), "in place"),  # partial token calls
 ])
 def test_compiled_denoiser_gives_the_eager_result_and_compiles_once(kind, config, how):
