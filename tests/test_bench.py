@@ -361,9 +361,11 @@ def test_bench_on_wan_runs_the_video_caches_each_knob_a_row():
                        call_kwargs=default_call_kwargs("tiny:wan"), progress=False, sweep=False)
     rows = {r["method"]: r for r in summarize(result)}
     expected = {"baseline", "sada", "fewer-steps:0.5", "fbcache:0.2", "fbcache:0.5", "magcache:0.1", "taylorseer:3",
-                "pab:2", "cache-dit:0.3", "cache-dit:0.6"}
+                "cache-dit:0.3", "cache-dit:0.6"}
     assert set(rows) == expected, result.not_applicable
+    # one cache per block shared by the cond and uncond calls: refused with the reason
     assert "separate calls" in result.not_applicable["fastercache"]
+    assert "PAB's hook keeps one attention cache per block" in result.not_applicable["pab:2"]
     for name, row in rows.items():  # per-frame and temporal fidelity for every row
         assert row["psnr_db"] > 20 and row["temporal_psnr_db"] > 20 and 0.5 < row["ssim"] <= 1, (name, row)
     assert rows["sada"]["denoiser_forwards"] < rows["baseline"]["denoiser_forwards"] == 16  # both CFG branches counted
@@ -384,3 +386,21 @@ def test_bench_on_hunyuan_video_runs_every_peer_each_knob_a_row():
     for name, row in rows.items():  # per-frame and temporal fidelity for every row
         assert row["psnr_db"] > 20 and row["temporal_psnr_db"] > 20 and 0.5 < row["ssim"] <= 1, (name, row)
     assert rows["sada"]["denoiser_forwards"] < rows["baseline"]["denoiser_forwards"] == 8
+
+
+def test_one_cache_per_block_methods_are_refused_for_separate_cfg_calls():
+    """PAB and FasterCache keep one cache per block for every call: with the CFG branches as
+    separate calls the uncond call would reuse the cond call's attention, so the bench refuses."""
+    from sadakit.bench.methods import parse_method
+    from sadakit.loading import load_pipeline
+
+    flux, wan = load_pipeline("tiny:flux"), load_pipeline("tiny:wan")
+    for spec in ("pab:2", "fastercache:2"):
+        method = parse_method(spec)
+        assert method.not_applicable_to_call(flux, {"num_inference_steps": 4}) is None  # one call per step
+        assert method.not_applicable_to_call(flux, {"true_cfg_scale": 1.0, "negative_prompt": "x"}) is None
+        assert "separate calls" in method.not_applicable_to_call(flux, {"true_cfg_scale": 4.0, "negative_prompt": ""})
+        assert method.not_applicable_to_call(flux, {"true_cfg_scale": 4.0}) is None  # no negative prompt: no true CFG
+        assert "separate calls" in method.not_applicable_to_call(wan, {})  # WanPipeline's default guidance is 5
+        assert method.not_applicable_to_call(wan, {"guidance_scale": 1.0}) is None
+    assert parse_method("fbcache:0.5").not_applicable_to_call(wan, {}) is None  # its state follows cache_context

@@ -166,8 +166,9 @@ def run_bench(
     parsed = [parse_method(s, adasde_file) for s in expand_specs(methods, sweep=sweep)]
     not_applicable = {}
     usable = []
+    call = {"num_inference_steps": steps, **(call_kwargs or {})}
     for m in parsed:
-        reason = m.not_applicable(pipe)
+        reason = m.not_applicable(pipe) or m.not_applicable_to_call(pipe, call)
         if reason:
             not_applicable[m.label] = reason
         else:
