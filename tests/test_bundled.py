@@ -107,6 +107,21 @@ def test_truncated_weights_are_named(tmp_path: Path) -> None:
         shapes.load_pipeline(broken)
 
 
+def test_a_weight_missing_from_its_file_is_named(tmp_path: Path) -> None:
+    """A UNet file without one of the tensors its config asks for: diffusers would initialise it
+    at random with only a warning; the loader refuses, naming the file."""
+    from safetensors.torch import load_file, save_file
+
+    broken = _copy(tmp_path)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    dropped = sorted(k for k in tensors if k.endswith(".weight"))[len(tensors) // 3]
+    del tensors[dropped]
+    save_file(tensors, weights)
+    with pytest.raises(BundledModelError, match="unet/diffusion_pytorch_model.safetensors lacks 1 weight"):
+        shapes.load_pipeline(broken)
+
+
 def test_garbage_config_is_named(tmp_path: Path) -> None:
     broken = _copy(tmp_path)
     (broken / "unet" / "config.json").write_text("{not json")
