@@ -97,3 +97,18 @@ def check_loaded_weights(components: dict[str, object], model_dir: Path) -> None
                 f"bundled model file does not match its config: {files[0]} lacks {len(missing)} weight(s) that "
                 f"{model_dir / name / 'config.json'} asks for (e.g. {missing[0]!r}); restore the directory"
             )
+
+
+def loaded_for_inference(pipe, model_dir: Path):
+    """A bundled pipeline just loaded by ``from_pretrained``, ready to sample: no weight left
+    initialised at random (:func:`check_loaded_weights`), every module in eval mode, the
+    progress bar off. One place for what every bundled loader does after loading."""
+    from torch import nn
+
+    check_loaded_weights(pipe.components, model_dir)
+    for component in pipe.components.values():
+        if isinstance(component, nn.Module):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+

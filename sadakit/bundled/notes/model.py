@@ -22,7 +22,7 @@ from torch import nn
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTokenizer
 
 from sadakit.bundled import data_notes
-from sadakit.bundled._files import MODELS_DIR, check_loaded_weights, check_model_dir
+from sadakit.bundled._files import MODELS_DIR, check_model_dir, loaded_for_inference
 from sadakit.bundled.harmonic_vocoder import HarmonicVocoder
 from sadakit.bundled.tokenizers import roberta_tokenizer, roberta_vocab
 
@@ -245,13 +245,8 @@ def load_pipeline(path: Path | str | None = None, torch_dtype: torch.dtype = tor
         raise ValueError(f"could not load the bundled notes model from {model_dir}: {exc}") from exc
     finally:
         pipeline_logger.removeFilter(expected_vocoder_warning)
-    check_loaded_weights(pipe.components, model_dir)  # nothing silently initialised at random
     ensure_musicldm_compat(pipe)
-    for component in pipe.components.values():
-        if isinstance(component, nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return loaded_for_inference(pipe, model_dir)
 
 
 class _DropMessages(logging.Filter):

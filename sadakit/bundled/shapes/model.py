@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sadakit.bundled import data_shapes
-from sadakit.bundled._files import MODELS_DIR, check_loaded_weights, check_model_dir
+from sadakit.bundled._files import MODELS_DIR, check_model_dir, loaded_for_inference
 from sadakit.bundled.tokenizers import clip_tokenizer, clip_vocab
 
 MODEL_DIR = MODELS_DIR / "shapes-sd"
@@ -175,12 +174,7 @@ def load_pipeline(path: Path | str | None = None, torch_dtype: torch.dtype = tor
         )
     except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
         raise ValueError(f"could not load the bundled shapes model from {model_dir}: {exc}") from exc
-    check_loaded_weights(pipe.components, model_dir)  # nothing silently initialised at random
-    for component in pipe.components.values():
-        if isinstance(component, nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return loaded_for_inference(pipe, model_dir)
 
 
 def eval_prompts(n: int | None = None) -> list[str]:

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from sadakit.bundled import data_shapes
-from sadakit.bundled._files import MODELS_DIR, check_loaded_weights, check_model_dir
+from sadakit.bundled._files import MODELS_DIR, check_model_dir, loaded_for_inference
 from sadakit.bundled.tokenizers import clip_tokenizer, clip_vocab, t5_tokenizer, t5_vocab
 
 # The prompt set, prompt order and image conversion are the shapes model's: the same data and judge.
@@ -152,12 +151,7 @@ def load_pipeline(path: Path | str | None = None, torch_dtype: torch.dtype = tor
         pipe = FluxPipeline.from_pretrained(model_dir, local_files_only=True, torch_dtype=torch_dtype)
     except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
         raise ValueError(f"could not load the bundled shapes-dit model from {model_dir}: {exc}") from exc
-    check_loaded_weights(pipe.components, model_dir)  # nothing silently initialised at random
-    for component in pipe.components.values():
-        if isinstance(component, nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return loaded_for_inference(pipe, model_dir)
 
 
 def generate(
