@@ -157,6 +157,17 @@ class SADAConfig:
     def enabled(self) -> bool:
         return self.skip_steps or self.token_sparsity
 
+    @property
+    def budget_planned(self) -> bool:
+        """Whether a budget plan decides the calls: it computes whole calls or none, so token
+        sparsity never acts and no block residual needs keeping."""
+        return self.skip_steps and self.budget is not None
+
+    @property
+    def prunes_tokens(self) -> bool:
+        """Whether some call of a generation may run its blocks on part of the tokens."""
+        return self.token_sparsity and not self.budget_planned
+
     @classmethod
     def disabled(cls) -> "SADAConfig":
         """Hooks installed, nothing skipped or pruned: outputs stay bit-identical (for testing)."""

@@ -135,5 +135,15 @@ def test_budget_on_a_tiny_sd_pipeline_runs_the_planned_forwards(sd_vpred_pipe):
     assert rep.decisions == "".join("F" if n in plan else "S" for n in range(20))
     assert rep.partial_calls == 0
     assert torch.isfinite(out).all() and psnr(out, base) > 20
+    # a plan computes whole calls or none: no block residual is kept for partial calls that never come
+    assert any("token sparsity off under SADAConfig.budget" in note for note in rep.notes), rep.notes
+    sadakit.accelerate(pipe, sadakit.SADAConfig(budget=0.3, token_sparsity=False))
+    try:
+        whole = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
+        rep_whole = sadakit.report(pipe)
+    finally:
+        sadakit.remove(pipe)
+    assert torch.equal(whole, out)
+    assert rep.cache_bytes == rep_whole.cache_bytes > 0
     again = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
     assert torch.equal(again, base)

@@ -51,7 +51,7 @@ class Decider:
             warmup = max(warmup, round(cfg.warmup_fraction * expected))
             if n >= expected - cfg.final_calls:
                 return "final"
-        if cfg.skip_steps and cfg.budget is not None:
+        if cfg.budget_planned:
             if expected is None:
                 self.note("SADAConfig.budget needs the generation's number of calls (the scheduler's timesteps); "
                           "every call computed")

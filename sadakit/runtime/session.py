@@ -83,7 +83,7 @@ class SADASession:
             self._note,
         )
         self.decider = Decider(config, denoiser.latent_to_grid, self._note)
-        self.tokens = TokenCache(token_blocks, config.token_sparsity, config.token_resolutions == "highest",
+        self.tokens = TokenCache(token_blocks, config.prunes_tokens, config.token_resolutions == "highest",
                                  self.accounting.account_block,
                                  self.accounting.block_flops)
         self.state: GenerationState | None = None
@@ -218,6 +218,8 @@ class SADASession:
             state.judged = False
             self._note(reason)
         self.tokens.latent_grid, self.tokens.step_rows = state.latent_grid, b
+        if self.config.token_sparsity and self.config.budget_planned and self.token_blocks:
+            self._note("token sparsity off under SADAConfig.budget: a budget plan computes whole calls or none")
         self._find_context_group()
         if self.context_group is not None and self.config.enabled:
             import torch.distributed as dist
