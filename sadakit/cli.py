@@ -225,10 +225,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.images_per_prompt > 1:
         key = "num_waveforms_per_prompt" if output_kind_of(pipe) == "audio" else "num_images_per_prompt"
         call_kwargs[key] = args.images_per_prompt
+    shapes = ({},) if args.budget_only else sadakit.tuning.PLAN_SHAPES
     preset = sadakit.tune(pipe, prompts, args.target, steps=args.steps, seeds=args.seeds, coverage=args.coverage,
-                          call_kwargs=call_kwargs)
+                          call_kwargs=call_kwargs, plan_shapes=shapes)
     path = preset.save(args.out)
-    print(json.dumps({"preset": str(path), "budget": preset.config.budget, "held": preset.held,
+    config = preset.config
+    print(json.dumps({"preset": str(path), "budget": config.budget, "final_calls": config.final_calls,
+                      "budget_order": config.budget_order, "held": preset.held,
                       "target_db": preset.target_db, "steps": preset.steps}))
     return 0
 
@@ -308,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", type=positive_int, default=None)
     tune.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     tune.add_argument("--device", default=None)
+    tune.add_argument("--budget-only", action="store_true",
+                      help="search the budget with the default plan only (default: also the plan shapes of "
+                           "sadakit.tuning.PLAN_SHAPES, up to 4 runs per budget)")
     tune.add_argument("--out", required=True, help="preset file to write (JSON)")
     tune.set_defaults(func=_cmd_tune)
 

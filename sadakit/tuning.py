@@ -1,7 +1,8 @@
 """Tune SADA to a fidelity target: the cheapest budget that holds it, saved as a small preset.
 
 ``tune(pipe, prompts, target=40)`` generates every calibration (prompt, seed) at the full step
-count, then tries ``SADAConfig(budget=b)`` from the cheapest ``b`` up and returns the first for
+count, then tries ``SADAConfig(budget=b)`` from the cheapest ``b`` up, each in a few plan shapes
+(:data:`PLAN_SHAPES`), and returns the first for
 which a fraction ``coverage`` (0.9) of the calibration outputs is at least ``target`` dB PSNR
 from its full-step output (per output row, over the reference's range; latents where the
 pipeline can return them, so one rule serves images, audio and video). A quantile and not the
@@ -31,6 +32,13 @@ PRESET_FORMAT = "sadakit.preset"
 PRESET_VERSION = 1
 #: Budgets tried, cheapest first (fractions of the denoiser calls computed).
 DEFAULT_BUDGETS = (0.12, 0.16, 0.2, 0.25, 0.3, 0.33, 0.36, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: Shapes of the budget plan tried at each budget, in order (SADAConfig fields over ``base``).
+#: Why more than one: which plan keeps a model closest depends on the model (docs/frontier.md,
+#: "plan shapes"): the UNet models lose 2-10 dB without their last two calls computed, the
+#: flow-matching Flux model gains 6-10 dB at 0.5 and 0.25 of the calls by spending them on an
+#: even grid instead; at ``budget_order=0`` with no final calls a plan is "fewer steps" on a
+#: subgrid of the schedule.
+PLAN_SHAPES: tuple[dict, ...] = ({}, {"final_calls": 0}, {"budget_order": 0}, {"final_calls": 0, "budget_order": 0})
 
 Generate = Callable[[Any, Any, int, int], torch.Tensor]
 
@@ -150,10 +158,12 @@ def held_fraction(psnrs: torch.Tensor, target: float) -> float:
 
 def tune(pipe: Any, prompts: Sequence[Any], target: float, *, steps: int = 50, seeds: Iterable[int] = (0,),
          budgets: Sequence[float] = DEFAULT_BUDGETS, coverage: float = 0.9, base: SADAConfig | None = None,
-         call_kwargs: dict | None = None, generate: Generate | None = None) -> Preset:
-    """The cheapest ``SADAConfig(budget=b)`` (over ``budgets``, on top of ``base``) for which at
-    least ``coverage`` of the calibration outputs are ``target`` dB PSNR or more from their
-    full-step output. The pipeline is left unaccelerated."""
+         call_kwargs: dict | None = None, generate: Generate | None = None,
+         plan_shapes: Sequence[dict] = PLAN_SHAPES) -> Preset:
+    """The cheapest ``SADAConfig(budget=b, **shape)`` (over ``budgets``, cheapest first, then
+    ``plan_shapes`` in order, on top of ``base``) for which at least ``coverage`` of the
+    calibration outputs are ``target`` dB PSNR or more from their full-step output. The
+    pipeline is left unaccelerated. ``plan_shapes=({},)`` searches the budget alone."""
     from .api import accelerate, remove
 
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
@@ -168,25 +178,39 @@ def tune(pipe: Any, prompts: Sequence[Any], target: float, *, steps: int = 50, s
     if not seeds:
         raise ValueError("sadakit.tune: give at least one calibration seed")
     base = base if base is not None else SADAConfig()
+    shapes = [dict(shape) for shape in plan_shapes]
+    if not shapes:
+        raise ValueError("sadakit.tune: plan_shapes must hold at least one shape ({} is the base config's own)")
     candidates = sorted({float(b) for b in budgets})
+    fields = {f.name for f in attrs.fields(SADAConfig)}
+    for shape in shapes:
+        unknown = sorted(set(shape) - fields)
+        if unknown or "budget" in shape:
+            raise ValueError(f"sadakit.tune: plan shape {shape!r} names {', '.join(unknown) or 'budget'}; "
+                             "a shape sets SADAConfig fields other than budget")
     for b in candidates:
-        attrs.evolve(base, budget=b)  # every budget is validated before anything runs
+        for shape in shapes:
+            attrs.evolve(base, budget=b, **shape)  # every configuration is validated before anything runs
     generate = generate or default_generate(call_kwargs)
     cases = [(p, s) for p in prompts for s in seeds]
     remove(pipe)
     references = [generate(pipe, p, s, steps) for p, s in cases]
     tried = []
     for b in candidates:
-        config = attrs.evolve(base, budget=b)
-        accelerate(pipe, config)
-        try:
-            psnrs = torch.cat([row_psnr_db(generate(pipe, p, s, steps), ref) for (p, s), ref in zip(cases, references)])
-        finally:
-            remove(pipe)
-        held = held_fraction(psnrs, target)
-        tried.append(f"{b:g}: {held:.0%}")
-        if held >= coverage:
-            return Preset(config=config, **identity(pipe), steps=steps, target_db=float(target), coverage=float(coverage),
-                          held=held, calibration_outputs=int(psnrs.numel()))
+        shares = []
+        for shape in shapes:
+            config = attrs.evolve(base, budget=b, **shape)
+            accelerate(pipe, config)
+            try:
+                psnrs = torch.cat([row_psnr_db(generate(pipe, p, s, steps), ref)
+                                   for (p, s), ref in zip(cases, references)])
+            finally:
+                remove(pipe)
+            held = held_fraction(psnrs, target)
+            shares.append(f"{held:.0%}")
+            if held >= coverage:
+                return Preset(config=config, **identity(pipe), steps=steps, target_db=float(target),
+                              coverage=float(coverage), held=held, calibration_outputs=int(psnrs.numel()))
+        tried.append(f"{b:g}: {'/'.join(shares)}")
     raise TargetNotReachedError(f"sadakit.tune: no budget held {target:g} dB on {coverage:.0%} of the calibration "
-                                f"outputs (share held per budget: {', '.join(tried)}); lower the target or add budgets")
+                                f"outputs (share held per budget, one per plan shape: {', '.join(tried)}); lower the target or add budgets")

@@ -7,7 +7,7 @@ import torch
 
 import sadakit
 from sadakit.testbeds.solvers import make_pipeline
-from sadakit.tuning import DEFAULT_BUDGETS, held_fraction, row_psnr_db
+from sadakit.tuning import DEFAULT_BUDGETS, PLAN_SHAPES, held_fraction, row_psnr_db
 
 
 def _generate(pipe, prompt, seed, steps):
@@ -25,14 +25,29 @@ def test_tuned_budget_holds_its_target_on_held_out_seeds(testbed):
     # measured (10th percentile of 128 rows, seeds 0, 1, 7, 8, 9): 0.16 -> 34-40 dB, 0.2 -> 43-44 dB
     assert budget in DEFAULT_BUDGETS and budget < 0.5
     assert preset.held >= 0.9 and preset.calibration_outputs == 256
-    cheaper = max(b for b in DEFAULT_BUDGETS if b < budget)  # the next cheaper budget does not hold
+    cheaper = max(b for b in DEFAULT_BUDGETS if b < budget)  # the next cheaper budget does not hold, in any shape
     references = [_generate(testbed, None, seed, 30) for seed in (0, 1)]
-    sadakit.accelerate(testbed, sadakit.SADAConfig(budget=cheaper))
-    try:
-        psnrs = torch.cat([row_psnr_db(_generate(testbed, None, seed, 30), ref) for seed, ref in zip((0, 1), references)])
-    finally:
-        sadakit.remove(testbed)
-    assert held_fraction(psnrs, 40.0) < 0.9
+    for shape in PLAN_SHAPES:
+        sadakit.accelerate(testbed, sadakit.SADAConfig(budget=cheaper, **shape))
+        try:
+            psnrs = torch.cat([row_psnr_db(_generate(testbed, None, seed, 30), ref)
+                               for seed, ref in zip((0, 1), references)])
+        finally:
+            sadakit.remove(testbed)
+        assert held_fraction(psnrs, 40.0) < 0.9, shape
+    # the shape returned is the first one that holds at that budget
+    shape = next(sh for sh in PLAN_SHAPES if all(getattr(preset.config, k) == v for k, v in sh.items()))
+    for earlier in PLAN_SHAPES[: PLAN_SHAPES.index(shape)]:
+        sadakit.accelerate(testbed, sadakit.SADAConfig(budget=budget, **earlier))
+        try:
+            psnrs = torch.cat([row_psnr_db(_generate(testbed, None, seed, 30), ref)
+                               for seed, ref in zip((0, 1), references)])
+        finally:
+            sadakit.remove(testbed)
+        assert held_fraction(psnrs, 40.0) < 0.9, earlier
+    budget_only = sadakit.tune(testbed, [None], target=40.0, steps=30, seeds=(0, 1), generate=_generate,
+                               plan_shapes=({},))
+    assert budget_only.config.budget >= budget  # more shapes can only find a budget as cheap or cheaper
     for seed in (7, 8):  # held out
         reference = _generate(testbed, None, seed, 30)
         sadakit.accelerate(testbed, preset)
@@ -67,8 +82,14 @@ def test_preset_round_trips_and_refuses_another_pipeline(testbed, tmp_path):
 
 
 def test_unreachable_target_and_bad_arguments_say_so(testbed):
-    with pytest.raises(sadakit.TargetNotReachedError, match="share held per budget: 0.12"):
+    with pytest.raises(sadakit.TargetNotReachedError, match="one per plan shape: 0.12: 0%/0%/0%/0%"):
         sadakit.tune(testbed, [None], target=200.0, steps=20, seeds=(0,), generate=_generate, budgets=(0.12,))
+    with pytest.raises(ValueError, match="names budget_oder"):
+        sadakit.tune(testbed, [None], target=30, generate=_generate, plan_shapes=({"budget_oder": 0},))
+    with pytest.raises(ValueError, match="names budget"):
+        sadakit.tune(testbed, [None], target=30, generate=_generate, plan_shapes=({"budget": 0.3},))
+    with pytest.raises(ValueError, match="SADAConfig.budget_order must be"):
+        sadakit.tune(testbed, [None], target=30, generate=_generate, plan_shapes=({"budget_order": 7},))
     with pytest.raises(ValueError, match="target must be"):
         sadakit.tune(testbed, [None], target=-1, generate=_generate)
     with pytest.raises(ValueError, match="SADAConfig.budget must be"):
