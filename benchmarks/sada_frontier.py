@@ -31,6 +31,7 @@ from sadakit.bench.scorers import fidelity_for, judge_for
 from sadakit.core import criterion
 from sadakit.core.parameterization import to_flow
 from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
+from sadakit.registry import output_kind_of
 from sadakit.runtime import decision as decision_module
 
 
@@ -52,7 +53,8 @@ def run(pipe: Any, name: str, prompt: str, batch: int, steps: int, seed: int = 0
     kwargs = {**default_call_kwargs(name), "prompt": prompt, "num_inference_steps": steps,
               "generator": torch.Generator().manual_seed(seed)}
     if batch > 1:
-        kwargs["num_images_per_prompt"] = batch
+        audio = output_kind_of(pipe) == "audio"
+        kwargs["num_waveforms_per_prompt" if audio else "num_images_per_prompt"] = batch
     return call_pipeline(pipe, kwargs)
 
 

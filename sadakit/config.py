@@ -80,6 +80,11 @@ class SADAConfig:
     budget: float | None = field(default=None)
     #: Fewest calls computed in a row at the start of a budget plan (the plan may use more).
     budget_warmup_calls: int = field(default=1, validator=_int_at_least(1))
+    #: Where a budget plan puts its calls: "warmup" = a warm-up, every s-th call, the final
+    #: calls; "even" = call floor(i * N / K) for i < K, the grid "fewer steps" would take, with
+    #: no warm-up (the final calls are still computed unless ``final_calls=0``). Which is closer
+    #: depends on the model (docs/frontier.md, "plan shapes"); ``sadakit.tune`` tries both.
+    budget_spread: Literal["warmup", "even"] = field(default="warmup", validator=_one_of("warmup", "even"))
     #: Highest extrapolation order of a budget plan (0 = the solver's own step over the gap).
     budget_order: int = field(default=1)
     #: Calls past the newest computed one beyond which a budget plan extrapolates at order 0;

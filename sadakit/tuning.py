@@ -34,11 +34,15 @@ PRESET_VERSION = 1
 DEFAULT_BUDGETS = (0.12, 0.16, 0.2, 0.25, 0.3, 0.33, 0.36, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Shapes of the budget plan tried at each budget, in order (SADAConfig fields over ``base``).
 #: Why more than one: which plan keeps a model closest depends on the model (docs/frontier.md,
-#: "plan shapes"): the UNet models lose 2-10 dB without their last two calls computed, the
-#: flow-matching Flux model gains 6-10 dB at 0.5 and 0.25 of the calls by spending them on an
-#: even grid instead; at ``budget_order=0`` with no final calls a plan is "fewer steps" on a
-#: subgrid of the schedule.
-PLAN_SHAPES: tuple[dict, ...] = ({}, {"final_calls": 0}, {"budget_order": 0}, {"final_calls": 0, "budget_order": 0})
+#: "plan shapes"): the UNet models keep 3-10 dB more with the warm-up and the last two calls
+#: computed, the flow-matching Flux model up to 17 dB more on an even grid; at
+#: ``budget_order=0`` an even plan without final calls is "fewer steps" on a subgrid of the schedule.
+PLAN_SHAPES: tuple[dict, ...] = (
+    {},
+    {"budget_order": 0},
+    {"budget_spread": "even", "final_calls": 0},
+    {"budget_spread": "even", "final_calls": 0, "budget_order": 0},
+)
 
 Generate = Callable[[Any, Any, int, int], torch.Tensor]
 

@@ -35,6 +35,26 @@ def test_plan_spends_exactly_the_budget_as_warmup_plus_a_regular_interval():
     assert all(len(computed_calls(50, k / 50, 1, 2)) == k for k in range(1, 51))
 
 
+def test_even_plan_spreads_exactly_the_budget_from_the_first_call():
+    rng = random.Random()
+    for _ in range(200):
+        n = rng.randint(2, 120)
+        budget = rng.uniform(0.02, 0.99)
+        k = max(1, round(budget * n))
+        calls = computed_calls(n, budget, rng.randint(1, 5), rng.randint(0, 3), "even")
+        if k >= n:
+            assert calls == tuple(range(n))
+            continue
+        assert len(calls) == k and calls[0] == 0 and calls == tuple(sorted(set(calls))) and calls[-1] < n
+        gaps = {b - a for a, b in zip(calls, calls[1:])} | {n - calls[-1]}
+        assert max(gaps) - min(gaps) <= 1  # as even as integers allow, the tail included
+        if n % k == 0:
+            assert calls == tuple(range(0, n, n // k))
+    assert computed_calls(28, 0.5, 1, 2, "even") == tuple(range(0, 28, 2))
+    with pytest.raises(ValueError, match="budget_spread"):
+        sadakit.SADAConfig(budget=0.5, budget_spread="uneven")
+
+
 def test_order_never_extrapolates_beyond_the_nodes_span_or_the_gap_limit():
     calls = (0, 1, 2, 5, 8, 11, 14)
     # call 3: one call past node 2, whose neighbour is 1 call back: linear

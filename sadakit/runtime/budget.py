@@ -23,10 +23,13 @@ AUTO_GAP_CAP = 3
 
 
 @lru_cache(maxsize=64)
-def computed_calls(expected_calls: int, budget: float, warmup_calls: int, final_calls: int) -> tuple[int, ...]:
+def computed_calls(expected_calls: int, budget: float, warmup_calls: int, final_calls: int,
+                   spread: str = "warmup") -> tuple[int, ...]:
     """The indices of the calls that run the network, sorted.
 
-    ``K = round(budget * expected_calls)`` calls: ``W >= warmup_calls`` in a row at the start,
+    ``K = round(budget * expected_calls)`` calls. ``spread="even"``: call ``floor(i * N / K)``
+    for ``i < K`` (the final phase, if any, computes its calls on top). ``"warmup"``:
+    ``W >= warmup_calls`` in a row at the start,
     the last ``final_calls``, and every ``s``-th call in between, with the smallest interval
     ``s`` for which some ``W`` makes the count exactly K (the closest count below K if none
     does). Why regular: skipped calls then always extrapolate over the same gap through nodes
@@ -37,6 +40,8 @@ def computed_calls(expected_calls: int, budget: float, warmup_calls: int, final_
     k = max(1, round(budget * n))
     if k >= n:
         return tuple(range(n))
+    if spread == "even":  # K calls as evenly as the integers allow, from the first
+        return tuple((i * n) // k for i in range(k))
     final = min(final_calls, k - 1)
     first = min(warmup_calls, k - final)
     if first + final >= k:

@@ -66,7 +66,8 @@ class Decider:
     def planned_calls(self, state: GenerationState) -> tuple[int, ...]:
         """The calls a budget plan computes (cached per call count)."""
         cfg = self.config
-        return budget_plan.computed_calls(state.expected_calls, cfg.budget, cfg.budget_warmup_calls, cfg.final_calls)
+        return budget_plan.computed_calls(state.expected_calls, cfg.budget, cfg.budget_warmup_calls, cfg.final_calls,
+                                          cfg.budget_spread)
 
     def late_index(self, state: GenerationState) -> int:
         return math.ceil(self.config.late_phase_start * state.expected_calls)
