@@ -567,9 +567,14 @@ class SADASession:
         lvl = plan.lvl
         rows_host = state.group_rows(plan.computed_groups)
         out32 = output.float()
-        x0 = state.parameterization.x0_from_output(x_model.float(), out32, lvl)
-        drift = flow_drift(plan.x_flow, x0, lvl.tau)
-        state.push_node(lvl, plan.x_flow, drift, plan.tau_host)
+        if self.config.budget_planned:
+            # a plan never asks the criterion, so no drift history: only the time (a new generation
+            # and a solver's second stage are told by it), and x0 only where the network ran
+            x0 = state.parameterization.x0_from_output(x_model.float(), out32, lvl) if rows_host else None
+            state.last_tau = plan.tau_host
+        else:
+            x0 = state.parameterization.x0_from_output(x_model.float(), out32, lvl)
+            state.push_node(lvl, plan.x_flow, flow_drift(plan.x_flow, x0, lvl.tau), plan.tau_host)
         if rows_host and self.config.enabled:
             values = x0 if self.config.extrapolation == "x0" else out32
             state.push_values(values, lvl.tau, plan.tau_host, rows_host)
