@@ -167,3 +167,23 @@ def test_budget_on_a_tiny_sd_pipeline_runs_the_planned_forwards(sd_vpred_pipe):
     assert rep.cache_bytes == rep_whole.cache_bytes > 0
     again = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
     assert torch.equal(again, base)
+
+
+def test_bench_even_method_runs_the_even_plan(sd_vpred_pipe):
+    """``sada-even:<b>`` in the bench: the same budget, its calls where fewer steps would put them."""
+    from sadakit.bench.methods import parse_method
+
+    pipe = sd_vpred_pipe
+    sadakit.remove(pipe)
+    kwargs = dict(prompt=["a cat"], num_inference_steps=20, output_type="latent", guidance_scale=4.0)
+    method = parse_method("sada-even:0.25")
+    method.apply(pipe)
+    try:
+        pipe(**kwargs, generator=torch.Generator().manual_seed(1))
+        rep = sadakit.report(pipe)
+    finally:
+        method.remove(pipe)
+    plan = computed_calls(20, 0.25, 1, 0, "even")
+    assert plan == (0, 4, 8, 12, 16)
+    assert rep.decisions == "".join("F" if n in plan else "S" for n in range(20))
+    assert not sadakit.is_accelerated(pipe)

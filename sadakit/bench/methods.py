@@ -131,10 +131,12 @@ class SADA(Method):
         config = sadakit.default_config(pipe)
         if self.name == "sada-criterion":
             config = sadakit.SADAConfig.criterion_only()
-        if self.name == "sada-budget":  # the knob: fraction of the calls computed (SADAConfig.budget)
+        if self.name in ("sada-budget", "sada-even"):  # the knob: fraction of the calls computed (SADAConfig.budget)
             import attrs
 
             config = attrs.evolve(config, budget=self.knob if self.knob is not None else 0.5)
+            if self.name == "sada-even":  # the same calls spread evenly, none reserved for the end
+                config = attrs.evolve(config, budget_spread="even", final_calls=0)
         elif self.knob is not None:  # late-phase interval
             import attrs
 
@@ -453,6 +455,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "sada": SADA,
     "sada-criterion": SADA,
     "sada-budget": SADA,
+    "sada-even": SADA,
     "adasde": AdaSDE,
     "fbcache": DiffusersCache,
     "taylorseer": DiffusersCache,
