@@ -187,3 +187,16 @@ def test_bench_even_method_runs_the_even_plan(sd_vpred_pipe):
     assert plan == (0, 4, 8, 12, 16)
     assert rep.decisions == "".join("F" if n in plan else "S" for n in range(20))
     assert not sadakit.is_accelerated(pipe)
+
+
+def test_budget_under_heun_says_the_repeated_noise_levels_were_computed():
+    """Heun's calls at the noise level of the call before run whatever the plan says: the report says so."""
+    tb = make_pipeline("gmm64-16", "heun")
+    sadakit.accelerate(tb, sadakit.SADAConfig(budget=0.25))
+    try:
+        tb(batch_size=16, num_inference_steps=12, generator=torch.Generator().manual_seed(random.randrange(1000)))
+        rep = sadakit.report(tb)
+    finally:
+        sadakit.remove(tb)
+    assert rep.network_calls > round(0.25 * rep.denoiser_calls)
+    assert any("two-stage solver such as Heun" in note for note in rep.notes), rep.notes

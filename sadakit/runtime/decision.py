@@ -138,6 +138,9 @@ class Decider:
             self.note("criterion off: rows of one call had different timesteps")
             return Decision(full)
         if state.last_tau is not None and abs(host.tau - state.last_tau) <= 1e-7:
+            if planned_skip:
+                self.note("SADAConfig.budget: calls at the noise level of the call before (a two-stage solver such as "
+                          "Heun) are always computed, so more calls ran than the budget plans")
             return Decision(full)  # a solver's second stage at the same noise level (Heun): no step to judge
         skipped = self._skipped_groups(state, phase, order, use_criterion, x0_hat is not None, host, planned_skip)
         skipped_set = set(skipped)
