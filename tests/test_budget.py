@@ -189,14 +189,26 @@ def test_bench_even_method_runs_the_even_plan(sd_vpred_pipe):
     assert not sadakit.is_accelerated(pipe)
 
 
-def test_budget_under_heun_says_the_repeated_noise_levels_were_computed():
-    """Heun's calls at the noise level of the call before run whatever the plan says: the report says so."""
+def test_budget_under_heun_follows_its_plan_and_beats_fewer_heun_steps():
+    """Heun's calls come in pairs, the next step's first stage at the noise level of the call
+    before: the plan skips those too (reusing that call's x0), so it computes exactly its count."""
+    from sadakit.tuning import row_psnr_db
+
     tb = make_pipeline("gmm64-16", "heun")
-    sadakit.accelerate(tb, sadakit.SADAConfig(budget=0.25))
-    try:
-        tb(batch_size=16, num_inference_steps=12, generator=torch.Generator().manual_seed(random.randrange(1000)))
-        rep = sadakit.report(tb)
-    finally:
-        sadakit.remove(tb)
-    assert rep.network_calls > round(0.25 * rep.denoiser_calls)
-    assert any("two-stage solver such as Heun" in note for note in rep.notes), rep.notes
+    seed = random.randrange(1000)
+    run = lambda steps: tb(batch_size=64, num_inference_steps=steps,
+                           generator=torch.Generator().manual_seed(seed)).samples
+    reference = run(20)  # 39 calls
+    for budget in (0.5, 0.25):
+        sadakit.accelerate(tb, sadakit.SADAConfig(budget=budget))
+        try:
+            out = run(20)
+            rep = sadakit.report(tb)
+        finally:
+            sadakit.remove(tb)
+        plan = computed_calls(39, budget, 1, 2)
+        assert rep.denoiser_calls == 39 and rep.network_calls == len(plan)
+        assert rep.decisions == "".join("F" if n in plan else "S" for n in range(39))
+        fewer = run((len(plan) + 1) // 2)  # Heun with as many calls: 2 per step, the last step 1
+        # measured (seed 0, 128 samples): 73.5 vs 45.3 dB at 0.5, 56.2 vs 37.4 at 0.25
+        assert row_psnr_db(out, reference).median() > row_psnr_db(fewer, reference).median() + 5

@@ -137,11 +137,11 @@ class Decider:
         if not host.uniform_timesteps and cfg.enabled:
             self.note("criterion off: rows of one call had different timesteps")
             return Decision(full)
-        if state.last_tau is not None and abs(host.tau - state.last_tau) <= 1e-7:
-            if planned_skip:
-                self.note("SADAConfig.budget: calls at the noise level of the call before (a two-stage solver such as "
-                          "Heun) are always computed, so more calls ran than the budget plans")
-            return Decision(full)  # a solver's second stage at the same noise level (Heun): no step to judge
+        if state.last_tau is not None and abs(host.tau - state.last_tau) <= 1e-7 and not planned_skip:
+            # a solver's second stage at the same noise level (Heun): no step to judge. A budget
+            # plan needs no judging: a skip there reuses the x0 of the call before (the Lagrange
+            # polynomial through a node at this very time is that node's value)
+            return Decision(full)
         skipped = self._skipped_groups(state, phase, order, use_criterion, x0_hat is not None, host, planned_skip)
         skipped_set = set(skipped)
         computed = [gi for gi in range(g) if gi not in skipped_set]
