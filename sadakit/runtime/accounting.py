@@ -17,11 +17,12 @@ from .report import GenerationReport
 class Accounting:
     """The current generation's report, the last finished one, and the measured FLOPs."""
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, family: str, measured: dict[tuple, tuple[float, dict[str, float]]] | None = None) -> None:
         self.family = family
         self.current = GenerationReport(family=family)
         self.last: GenerationReport | None = None
-        self._measured: dict[tuple, tuple[float, dict[str, float]]] = {}  # shape -> (total, per block)
+        # shape -> (total, per block); shared by the sessions of one network (see .learned)
+        self._measured: dict[tuple, tuple[float, dict[str, float]]] = {} if measured is None else measured
         self._counter = None
         self._measuring_blocks: dict[str, float] = {}
         self.call_shape: tuple | None = None  # the shape of the call being executed

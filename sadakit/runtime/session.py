@@ -28,6 +28,7 @@ from .decision import Decider
 from .experts import ExpertTracker, component_name
 from .entry import NetworkDoor, Serve, ensure_doors
 from .host_read import DeviceTimer, to_host, voting, waited_seconds
+from .learned import learned_about
 from .parallel import context_parallel_group
 from .plans import CallPlan
 from .report import GenerationReport
@@ -76,7 +77,8 @@ class SADASession:
         self.denoiser = denoiser
         self.token_blocks = token_blocks
         self.signatures = [inspect.signature(module.forward) for module in denoiser.modules]
-        self.accounting = Accounting(plugin.family)
+        learned = learned_about(denoiser.modules, plugin.family, [b.name for b in token_blocks])
+        self.accounting = Accounting(plugin.family, learned.flops)
         self.experts = ExpertTracker(
             [component_name(pipe, m, f"expert{i}") for i, m in enumerate(denoiser.modules)],
             [{b.name for b in token_blocks if _contains(m, b.module)} for m in denoiser.modules],
@@ -85,7 +87,7 @@ class SADASession:
         self.decider = Decider(config, denoiser.latent_to_grid, self._note)
         self.tokens = TokenCache(token_blocks, config.prunes_tokens, config.token_resolutions == "highest",
                                  self.accounting.account_block,
-                                 self.accounting.block_flops)
+                                 self.accounting.block_flops, tokens_by_shape=learned.tokens)
         self.state: GenerationState | None = None
         self._last_output: Any = None
         self._pending: tuple | None = None

@@ -74,7 +74,8 @@ class TokenCache:
 
     def __init__(self, blocks: list[TokenBlockSpec], keep_residuals: bool, highest_only: bool,
                  account: BlockAccount, block_flops: Callable[[str], "float | None"],
-                 token_buckets: tuple[float, ...] | None = None) -> None:
+                 token_buckets: tuple[float, ...] | None = None,
+                 tokens_by_shape: dict[tuple, dict[str, int]] | None = None) -> None:
         self.layouts = {b.name: b.layout for b in blocks}
         self.other_tokens: dict[str, OtherTokens] = {b.name: b.other_tokens for b in blocks
                                                      if b.other_tokens is not None}
@@ -88,8 +89,9 @@ class TokenCache:
         self._account = account
         self._block_flops = block_flops
         self.caches: dict[str, torch.Tensor] = {}
-        #: input shape (without the batch) -> block name -> tokens it saw on a full call
-        self.tokens_by_shape: dict[tuple, dict[str, int]] = {}
+        #: input shape (without the batch) -> block name -> tokens it saw on a full call (shared
+        #: by the sessions of one network, see .learned)
+        self.tokens_by_shape: dict[tuple, dict[str, int]] = {} if tokens_by_shape is None else tokens_by_shape
         self.block_tokens: dict[str, int] = {}  # those of the current call's shape
         # set for the duration of one network call
         self.route: BlockRoute | None = None
