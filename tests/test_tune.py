@@ -25,26 +25,24 @@ def test_tuned_budget_holds_its_target_on_held_out_seeds(testbed):
     # measured (10th percentile of 128 rows, seeds 0, 1, 7, 8, 9): 0.16 -> 34-40 dB, 0.2 -> 43-44 dB
     assert budget in DEFAULT_BUDGETS and budget < 0.5
     assert preset.held >= 0.9 and preset.calibration_outputs == 256
-    cheaper = max(b for b in DEFAULT_BUDGETS if b < budget)  # the next cheaper budget does not hold, in any shape
+    cheaper = max(b for b in DEFAULT_BUDGETS if b < budget)
     references = [_generate(testbed, None, seed, 30) for seed in (0, 1)]
-    for shape in PLAN_SHAPES:
-        sadakit.accelerate(testbed, sadakit.SADAConfig(budget=cheaper, **shape))
+
+    def held(config):
+        sadakit.accelerate(testbed, config)
         try:
             psnrs = torch.cat([row_psnr_db(_generate(testbed, None, seed, 30), ref)
                                for seed, ref in zip((0, 1), references)])
         finally:
             sadakit.remove(testbed)
-        assert held_fraction(psnrs, 40.0) < 0.9, shape
+        return held_fraction(psnrs, 40.0)
+
+    for shape in PLAN_SHAPES:  # the next cheaper budget does not hold, in any shape
+        assert held(sadakit.SADAConfig(budget=cheaper, **shape)) < 0.9, shape
     # the shape returned is the first one that holds at that budget
-    shape = next(sh for sh in PLAN_SHAPES if all(getattr(preset.config, k) == v for k, v in sh.items()))
-    for earlier in PLAN_SHAPES[: PLAN_SHAPES.index(shape)]:
-        sadakit.accelerate(testbed, sadakit.SADAConfig(budget=budget, **earlier))
-        try:
-            psnrs = torch.cat([row_psnr_db(_generate(testbed, None, seed, 30), ref)
-                               for seed, ref in zip((0, 1), references)])
-        finally:
-            sadakit.remove(testbed)
-        assert held_fraction(psnrs, 40.0) < 0.9, earlier
+    index = next(i for i, sh in enumerate(PLAN_SHAPES) if sadakit.SADAConfig(budget=budget, **sh) == preset.config)
+    for earlier in PLAN_SHAPES[:index]:
+        assert held(sadakit.SADAConfig(budget=budget, **earlier)) < 0.9, earlier
     budget_only = sadakit.tune(testbed, [None], target=40.0, steps=30, seeds=(0, 1), generate=_generate,
                                plan_shapes=({},))
     assert budget_only.config.budget >= budget  # more shapes can only find a budget as cheap or cheaper
