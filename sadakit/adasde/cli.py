@@ -109,13 +109,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max if args.sigma_max is not None else _bundled_sigma_max(args) or meta.get("sigma_max", 80.0),
         schedule=args.schedule,
         teacher_factor=args.teacher_factor, iterations=args.iterations, batch_size=args.batch, lr=args.lr,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid, grid_lr=args.grid_lr,
-        step_weight=args.step_weight if args.step_weight is not None else (0.0 if args.learn_grid else 1.0),
+        checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid or args.learn_ends,
+        grid_lr=args.grid_lr, learn_ends=args.learn_ends,
+        step_weight=args.step_weight if args.step_weight is not None else
+        (0.0 if (args.learn_grid or args.learn_ends) else 1.0),
     )
+    # learned ends: the teacher starts at the model's own top (uncapped), where a reference run starts
+    sigma_range = meta.get("model_sigma_range") or (meta.get("sigma_min", 0.002), meta.get("sigma_max", 80.0))
     res = distill(
         denoiser, sample_noise, cfg, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
         prediction_type=meta.get("prediction_type", "epsilon"), guidance_scale=meta.get("guidance_scale"),
         output=args.out, log_path=args.log, resume=not args.fresh,
+        model_sigma_range=tuple(sigma_range) if args.learn_ends else None,
     )
     print(
         f"distilled {meta['model']} ({short_fingerprint(res.coefficients.meta.model_fingerprint)}) NFE={cfg.nfe} "
@@ -169,6 +174,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="top of the grid (default: the model's range, capped at 80; a bundled model's measured best)")
     d.add_argument("--learn-grid", action="store_true",
                    help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
+    d.add_argument("--learn-ends", action="store_true",
+                   help="Euler form: learn the grid with its top and bottom, a last step to 0, and a teacher from the "
+                        "model's own top sigma (--sigma-max/--sigma-min/--schedule give the starting grid)")
     d.add_argument("--grid-lr", type=float, default=0.05, help="--learn-grid: Adam learning rate of the grid")
     d.add_argument("--step-weight", type=float, default=None,
                    help="weight of the per-step terms (default 1; 0 with --learn-grid: the last step only)")

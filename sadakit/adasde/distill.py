@@ -16,6 +16,14 @@ that node*, so moving the node changes what it measures, and on the testbed lett
 terms move the grid pulled the nodes up and made the final error worse (docs/adasde.md).
 The coefficients still learn from the whole loss.
 
+With ``learn_ends=True`` (the Euler form only) the top and the bottom of the grid train too
+(``sadakit.adasde.grid.grid_with_ends``: top within the model's sigma range, bottom above its
+lowest sigma, then one last step to sigma 0, as diffusers' Euler ends), and the teacher no longer
+follows the student's grid: it starts from the model's own top sigma, as a many-step reference
+run of the pipeline does, and solves the ODE down to 0 on a fixed Karras grid of
+``teacher_factor * steps`` mid-point steps. The loss is then the last-step term alone (there is no
+teacher state at the student's moving nodes), so the target is the reference output itself.
+
 Input is any VE denoiser ``D(x, sigma)`` (a callable: testbed, or a plugin's pipeline
 denoiser with its prompts and CFG, adapted by ``sadakit.core.parameterization``) and a
 ``sample_noise(batch, generator) -> unit noise`` function. The output is a coefficient file
@@ -56,7 +64,7 @@ from ..core.adasde import (
     steps_for_nfe,
 )
 from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
-from .grid import grid_from_logits, logits_for_grid
+from .grid import MAX_END_LOGIT, end_logits_for, ends_from_logits, grid_from_logits, grid_with_ends, logits_for_grid
 from .identity import fingerprint_or_none
 
 NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]
@@ -111,7 +119,9 @@ class DistillConfig:
     ``gamma_max = 0`` distils the deterministic ablation. ``step_weight`` weighs the per-step
     L2 at the intermediate nodes and ``last_step_weight`` the feature loss at the last one.
     ``learn_grid`` trains the interior sigmas too (Adam at ``grid_lr``, same cosine decay),
-    starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed.
+    starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed unless
+    ``learn_ends`` (Euler form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
+    the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma.
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -134,6 +144,7 @@ class DistillConfig:
     start_scale: float | None = None
     learn_grid: bool = False
     grid_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
+    learn_ends: bool = False
 
     @property
     def steps(self) -> int:
@@ -257,10 +268,11 @@ def _checkpoint_path(output: str) -> str:
 
 def _save_checkpoint(path: str, raw: torch.Tensor, opt: torch.optim.Adam, iteration: int, config: DistillConfig,
                      losses: list[float], grid_logits: torch.Tensor | None = None,
-                     grid_opt: torch.optim.Adam | None = None) -> None:
+                     grid_opt: torch.optim.Adam | None = None, end_logits: torch.Tensor | None = None) -> None:
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"iteration": iteration, "config": attrs.asdict(config), "losses": losses}
     params = [("", raw, opt)] + ([("grid_", grid_logits, grid_opt)] if grid_logits is not None else [])
+    params += [("ends_", end_logits, grid_opt)] if end_logits is not None else []
     for prefix, param, optimizer in params:
         st = optimizer.state.get(param, {}) if optimizer is not None else {}
         tensors[prefix + ("raw" if not prefix else "logits")] = param.detach().cpu().contiguous()
@@ -283,7 +295,7 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     ours = attrs.asdict(config)
     # iterations may grow on resume (train longer); everything else must match
     # settings added later are absent from older checkpoints: they were written at the default
-    defaults = {"learn_grid": False, "grid_lr": 0.05}
+    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False}
     diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
             if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
@@ -302,22 +314,85 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
 
 def _file_metadata(
     config: DistillConfig, grid: torch.Tensor, custom_grid: bool, *, model: str, prediction_type: str,
-    guidance_scale: float | None, model_fingerprint: str | None,
+    guidance_scale: float | None, model_fingerprint: str | None, grid_ends: dict[str, float] | None = None,
+    grid_logits: list[float] | None = None,
 ) -> CoefficientMetadata:
     """The metadata the coefficient file will carry (``training`` is added at the end); checked now."""
+    positive = grid[:-1] if grid_ends is not None else grid  # learned ends: the last node is 0
     return CoefficientMetadata(
         model=model,
         nfe=config.nfe,
         solver=config.solver,
         analytic_first_step=config.analytic_first_step,
-        schedule="learned" if config.learn_grid else "custom" if custom_grid else config.schedule,
-        sigma_min=float(grid[-1]),
-        sigma_max=float(grid[0]),
+        schedule="learned" if (config.learn_grid or config.learn_ends) else "custom" if custom_grid else config.schedule,
+        sigma_min=float(positive[-1]),
+        sigma_max=float(positive[0]),
         gamma_max=config.gamma_max,
         prediction_type=prediction_type,
         guidance_scale=guidance_scale,
         model_fingerprint=model_fingerprint,
+        grid_logits=grid_logits,
+        grid_ends=grid_ends,
     )
+
+
+def _ends_record(end_logits: torch.Tensor, sigma_range: tuple[float, float]) -> dict[str, float]:
+    """The ``grid_ends`` metadata object of the current end logits."""
+    top, bottom = (float(v) for v in end_logits.detach().cpu().to(torch.float64))
+    return {"top_logit": top, "bottom_logit": bottom, "sigma_lo": float(sigma_range[0]), "sigma_hi": float(sigma_range[1])}
+
+
+def _check_learn_ends(config: DistillConfig, prediction_type: str, sigma_range: tuple[float, float] | None) -> None:
+    """Refuse a learned-ends run that cannot work, before any model call (one line: what, why, what to do)."""
+    if config.solver != "euler":
+        raise ValueError(f"learn_ends=True needs solver='euler' (the last step goes to sigma 0, which only the Euler "
+                         f"step can take); got solver={config.solver!r}")
+    if config.step_weight != 0.0:
+        raise ValueError(f"learn_ends=True needs step_weight=0 (the teacher runs from the model's top sigma to 0, so "
+                         f"only the last step has a target); got step_weight={config.step_weight}")
+    if config.steps < 2:
+        raise ValueError(f"learn_ends=True needs at least 2 steps (a top and a bottom node); nfe={config.nfe} gives "
+                         f"{config.steps}")
+    if prediction_type == "flow":
+        raise ValueError("learn_ends=True is for VP/VE models: a flow-matching model's top sigma is infinite")
+    if config.start_scale is not None:
+        raise ValueError("learn_ends=True learns the top sigma, which is the start scale: leave start_scale=None")
+    if sigma_range is None:
+        raise ValueError("learn_ends=True needs model_sigma_range=(lowest, highest sigma the model was trained on): "
+                         "the teacher starts at the top, the learned ends stay inside it")
+    lo, hi = sigma_range
+    if not 0.0 < lo < hi:
+        raise ValueError(f"model_sigma_range={sigma_range!r} must be (lo, hi) with 0 < lo < hi")
+
+
+def _model_sigma_range(denoiser: Denoiser) -> tuple[float, float] | None:
+    """The model's trained VE range when the denoiser knows it (a pipeline adapter's chart), else ``None``."""
+    chart = getattr(denoiser, "chart", None)
+    if chart is None or getattr(chart, "flow_matching", True):
+        return None
+    lo, hi = chart.sigma_range
+    return float(lo), float(hi)
+
+
+@torch.no_grad()
+def reference_teacher(denoiser: Denoiser, z: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """The reference output of unit noise ``z``: mid-point from ``fine[0] * z`` down ``fine``, then a last step to 0.
+
+    ``fine`` (float32, on the model's device) runs from the model's top sigma to its lowest; the
+    last step is Euler to 0 (the denoised estimate at the lowest sigma), as a many-step diffusers
+    Euler run ends.
+    """
+    x = sample_midpoint(lambda x, s: denoiser(x, s).to(torch.float32), z.to(torch.float32) * fine[0], fine)
+    return denoiser(x, fine[-1]).to(torch.float32)
+
+
+def final_state(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, raw: torch.Tensor,
+                config: DistillConfig, generator: torch.Generator) -> torch.Tensor:
+    """The student's last state from ``x_start`` over ``sigmas`` (differentiable in both and in ``raw``)."""
+    coeffs = squash(raw, config.gamma_max)
+    plan = solver_plan(x_start, sigmas, coeffs, config.solver, generator, config.analytic_first_step)
+    out, _ = run_plan(plan, lambda x, s: denoiser(x, s).to(torch.float32))
+    return out
 
 
 def distill(
@@ -336,6 +411,7 @@ def distill(
     resume: bool = True,
     progress: bool = True,
     state: Any = "auto",
+    model_sigma_range: tuple[float, float] | None = None,
 ) -> DistillResult:
     """Fit AdaSDE (or learned-churn base solver) coefficients for ``denoiser``.
 
@@ -348,6 +424,8 @@ def distill(
     (``<output>.ckpt.safetensors``, coefficients plus Adam moments) every ``checkpoint_every``
     iterations; ``resume=True`` continues from that checkpoint. ``log_path`` receives one JSON line per iteration. ``state`` is an
     ``accelerate.PartialState`` (``"auto"``: created when several processes were launched).
+    ``model_sigma_range`` (``learn_ends`` only; default: a pipeline adapter's trained range) is
+    where the teacher starts and the learned ends stay; ``sigmas`` then ends with 0.
     """
     if state == "auto":
         state = distributed_state()
@@ -355,25 +433,56 @@ def distill(
     world = state.num_processes if state is not None else 1
     main = rank == 0
     local_bs = shard_sizes(config.batch_size, world)[rank]
+    ends = config.learn_ends
+    learning = config.learn_grid or ends
+    if ends:
+        model_sigma_range = model_sigma_range or _model_sigma_range(denoiser)
+        _check_learn_ends(config, prediction_type, model_sigma_range)
 
     # the grid is a host table (float64 so the teacher's refinement nests exactly); the loop
     # reads float32 copies on the model's device, built once below
-    grid = (
-        sigmas.detach().cpu().to(torch.float64).clone()
-        if sigmas is not None
-        else make_sigmas(config.steps, config.sigma_min, config.sigma_max, config.schedule, config.rho)
-    )
+    if sigmas is not None:
+        grid = sigmas.detach().cpu().to(torch.float64).clone()
+    elif ends:  # steps positive nodes, then 0
+        positive = make_sigmas(config.steps - 1, config.sigma_min, config.sigma_max, config.schedule, config.rho)
+        grid = torch.cat([positive, positive.new_zeros(1)])
+    else:
+        grid = make_sigmas(config.steps, config.sigma_min, config.sigma_max, config.schedule, config.rho)
     if len(grid) != config.steps + 1:
         raise ValueError(f"sigmas has {len(grid)} entries; nfe={config.nfe} needs {config.steps + 1}")
+    if ends and float(grid[-1]) != 0.0:
+        raise ValueError(f"with learn_ends=True the grid must end with 0 (the last step denoises fully); got {float(grid[-1]):g}")
     sigma_max = float(grid[0])
     start_scale = config.start_scale or (1.0 + sigma_max if prediction_type == "flow" else sigma_max)
-    file_meta = _file_metadata(config, grid, sigmas is not None, model=model, prediction_type=prediction_type,
-                               guidance_scale=guidance_scale,
-                               model_fingerprint=model_fingerprint or fingerprint_or_none(denoiser))
 
     sigma_min = float(grid[-1])
     raw = init_raw_coefficients(config.steps, config.gamma_init, config.gamma_max)
-    grid_logits = logits_for_grid(grid).to(torch.float32) if config.learn_grid else None
+    end_logits = None
+    if ends:
+        assert model_sigma_range is not None
+        end_logits = end_logits_for(float(grid[0]), float(grid[-2]), *model_sigma_range).to(torch.float32)
+        grid_logits = logits_for_grid(grid[:-1]).to(torch.float32)
+    else:
+        grid_logits = logits_for_grid(grid).to(torch.float32) if config.learn_grid else None
+    fingerprint = model_fingerprint or fingerprint_or_none(denoiser)
+
+    def metadata_now() -> CoefficientMetadata:
+        """The file's metadata for the current parameters (checked on construction, as the loader does)."""
+        learned = None if grid_logits is None else [float(v) for v in grid_logits.detach().cpu()]
+        record = None if end_logits is None else _ends_record(end_logits, model_sigma_range)  # type: ignore[arg-type]
+        return _file_metadata(config, current_grid(), sigmas is not None, model=model, prediction_type=prediction_type,
+                              guidance_scale=guidance_scale, model_fingerprint=fingerprint, grid_ends=record,
+                              grid_logits=learned)
+
+    def current_grid() -> torch.Tensor:
+        """The grid now (float64 host table): the learned one, or the fixed one."""
+        if grid_logits is None:
+            return grid
+        logits = grid_logits.detach().cpu().to(torch.float64)
+        if end_logits is not None:
+            return grid_with_ends(logits, end_logits.detach().cpu().to(torch.float64), *model_sigma_range)  # type: ignore[misc]
+        return grid_from_logits(logits, sigma_max, sigma_min)
+
     losses: list[float] = []
     start_it = 0
     ckpt = _checkpoint_path(os.fspath(output)) if output is not None else None
@@ -383,17 +492,21 @@ def distill(
         raw = tensors["raw"].clone()
         if grid_logits is not None:
             grid_logits = tensors["grid_logits"].clone()
+        if end_logits is not None:
+            end_logits = tensors["ends_logits"].clone()
         start_it = int(meta["iteration"])
         losses = list(meta.get("losses", []))[:start_it]
+    metadata_now()  # a setting no file may hold fails here, before minutes of training
     raw.requires_grad_(True)
     opt = torch.optim.Adam([raw], lr=config.lr)
     grid_opt = None
     if grid_logits is not None:
         grid_logits.requires_grad_(True)
-        grid_opt = torch.optim.Adam([grid_logits], lr=config.grid_lr)
+        grid_params = [grid_logits] + ([end_logits.requires_grad_(True)] if end_logits is not None else [])
+        grid_opt = torch.optim.Adam(grid_params, lr=config.grid_lr)
     if loaded is not None:
-        for prefix, param, optimizer in (("", raw, opt), ("grid_", grid_logits, grid_opt)):
-            if optimizer is not None and prefix + "exp_avg" in tensors:
+        for prefix, param, optimizer in (("", raw, opt), ("grid_", grid_logits, grid_opt), ("ends_", end_logits, grid_opt)):
+            if optimizer is not None and param is not None and prefix + "exp_avg" in tensors:
                 optimizer.state[param] = {
                     "step": torch.tensor(meta[prefix + "adam_step"]),
                     "exp_avg": tensors[prefix + "exp_avg"].clone(),
@@ -403,12 +516,9 @@ def distill(
     dev = sample_noise(1, torch.Generator().manual_seed(0)).device  # the model's device, as the caller chose it
     grid_on_dev = grid.to(torch.float32).to(dev)
     fine_on_dev = refine_sigmas(grid, config.teacher_factor).to(torch.float32).to(dev)
-
-    def current_grid() -> torch.Tensor:
-        """The grid now (float64 host table): the learned one, or the fixed one."""
-        if grid_logits is None:
-            return grid
-        return grid_from_logits(grid_logits.detach().cpu().to(torch.float64), sigma_max, sigma_min)
+    if ends:  # the reference: from the model's top to its lowest sigma, then to 0; it ignores the student's grid
+        lo, hi = model_sigma_range  # type: ignore[misc]
+        reference_grid = make_sigmas(config.teacher_factor * config.steps, lo, hi, "karras").to(torch.float32).to(dev)
 
     def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
         z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
@@ -416,6 +526,14 @@ def distill(
 
     def evaluate(iteration: int, stream: int, with_grad: bool,
                  last_term: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if ends:
+            z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream))).to(torch.float32)
+            g = _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
+            target = reference_teacher(denoiser, z, reference_grid)
+            with torch.set_grad_enabled(with_grad):
+                sigmas_now = grid_with_ends(grid_logits.to(dev), end_logits.to(dev), lo, hi)  # type: ignore[union-attr]
+                out = final_state(denoiser, z * sigmas_now[0], sigmas_now, raw, config, g)
+                return config.last_step_weight * feature_loss(out, target)
         x, g = batch(iteration, stream)
         if grid_logits is None:
             teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor, fine_on_dev)
@@ -450,14 +568,14 @@ def distill(
             last: list[torch.Tensor] = []
             local = evaluate(it, 0, True, last)
             share = local_bs / config.batch_size
-            if grid_logits is not None and config.step_weight > 0:
+            if grid_logits is not None and not ends and config.step_weight > 0:
                 # the grid from the last-step term, the coefficients from the whole loss
                 (grid_grad,) = torch.autograd.grad(last[0] * share, grid_logits, retain_graph=True)
                 (local * share).backward(inputs=[raw])
                 grid_logits.grad = grid_grad
             else:
                 (local * share).backward()
-            for param in (raw, grid_logits):
+            for param in (raw, grid_logits, end_logits):
                 if param is None:
                     continue
                 if param.grad is None:
@@ -467,13 +585,19 @@ def distill(
             opt.step()
             if grid_opt is not None:
                 grid_opt.step()
+                if end_logits is not None:  # a file holds end logits within +-MAX_END_LOGIT (always a valid grid)
+                    with torch.no_grad():
+                        end_logits.clamp_(-MAX_END_LOGIT, MAX_END_LOGIT)
             losses.append(loss_value)
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}")
             if log is not None:
-                log.write(json.dumps({"iteration": it, "loss": loss_value, "lr": lr, "time": time.perf_counter() - t0}) + "\n")
+                entry = {"iteration": it, "loss": loss_value, "lr": lr, "time": time.perf_counter() - t0}
+                if end_logits is not None:
+                    entry["grid"] = [round(float(v), 4) for v in current_grid()]
+                log.write(json.dumps(entry) + "\n")
                 log.flush()
             if ckpt is not None and main and ((it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations):
-                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses, grid_logits, grid_opt)
+                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses, grid_logits, grid_opt, end_logits)
     finally:
         if log is not None:
             log.close()
@@ -481,11 +605,9 @@ def distill(
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
     training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
-    final_grid = current_grid()
-    learned = None if grid_logits is None else [float(v) for v in grid_logits.detach().cpu()]
-    meta = attrs.evolve(file_meta, training=training, grid_logits=learned)
-    if learned is not None:  # exactly the grid the metadata's logits give, as the loader checks
-        final_grid = meta.learned_grid
+    meta = attrs.evolve(metadata_now(), training=training)
+    final_grid = meta.learned_grid if meta.learned_grid is not None else current_grid()
+    # a learned grid is exactly the one the metadata's logits give, as the loader checks
     cf = CoefficientFile(raw.detach().cpu().clone(), final_grid, meta)
     if output is not None and main:
         save_coefficients(output, cf.raw, cf.sigmas, meta)
