@@ -204,3 +204,28 @@ def test_distilling_the_ends_lowers_the_loss_and_the_error_to_the_reference(tmp_
         return float((x - ref).pow(2).mean().sqrt())
 
     assert err(cf.sigmas) < 0.9 * err(start), (err(cf.sigmas), err(start))
+
+
+def test_a_teacher_pool_is_computed_once_and_trains_as_well() -> None:
+    torch.set_num_threads(1)
+    tb = get_testbed("gmm2d-8")
+    calls = {"n": 0}
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return tb.denoiser.denoise(x, sigma)
+
+    def noise(batch: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn((batch, *tb.data_shape), generator=g)
+
+    seed = int(torch.randint(0, 2**31, ()))
+    cfg = DistillConfig(nfe=4, solver="euler", analytic_first_step=False, gamma_max=0.0, iterations=30, batch_size=64,
+                        teacher_factor=3, sigma_min=0.1, sigma_max=SMAX, schedule="loglinear", learn_grid=True,
+                        learn_ends=True, grid_lr=0.1, step_weight=0.0, seed=seed, teacher_pool=2)
+    res = distill(denoiser, noise, cfg, model="t", progress=False, model_sigma_range=(SMIN, SMAX))
+    teacher = 2 * cfg.teacher_factor * cfg.steps + 1  # mid-point steps, then the last denoising call
+    # 2 pooled batches and the held-out batch pay the teacher; every iteration only the student's 4 calls
+    assert calls["n"] == 3 * teacher + cfg.nfe + cfg.iterations * cfg.nfe
+    assert sum(res.losses[-5:]) / 5 < 0.8 * res.initial_loss
+    with pytest.raises(ValueError, match="teacher_pool=2 needs learn_ends"):
+        distill(denoiser, noise, DistillConfig(nfe=3, teacher_pool=2), model="t", progress=False)

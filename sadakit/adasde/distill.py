@@ -20,8 +20,8 @@ With ``learn_ends=True`` (the Euler form only) the top and the bottom of the gri
 (``sadakit.adasde.grid.grid_with_ends``: top within the model's sigma range, bottom above its
 lowest sigma, then one last step to sigma 0, as diffusers' Euler ends), and the teacher no longer
 follows the student's grid: it starts from the model's own top sigma, as a many-step reference
-run of the pipeline does, and solves the ODE down to 0 on a fixed Karras grid of
-``teacher_factor * steps`` mid-point steps. The loss is then the last-step term alone (there is no
+run of the pipeline does, and solves the ODE down to 0 on a fixed grid of ``teacher_factor * steps``
+mid-point steps (``reference_grid``). The loss is then the last-step term alone (there is no
 teacher state at the student's moving nodes), so the target is the reference output itself.
 
 Input is any VE denoiser ``D(x, sigma)`` (a callable: testbed, or a plugin's pipeline
@@ -121,7 +121,10 @@ class DistillConfig:
     ``learn_grid`` trains the interior sigmas too (Adam at ``grid_lr``, same cosine decay),
     starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed unless
     ``learn_ends`` (Euler form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
-    the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma.
+    the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma. Such a
+    teacher does not depend on the student, so ``teacher_pool = k > 0`` computes it once for ``k``
+    batches and iteration ``i`` trains on batch ``i mod k`` (as LD3 fits a grid to a fixed set of
+    teacher pairs): each iteration then costs only the student's calls.
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -145,6 +148,7 @@ class DistillConfig:
     learn_grid: bool = False
     grid_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
     learn_ends: bool = False
+    teacher_pool: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
     @property
     def steps(self) -> int:
@@ -295,7 +299,7 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     ours = attrs.asdict(config)
     # iterations may grow on resume (train longer); everything else must match
     # settings added later are absent from older checkpoints: they were written at the default
-    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False}
+    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0}
     diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
             if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
@@ -374,6 +378,24 @@ def _model_sigma_range(denoiser: Denoiser) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
+#: Above this sigma the ODE barely bends (the denoised estimate is the data mean): the reference
+#: grid takes one step from the model's top down to it. Measured on the bundled zero-SNR shapes
+#: model (top 4096): 20 Karras steps over the whole range end 0.25 RMS from the 50-step Euler
+#: output (12 of the 20 steps sit above sigma 30); with this cap, far closer (docs/adasde.md).
+REFERENCE_CAP = 80.0
+
+
+def reference_grid(steps: int, sigma_lo: float, sigma_hi: float) -> torch.Tensor:
+    """The teacher's grid from the model's top ``sigma_hi`` to its lowest ``sigma_lo`` (float64, ``steps + 1`` nodes).
+
+    Karras (rho 7) from ``min(sigma_hi, REFERENCE_CAP)`` down; a top above the cap is reached in
+    one first step.
+    """
+    if sigma_hi <= REFERENCE_CAP or steps < 2:
+        return make_sigmas(steps, sigma_lo, sigma_hi, "karras")
+    return torch.cat([torch.tensor([sigma_hi], dtype=torch.float64), make_sigmas(steps - 1, sigma_lo, REFERENCE_CAP, "karras")])
+
+
 @torch.no_grad()
 def reference_teacher(denoiser: Denoiser, z: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
     """The reference output of unit noise ``z``: mid-point from ``fine[0] * z`` down ``fine``, then a last step to 0.
@@ -434,7 +456,9 @@ def distill(
     main = rank == 0
     local_bs = shard_sizes(config.batch_size, world)[rank]
     ends = config.learn_ends
-    learning = config.learn_grid or ends
+    if config.teacher_pool and not ends:
+        raise ValueError(f"teacher_pool={config.teacher_pool} needs learn_ends=True (only that teacher does not follow "
+                         "the student's grid, so it can be computed once)")
     if ends:
         model_sigma_range = model_sigma_range or _model_sigma_range(denoiser)
         _check_learn_ends(config, prediction_type, model_sigma_range)
@@ -518,18 +542,26 @@ def distill(
     fine_on_dev = refine_sigmas(grid, config.teacher_factor).to(torch.float32).to(dev)
     if ends:  # the reference: from the model's top to its lowest sigma, then to 0; it ignores the student's grid
         lo, hi = model_sigma_range  # type: ignore[misc]
-        reference_grid = make_sigmas(config.teacher_factor * config.steps, lo, hi, "karras").to(torch.float32).to(dev)
+        teacher_grid = reference_grid(config.teacher_factor * config.steps, lo, hi).to(torch.float32).to(dev)
 
     def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
         z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
         return z.to(torch.float32) * start_scale, _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
 
+    def reference_batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """Unit noise, its reference output and the churn generator of one batch (learned ends)."""
+        z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream))).to(torch.float32)
+        g = _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
+        return z, reference_teacher(denoiser, z, teacher_grid), g
+
+    t_pool = time.perf_counter()
+    pool = [reference_batch(-2 - k, 0) for k in range(config.teacher_pool)] if ends else []
+    pool_seconds = time.perf_counter() - t_pool  # part of the run's time: the teacher's calls are paid here
+
     def evaluate(iteration: int, stream: int, with_grad: bool,
                  last_term: list[torch.Tensor] | None = None) -> torch.Tensor:
         if ends:
-            z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream))).to(torch.float32)
-            g = _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
-            target = reference_teacher(denoiser, z, reference_grid)
+            z, target, g = pool[iteration % len(pool)] if (pool and iteration >= 0) else reference_batch(iteration, stream)
             with torch.set_grad_enabled(with_grad):
                 sigmas_now = grid_with_ends(grid_logits.to(dev), end_logits.to(dev), lo, hi)  # type: ignore[union-attr]
                 out = final_state(denoiser, z * sigmas_now[0], sigmas_now, raw, config, g)
@@ -601,7 +633,7 @@ def distill(
     finally:
         if log is not None:
             log.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + pool_seconds
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
     training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
