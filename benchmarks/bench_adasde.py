@@ -49,6 +49,8 @@ class AdaSDEMethod:
     cache: Path
     fresh: bool = False
     distill_seconds: dict = dataclasses.field(default_factory=dict)
+    #: the starting grid's (top, bottom) when not the model's range (learned ends start from a tuned-style grid)
+    init_range: tuple[float, float] | None = None
 
     def coefficients(self, tb: Testbed, nfe: int) -> Path:
         path = self.cache / f"{tb.name}-{self.name}-nfe{nfe}.safetensors"
@@ -57,6 +59,8 @@ class AdaSDEMethod:
             self.distill_seconds[(tb.name, nfe)] = (meta.training.get("seconds", math.nan), True)
             return path
         smin, smax = sd_sigma_range()
+        if self.init_range is not None:
+            smax, smin = self.init_range
         cfg = attrs.evolve(self.base, nfe=nfe, sigma_min=smin, sigma_max=smax)
 
         def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -69,6 +73,7 @@ class AdaSDEMethod:
         res = distill(
             denoiser, sample_noise, cfg, model=f"testbed:{tb.name}", prediction_type="epsilon",
             output=path, log_path=path.with_suffix(".jsonl"), resume=not self.fresh, progress=False,
+            model_sigma_range=sd_sigma_range() if cfg.learn_ends else None,
         )
         seconds = time.perf_counter() - t0
         self.distill_seconds[(tb.name, nfe)] = (seconds, False)
@@ -157,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     p.add_argument("--learn-grid", action="store_true",
                    help="also rows with the sigma grid learned (AdaSDE and Euler, last-step loss)")
+    p.add_argument("--learn-ends", action="store_true",
+                   help="also a row with the grid and its ends learned (Euler form, last step to 0, teacher from the "
+                        "model's top), started from the log-linear grid --ends-init")
+    p.add_argument("--ends-init", nargs=2, type=float, default=[14.6, 0.1], metavar=("TOP", "BOTTOM"))
+    p.add_argument("--teacher-pool", type=int, default=0, help="--learn-ends: batches of the teacher computed once")
     p.add_argument("--grid-baselines", action="store_true",
                    help="also euler/dpm++2m/dpm++3m/unipc/deis on their default (linspace), Karras and tuned grids")
     p.add_argument("--no-plain", action="store_true", help="skip the fixed-grid adasde and adasde-g0 rows")
@@ -177,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         lg = attrs.evolve(base, learn_grid=True, step_weight=0.0, grid_lr=0.1)
         ours += [AdaSDEMethod("adasde-lgrid", lg, args.cache, args.fresh),
                  AdaSDEMethod("euler-lgrid", attrs.evolve(lg, solver="euler", gamma_max=0.0), args.cache, args.fresh)]
+    if args.learn_ends:  # the whole grid, ends included, against the reference from the model's top (no AFS: top = call)
+        ends = attrs.evolve(base, solver="euler", gamma_max=0.0, analytic_first_step=False, learn_grid=True,
+                            learn_ends=True, step_weight=0.0, grid_lr=0.05, schedule="loglinear",
+                            teacher_pool=args.teacher_pool)
+        ours.append(AdaSDEMethod("euler-ends", ends, args.cache, args.fresh, init_range=tuple(args.ends_init)))
     grid_rows = []
     if args.grid_baselines:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -229,3 +229,31 @@ def test_a_teacher_pool_is_computed_once_and_trains_as_well() -> None:
     assert sum(res.losses[-5:]) / 5 < 0.8 * res.initial_loss
     with pytest.raises(ValueError, match="teacher_pool=2 needs learn_ends"):
         distill(denoiser, noise, DistillConfig(nfe=3, teacher_pool=2), model="t", progress=False)
+
+
+def test_finite_difference_grid_gradient_follows_autograd_on_a_smooth_model() -> None:
+    torch.set_num_threads(1)
+    tb = get_testbed("gmm2d-8")
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return tb.denoiser.denoise(x, sigma)
+
+    def noise(batch: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn((batch, *tb.data_shape), generator=g)
+
+    seed = int(torch.randint(0, 2**31, ()))
+    cfg = DistillConfig(nfe=3, solver="euler", analytic_first_step=False, gamma_max=0.0, iterations=8, batch_size=32,
+                        teacher_factor=3, sigma_min=0.2, sigma_max=7.0, schedule="loglinear", learn_grid=True,
+                        learn_ends=True, grid_lr=0.1, step_weight=0.0, seed=seed, teacher_pool=1)
+    by_autograd = distill(denoiser, noise, cfg, model="t", progress=False, model_sigma_range=(SMIN, SMAX))
+    import attrs
+
+    by_differences = distill(denoiser, noise, attrs.evolve(cfg, grid_fd_step=0.02), model="t", progress=False,
+                             model_sigma_range=(SMIN, SMAX))
+    start = torch.cat([make_sigmas(cfg.steps - 1, 0.2, 7.0, "loglinear"), torch.zeros(1, dtype=torch.float64)])
+    moved = (by_autograd.coefficients.sigmas - start)[:-1].abs().max()
+    assert float(moved) > 1e-3  # the grid moved, and both gradients moved it the same way
+    assert torch.allclose(by_differences.coefficients.sigmas, by_autograd.coefficients.sigmas, rtol=1e-2)
+    with pytest.raises(ValueError, match="grid_fd_step=0.02 needs learn_ends=True and gamma_max=0"):
+        distill(denoiser, noise, attrs.evolve(cfg, gamma_max=0.3, grid_fd_step=0.02), model="t", progress=False,
+                model_sigma_range=(SMIN, SMAX))

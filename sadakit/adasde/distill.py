@@ -124,7 +124,12 @@ class DistillConfig:
     the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma. Such a
     teacher does not depend on the student, so ``teacher_pool = k > 0`` computes it once for ``k``
     batches and iteration ``i`` trains on batch ``i mod k`` (as LD3 fits a grid to a fixed set of
-    teacher pairs): each iteration then costs only the student's calls.
+    teacher pairs): each iteration then costs only the student's calls. ``grid_fd_step > 0`` takes
+    the grid's gradient by central differences of that size in logit units instead of autograd
+    (learned ends, ``gamma_max = 0``: then the grid is all that trains). Why: a VP model trained on
+    integer timesteps wiggles between them, so the exact derivative in sigma is a local one that
+    can point the other way than the loss's trend over a 1 % step (measured on the bundled shapes
+    model, docs/adasde.md); a difference over a few percent follows the trend.
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -149,6 +154,7 @@ class DistillConfig:
     grid_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
     learn_ends: bool = False
     teacher_pool: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    grid_fd_step: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
 
     @property
     def steps(self) -> int:
@@ -299,7 +305,7 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     ours = attrs.asdict(config)
     # iterations may grow on resume (train longer); everything else must match
     # settings added later are absent from older checkpoints: they were written at the default
-    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0}
+    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0, "grid_fd_step": 0.0}
     diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
             if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
@@ -338,6 +344,12 @@ def _file_metadata(
         grid_logits=grid_logits,
         grid_ends=grid_ends,
     )
+
+
+#: The end logits' learning rate and difference step relative to the interior's: one logit of an
+#: end moves it by ``u (1 - u)`` of the model's log-sigma range (~2.4 nats on a 0.03-4096 range),
+#: an interior logit its node by ~0.7 nats, so the ends take steps a third the size.
+ENDS_STEP_SCALE = 0.3
 
 
 def _ends_record(end_logits: torch.Tensor, sigma_range: tuple[float, float]) -> dict[str, float]:
@@ -456,6 +468,9 @@ def distill(
     main = rank == 0
     local_bs = shard_sizes(config.batch_size, world)[rank]
     ends = config.learn_ends
+    if config.grid_fd_step and not (ends and config.gamma_max == 0.0):
+        raise ValueError(f"grid_fd_step={config.grid_fd_step} needs learn_ends=True and gamma_max=0 (finite differences "
+                         "train the grid only, and that is all the churn-free Euler form has)")
     if config.teacher_pool and not ends:
         raise ValueError(f"teacher_pool={config.teacher_pool} needs learn_ends=True (only that teacher does not follow "
                          "the student's grid, so it can be computed once)")
@@ -526,8 +541,10 @@ def distill(
     grid_opt = None
     if grid_logits is not None:
         grid_logits.requires_grad_(True)
-        grid_params = [grid_logits] + ([end_logits.requires_grad_(True)] if end_logits is not None else [])
-        grid_opt = torch.optim.Adam(grid_params, lr=config.grid_lr)
+        groups = [{"params": [grid_logits], "scale": 1.0}]
+        if end_logits is not None:
+            groups.append({"params": [end_logits.requires_grad_(True)], "scale": ENDS_STEP_SCALE})
+        grid_opt = torch.optim.Adam(groups, lr=config.grid_lr)
     if loaded is not None:
         for prefix, param, optimizer in (("", raw, opt), ("grid_", grid_logits, grid_opt), ("ends_", end_logits, grid_opt)):
             if optimizer is not None and param is not None and prefix + "exp_avg" in tensors:
@@ -558,14 +575,34 @@ def distill(
     pool = [reference_batch(-2 - k, 0) for k in range(config.teacher_pool)] if ends else []
     pool_seconds = time.perf_counter() - t_pool  # part of the run's time: the teacher's calls are paid here
 
+    def ends_loss(iteration: int, stream: int, inner: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """The last-step loss of the grid ``(inner, end)`` on the batch of ``iteration`` (learned ends)."""
+        z, target, g = pool[iteration % len(pool)] if (pool and iteration >= 0) else reference_batch(iteration, stream)
+        sigmas_now = grid_with_ends(inner.to(dev), end.to(dev), lo, hi)
+        out = final_state(denoiser, z * sigmas_now[0], sigmas_now, raw, config, g)
+        return config.last_step_weight * feature_loss(out, target)
+
+    def fd_gradient(iteration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and central-difference gradients (interior, ends) at the current grid, on one batch."""
+        theta = torch.cat([grid_logits.detach(), end_logits.detach()])  # type: ignore[union-attr]
+        n_inner = grid_logits.numel()  # type: ignore[union-attr]
+        with torch.no_grad():
+            loss = ends_loss(iteration, 0, theta[:n_inner], theta[n_inner:])
+            grad = torch.zeros_like(theta)
+            for k in range(len(theta)):
+                h = config.grid_fd_step * (1.0 if k < n_inner else ENDS_STEP_SCALE)
+                step = torch.zeros_like(theta)
+                step[k] = h
+                up, down = theta + step, theta - step
+                grad[k] = (ends_loss(iteration, 0, up[:n_inner], up[n_inner:])
+                           - ends_loss(iteration, 0, down[:n_inner], down[n_inner:])) / (2 * h)
+        return loss, grad[:n_inner], grad[n_inner:]
+
     def evaluate(iteration: int, stream: int, with_grad: bool,
                  last_term: list[torch.Tensor] | None = None) -> torch.Tensor:
         if ends:
-            z, target, g = pool[iteration % len(pool)] if (pool and iteration >= 0) else reference_batch(iteration, stream)
             with torch.set_grad_enabled(with_grad):
-                sigmas_now = grid_with_ends(grid_logits.to(dev), end_logits.to(dev), lo, hi)  # type: ignore[union-attr]
-                out = final_state(denoiser, z * sigmas_now[0], sigmas_now, raw, config, g)
-                return config.last_step_weight * feature_loss(out, target)
+                return ends_loss(iteration, stream, grid_logits, end_logits)  # type: ignore[arg-type]
         x, g = batch(iteration, stream)
         if grid_logits is None:
             teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor, fine_on_dev)
@@ -595,17 +632,23 @@ def distill(
             opt.zero_grad(set_to_none=False)
             if grid_opt is not None:
                 for group in grid_opt.param_groups:
-                    group["lr"] = config.grid_lr * lr / config.lr
+                    group["lr"] = config.grid_lr * lr / config.lr * group["scale"]
                 grid_opt.zero_grad(set_to_none=False)
             last: list[torch.Tensor] = []
-            local = evaluate(it, 0, True, last)
             share = local_bs / config.batch_size
-            if grid_logits is not None and not ends and config.step_weight > 0:
+            if config.grid_fd_step:  # the grid alone, by central differences (no coefficient acts at gamma_max = 0)
+                local, inner_grad, ends_grad = fd_gradient(it)
+                raw.grad = torch.zeros_like(raw)
+                grid_logits.grad = inner_grad * share  # type: ignore[union-attr]
+                end_logits.grad = ends_grad * share  # type: ignore[union-attr]
+            elif grid_logits is not None and not ends and config.step_weight > 0:
+                local = evaluate(it, 0, True, last)
                 # the grid from the last-step term, the coefficients from the whole loss
                 (grid_grad,) = torch.autograd.grad(last[0] * share, grid_logits, retain_graph=True)
                 (local * share).backward(inputs=[raw])
                 grid_logits.grad = grid_grad
             else:
+                local = evaluate(it, 0, True, last)
                 (local * share).backward()
             for param in (raw, grid_logits, end_logits):
                 if param is None:
