@@ -139,6 +139,28 @@ class GridSolverMethod:
         return self._pipe(ctx.testbed, nfe)(num_inference_steps=nfe, latents=ctx.noise)
 
 
+def sw_per_draw(ctx: bench.BenchContext, samples: torch.Tensor, repeats: int, seed: int = 0) -> list[float]:
+    """Sliced W2 to ``repeats`` fresh exact sample sets, one value per draw (``metrics.distribution_distance``'s
+    draws: the same seed gives every method the same true samples and projections, so draws pair up)."""
+    from sadakit.testbeds import metrics as M
+
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(repeats):
+        truth = ctx.testbed.mixture.sample(samples.shape[0], generator=g)
+        values.append(M.sliced_wasserstein(samples, truth, 256, generator=g))
+    return values
+
+
+def paired_sw(config: str, ours: str, best: str, nfe: int, n_samples: int, repeats: int) -> tuple[float, float]:
+    """Mean and 95 % half-width of the per-draw sliced-W2 difference ``ours - best`` (same noise, same draws)."""
+    ctx = bench.make_context(config, n_samples, sw_repeats=repeats)
+    a = sw_per_draw(ctx, bench.METHODS[ours].run(ctx, nfe).samples, repeats)
+    b = sw_per_draw(ctx, bench.METHODS[best].run(ctx, nfe).samples, repeats)
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    return float(d.mean()), 1.96 * float(d.std(unbiased=True)) / math.sqrt(len(d))
+
+
 TUNE_HI = (14.6, 7.0, 3.5)
 TUNE_LO = (0.03, 0.1, 0.3)
 
@@ -237,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                 a, a_ci = ada.values["sw"].mean, ada.values["sw"].ci95
                 verdict = ("wins" if a + a_ci < b - b_ci else "loses" if a - a_ci > b + b_ci
                            else "tie (CIs overlap)")
+                diff, half = paired_sw(s.config, ada.method, best.method, nfe, args.samples, args.sw_repeats)
+                paired = "wins" if diff + half < 0 else "loses" if diff - half > 0 else "tie (inside the noise)"
                 print(f"- {s.config} NFE {nfe}: {ada.method} sw {a:.4f} +- {a_ci:.4f} vs best diffusers {best.method} "
-                      f"{b:.4f} +- {b_ci:.4f} -> {verdict}")
+                      f"{b:.4f} +- {b_ci:.4f} -> {verdict}; paired per-draw difference {diff:+.4f} +- {half:.4f} "
+                      f"-> {paired}")
     print(f"\n_{len(rows)} rows in {time.perf_counter() - t0:.0f} s, torch {torch.__version__}_")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
