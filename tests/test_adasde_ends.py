@@ -257,3 +257,25 @@ def test_finite_difference_grid_gradient_follows_autograd_on_a_smooth_model() ->
     with pytest.raises(ValueError, match="grid_fd_step=0.02 needs learn_ends=True and gamma_max=0"):
         distill(denoiser, noise, attrs.evolve(cfg, gamma_max=0.3, grid_fd_step=0.02), model="t", progress=False,
                 model_sigma_range=(SMIN, SMAX))
+
+
+def test_a_pipeline_reference_grid_is_run_with_euler_and_the_log_loss_is_the_mean_psnr() -> None:
+    from sadakit.adasde.distill import per_sample_log_mse
+
+    tb = get_testbed("gmm2d-8")
+    denoiser = lambda x, s: tb.denoiser.denoise(x, s)  # noqa: E731
+    z = torch.randn(32, *tb.data_shape)
+    grid = torch.cat([make_sigmas(9, SMIN, SMAX, "loglinear"), torch.zeros(1, dtype=torch.float64)])
+    # a grid ending at 0: Euler node by node, as a pipeline's Euler scheduler runs it
+    expected = sample_adasde(denoiser, z * SMAX, grid, init_raw_coefficients(10, 0.0, 0.0), analytic_first_step=False,
+                             solver="euler", gamma_max=0.0).x
+    assert torch.allclose(reference_teacher(denoiser, z, grid.float()), expected, atol=1e-5)
+    a, b = torch.randn(6, 3, 4), torch.randn(6, 3, 4)
+    psnr = -10 * torch.log10((a - b).pow(2).flatten(1).mean(1))
+    assert float(per_sample_log_mse()(a, b)) == pytest.approx(float(-psnr.mean() * torch.log(torch.tensor(10.0)) / 10),
+                                                             rel=1e-5)
+    doubled = per_sample_log_mse(lambda x: 2 * x)(a, b)  # a decoder scaling by 2 adds log 4
+    assert float(doubled - per_sample_log_mse()(a, b)) == pytest.approx(float(torch.log(torch.tensor(4.0))), rel=1e-5)
+    with pytest.raises(ValueError, match="teacher_sigmas needs learn_ends"):
+        distill(denoiser, lambda n, g: torch.randn(n, 2, generator=g), DistillConfig(nfe=3), model="t", progress=False,
+                teacher_sigmas=grid)

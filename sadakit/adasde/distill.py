@@ -410,14 +410,37 @@ def reference_grid(steps: int, sigma_lo: float, sigma_hi: float) -> torch.Tensor
 
 @torch.no_grad()
 def reference_teacher(denoiser: Denoiser, z: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-    """The reference output of unit noise ``z``: mid-point from ``fine[0] * z`` down ``fine``, then a last step to 0.
+    """The reference output of unit noise ``z`` from ``fine[0] * z`` down the grid ``fine`` (float32, model's device).
 
-    ``fine`` (float32, on the model's device) runs from the model's top sigma to its lowest; the
-    last step is Euler to 0 (the denoised estimate at the lowest sigma), as a many-step diffusers
-    Euler run ends.
+    A grid ending at a positive sigma is solved with the mid-point method, then a last step to 0
+    (the denoised estimate at the lowest sigma), as a many-step diffusers Euler run ends. A grid
+    ending at 0 is a pipeline's own reference schedule (``teacher_sigmas``) and is run with Euler,
+    node by node, exactly as that pipeline's Euler scheduler does.
     """
-    x = sample_midpoint(lambda x, s: denoiser(x, s).to(torch.float32), z.to(torch.float32) * fine[0], fine)
-    return denoiser(x, fine[-1]).to(torch.float32)
+    denoise = lambda x, s: denoiser(x, s).to(torch.float32)  # noqa: E731
+    if float(fine[-1]) == 0.0:
+        x = z.to(torch.float32) * fine[0]
+        for n in range(len(fine) - 1):
+            x = x + (fine[n + 1] - fine[n]) * (x - denoise(x, fine[n])) / fine[n]
+        return x
+    x = sample_midpoint(denoise, z.to(torch.float32) * fine[0], fine)
+    return denoise(x, fine[-1])
+
+
+def per_sample_log_mse(decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FeatureLoss:
+    """Last-step loss: the mean over samples of ``log(MSE)`` of each sample, after ``decode`` (e.g. the VAE).
+
+    Why: benchmarks compare the mean of per-sample PSNRs (``-10 log10 MSE``), which this is up to
+    a constant factor; the mean of squared errors instead weighs the worst samples most (measured
+    on the shapes model: a grid 21 % lower in latent MSE had a 0.2 dB lower mean pixel PSNR).
+    """
+
+    def loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        a, b = (student, teacher) if decode is None else (decode(student), decode(teacher))
+        mse = (a.to(torch.float32) - b.to(torch.float32)).pow(2).flatten(1).mean(1)
+        return torch.log(mse + 1e-12).mean()
+
+    return loss
 
 
 def final_state(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, raw: torch.Tensor,
@@ -446,6 +469,7 @@ def distill(
     progress: bool = True,
     state: Any = "auto",
     model_sigma_range: tuple[float, float] | None = None,
+    teacher_sigmas: torch.Tensor | None = None,
 ) -> DistillResult:
     """Fit AdaSDE (or learned-churn base solver) coefficients for ``denoiser``.
 
@@ -460,6 +484,8 @@ def distill(
     ``accelerate.PartialState`` (``"auto"``: created when several processes were launched).
     ``model_sigma_range`` (``learn_ends`` only; default: a pipeline adapter's trained range) is
     where the teacher starts and the learned ends stay; ``sigmas`` then ends with 0.
+    ``teacher_sigmas`` (``learn_ends`` only) replaces that teacher by Euler on this grid ending at 0,
+    e.g. the pipeline's own 50-step schedule: the target is then exactly the reference output.
     """
     if state == "auto":
         state = distributed_state()
@@ -471,6 +497,8 @@ def distill(
     if config.grid_fd_step and not (ends and config.gamma_max == 0.0):
         raise ValueError(f"grid_fd_step={config.grid_fd_step} needs learn_ends=True and gamma_max=0 (finite differences "
                          "train the grid only, and that is all the churn-free Euler form has)")
+    if teacher_sigmas is not None and not ends:
+        raise ValueError("teacher_sigmas needs learn_ends=True (the teacher that starts at the model's top)")
     if config.teacher_pool and not ends:
         raise ValueError(f"teacher_pool={config.teacher_pool} needs learn_ends=True (only that teacher does not follow "
                          "the student's grid, so it can be computed once)")
@@ -559,7 +587,12 @@ def distill(
     fine_on_dev = refine_sigmas(grid, config.teacher_factor).to(torch.float32).to(dev)
     if ends:  # the reference: from the model's top to its lowest sigma, then to 0; it ignores the student's grid
         lo, hi = model_sigma_range  # type: ignore[misc]
-        teacher_grid = reference_grid(config.teacher_factor * config.steps, lo, hi).to(torch.float32).to(dev)
+        if teacher_sigmas is not None:
+            if teacher_sigmas.ndim != 1 or len(teacher_sigmas) < 2 or float(teacher_sigmas[-1]) != 0.0:
+                raise ValueError("teacher_sigmas must be a decreasing grid ending at 0 (a pipeline's reference schedule)")
+            teacher_grid = teacher_sigmas.detach().to(torch.float32).to(dev)
+        else:
+            teacher_grid = reference_grid(config.teacher_factor * config.steps, lo, hi).to(torch.float32).to(dev)
 
     def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
         z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
