@@ -279,3 +279,28 @@ def test_a_pipeline_reference_grid_is_run_with_euler_and_the_log_loss_is_the_mea
     with pytest.raises(ValueError, match="teacher_sigmas needs learn_ends"):
         distill(denoiser, lambda n, g: torch.randn(n, 2, generator=g), DistillConfig(nfe=3), model="t", progress=False,
                 teacher_sigmas=grid)
+
+
+def test_keep_best_ends_on_the_lowest_loss_grid() -> None:
+    import attrs
+
+    from sadakit.adasde.distill import _seed, final_state, latent_l2, reference_grid
+
+    torch.set_num_threads(1)
+    tb = get_testbed("gmm2d-8")
+    denoiser = lambda x, s: tb.denoiser.denoise(x, s)  # noqa: E731
+    noise = lambda n, g: torch.randn((n, *tb.data_shape), generator=g)  # noqa: E731
+    seed = int(torch.randint(0, 2**31, ()))
+    # a learning rate far too large: Adam overshoots, so the last grid is not the best one
+    cfg = DistillConfig(nfe=3, solver="euler", analytic_first_step=False, gamma_max=0.0, iterations=8, batch_size=32,
+                        teacher_factor=3, sigma_min=0.2, sigma_max=7.0, schedule="loglinear", learn_grid=True,
+                        learn_ends=True, grid_lr=3.0, step_weight=0.0, seed=seed, teacher_pool=1, keep_best=True)
+    res = distill(denoiser, noise, cfg, model="t", progress=False, model_sigma_range=(SMIN, SMAX))
+    z = noise(32, torch.Generator().manual_seed(_seed(seed, -2, 0, 0)))  # the pooled batch
+    target = reference_teacher(denoiser, z, reference_grid(cfg.teacher_factor * cfg.steps, SMIN, SMAX).float())
+    grid = res.coefficients.sigmas
+    out = final_state(denoiser, z * float(grid[0]), grid.float(), res.coefficients.raw, cfg, torch.Generator())
+    assert float(latent_l2(out, target)) <= min(res.losses) * (1 + 1e-4)
+    with pytest.raises(ValueError, match="keep_best=True needs"):
+        distill(denoiser, noise, attrs.evolve(cfg, teacher_pool=2), model="t", progress=False,
+                model_sigma_range=(SMIN, SMAX))

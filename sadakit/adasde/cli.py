@@ -127,6 +127,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         teacher_factor=args.teacher_factor, iterations=args.iterations, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid or args.learn_ends,
         grid_lr=args.grid_lr, learn_ends=args.learn_ends, teacher_pool=args.teacher_pool, grid_fd_step=args.grid_fd_step,
+        keep_best=args.keep_best,
         step_weight=args.step_weight if args.step_weight is not None else
         (0.0 if (args.learn_grid or args.learn_ends) else 1.0),
     )
@@ -209,6 +210,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--grid-fd-step", type=float, default=0.0,
                    help="--learn-ends --gamma-max 0: the grid's gradient by central differences of this size in logit "
                         "units (0: autograd); for models whose output wiggles between integer timesteps")
+    d.add_argument("--keep-best", action="store_true",
+                   help="--learn-ends --teacher-pool 1: end on the grid of the lowest loss seen, not the last one")
     d.add_argument("--grid-lr", type=float, default=0.05, help="--learn-grid: Adam learning rate of the grid")
     d.add_argument("--step-weight", type=float, default=None,
                    help="weight of the per-step terms (default 1; 0 with --learn-grid: the last step only)")

@@ -129,7 +129,9 @@ class DistillConfig:
     (learned ends, ``gamma_max = 0``: then the grid is all that trains). Why: a VP model trained on
     integer timesteps wiggles between them, so the exact derivative in sigma is a local one that
     can point the other way than the loss's trend over a 1 % step (measured on the bundled shapes
-    model, docs/adasde.md); a difference over a few percent follows the trend.
+    model, docs/adasde.md); a difference over a few percent follows the trend. ``keep_best``
+    (``teacher_pool = 1``: the same batch every iteration, so losses compare) ends on the grid of the
+    lowest loss seen rather than the last one: on a rough loss Adam's last step can be uphill.
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -155,6 +157,7 @@ class DistillConfig:
     learn_ends: bool = False
     teacher_pool: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     grid_fd_step: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    keep_best: bool = False
 
     @property
     def steps(self) -> int:
@@ -305,7 +308,8 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     ours = attrs.asdict(config)
     # iterations may grow on resume (train longer); everything else must match
     # settings added later are absent from older checkpoints: they were written at the default
-    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0, "grid_fd_step": 0.0}
+    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0, "grid_fd_step": 0.0,
+                "keep_best": False}
     diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
             if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
@@ -497,6 +501,9 @@ def distill(
     if config.grid_fd_step and not (ends and config.gamma_max == 0.0):
         raise ValueError(f"grid_fd_step={config.grid_fd_step} needs learn_ends=True and gamma_max=0 (finite differences "
                          "train the grid only, and that is all the churn-free Euler form has)")
+    if config.keep_best and not (ends and config.teacher_pool == 1 and config.gamma_max == 0.0):
+        raise ValueError("keep_best=True needs learn_ends=True, teacher_pool=1 and gamma_max=0 (one fixed batch and a "
+                         "deterministic student, so the losses of different iterations compare)")
     if teacher_sigmas is not None and not ends:
         raise ValueError("teacher_sigmas needs learn_ends=True (the teacher that starts at the model's top)")
     if config.teacher_pool and not ends:
@@ -654,6 +661,7 @@ def distill(
         initial = evaluate(-1, 10, False).detach() * (local_bs / config.batch_size)
     initial_loss = float(_sum_across(initial.reshape(1).cpu(), state))
 
+    best: tuple[float, torch.Tensor, torch.Tensor] | None = None  # keep_best: (loss, interior logits, end logits)
     log = open(log_path, "a") if (log_path is not None and main) else None
     bar = tqdm(range(start_it, config.iterations), disable=not (progress and main), desc=f"AdaSDE NFE={config.nfe}")
     t0 = time.perf_counter()
@@ -690,6 +698,8 @@ def distill(
                     param.grad = torch.zeros_like(param)
                 param.grad.copy_(_sum_across(param.grad.detach().cpu(), state))
             loss_value = float(_sum_across((local.detach() * (local_bs / config.batch_size)).reshape(1).cpu(), state))
+            if config.keep_best and (best is None or loss_value < best[0]):  # the loss of the grid before this step
+                best = (loss_value, grid_logits.detach().clone(), end_logits.detach().clone())  # type: ignore[union-attr]
             opt.step()
             if grid_opt is not None:
                 grid_opt.step()
@@ -709,6 +719,13 @@ def distill(
     finally:
         if log is not None:
             log.close()
+    if best is not None:
+        with torch.no_grad():  # the last step's grid was never evaluated: one more rollout settles it
+            last_loss = float(ends_loss(config.iterations, 0, grid_logits, end_logits))  # type: ignore[arg-type]
+        if best[0] < last_loss:
+            with torch.no_grad():
+                grid_logits.copy_(best[1])  # type: ignore[union-attr]
+                end_logits.copy_(best[2])  # type: ignore[union-attr]
     seconds = time.perf_counter() - t0 + pool_seconds
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
