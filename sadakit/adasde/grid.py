@@ -6,6 +6,10 @@ the solver (measured in docs/adasde.md), so distillation learns it. Any real vec
 ``sigma_min`` and is strictly decreasing (each step takes a softmax share of the total
 log-sigma drop, and every share is positive), so gradient steps can never produce a grid a
 coefficient file would refuse. Equal logits give the log-linear grid.
+
+``grid_with_ends`` learns the ends too: a top and a bottom inside the model's sigma range (two
+sigmoid logits), the interior as above between them, then one last step to sigma 0 as diffusers'
+Euler ends. Any end logits within ``MAX_END_LOGIT`` give a valid grid.
 """
 
 from __future__ import annotations
