@@ -49,6 +49,8 @@ class AdaSDEMethod:
     cache: Path
     fresh: bool = False
     distill_seconds: dict = dataclasses.field(default_factory=dict)
+    #: the starting grid's (top, bottom) when not the model's range (learned ends start from a tuned-style grid)
+    init_range: tuple[float, float] | None = None
 
     def coefficients(self, tb: Testbed, nfe: int) -> Path:
         path = self.cache / f"{tb.name}-{self.name}-nfe{nfe}.safetensors"
@@ -57,6 +59,8 @@ class AdaSDEMethod:
             self.distill_seconds[(tb.name, nfe)] = (meta.training.get("seconds", math.nan), True)
             return path
         smin, smax = sd_sigma_range()
+        if self.init_range is not None:
+            smax, smin = self.init_range
         cfg = attrs.evolve(self.base, nfe=nfe, sigma_min=smin, sigma_max=smax)
 
         def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -69,6 +73,7 @@ class AdaSDEMethod:
         res = distill(
             denoiser, sample_noise, cfg, model=f"testbed:{tb.name}", prediction_type="epsilon",
             output=path, log_path=path.with_suffix(".jsonl"), resume=not self.fresh, progress=False,
+            model_sigma_range=sd_sigma_range() if cfg.learn_ends else None,
         )
         seconds = time.perf_counter() - t0
         self.distill_seconds[(tb.name, nfe)] = (seconds, False)
@@ -134,6 +139,28 @@ class GridSolverMethod:
         return self._pipe(ctx.testbed, nfe)(num_inference_steps=nfe, latents=ctx.noise)
 
 
+def sw_per_draw(ctx: bench.BenchContext, samples: torch.Tensor, repeats: int, seed: int = 0) -> list[float]:
+    """Sliced W2 to ``repeats`` fresh exact sample sets, one value per draw (``metrics.distribution_distance``'s
+    draws: the same seed gives every method the same true samples and projections, so draws pair up)."""
+    from sadakit.testbeds import metrics as M
+
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(repeats):
+        truth = ctx.testbed.mixture.sample(samples.shape[0], generator=g)
+        values.append(M.sliced_wasserstein(samples, truth, 256, generator=g))
+    return values
+
+
+def paired_sw(config: str, ours: str, best: str, nfe: int, n_samples: int, repeats: int) -> tuple[float, float]:
+    """Mean and 95 % half-width of the per-draw sliced-W2 difference ``ours - best`` (same noise, same draws)."""
+    ctx = bench.make_context(config, n_samples, sw_repeats=repeats)
+    a = sw_per_draw(ctx, bench.METHODS[ours].run(ctx, nfe).samples, repeats)
+    b = sw_per_draw(ctx, bench.METHODS[best].run(ctx, nfe).samples, repeats)
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    return float(d.mean()), 1.96 * float(d.std(unbiased=True)) / math.sqrt(len(d))
+
+
 TUNE_HI = (14.6, 7.0, 3.5)
 TUNE_LO = (0.03, 0.1, 0.3)
 
@@ -157,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
     p.add_argument("--learn-grid", action="store_true",
                    help="also rows with the sigma grid learned (AdaSDE and Euler, last-step loss)")
+    p.add_argument("--learn-ends", action="store_true",
+                   help="also a row with the grid and its ends learned (Euler form, last step to 0, teacher from the "
+                        "model's top), started from the log-linear grid --ends-init")
+    p.add_argument("--ends-init", nargs=2, type=float, default=[14.6, 0.1], metavar=("TOP", "BOTTOM"))
+    p.add_argument("--teacher-pool", type=int, default=0, help="--learn-ends: batches of the teacher computed once")
     p.add_argument("--grid-baselines", action="store_true",
                    help="also euler/dpm++2m/dpm++3m/unipc/deis on their default (linspace), Karras and tuned grids")
     p.add_argument("--no-plain", action="store_true", help="skip the fixed-grid adasde and adasde-g0 rows")
@@ -177,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         lg = attrs.evolve(base, learn_grid=True, step_weight=0.0, grid_lr=0.1)
         ours += [AdaSDEMethod("adasde-lgrid", lg, args.cache, args.fresh),
                  AdaSDEMethod("euler-lgrid", attrs.evolve(lg, solver="euler", gamma_max=0.0), args.cache, args.fresh)]
+    if args.learn_ends:  # the whole grid, ends included, against the reference from the model's top (no AFS: top = call)
+        ends = attrs.evolve(base, solver="euler", gamma_max=0.0, analytic_first_step=False, learn_grid=True,
+                            learn_ends=True, step_weight=0.0, grid_lr=0.05, schedule="loglinear",
+                            teacher_pool=args.teacher_pool)
+        ours.append(AdaSDEMethod("euler-ends", ends, args.cache, args.fresh, init_range=tuple(args.ends_init)))
     grid_rows = []
     if args.grid_baselines:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -222,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                 a, a_ci = ada.values["sw"].mean, ada.values["sw"].ci95
                 verdict = ("wins" if a + a_ci < b - b_ci else "loses" if a - a_ci > b + b_ci
                            else "tie (CIs overlap)")
+                diff, half = paired_sw(s.config, ada.method, best.method, nfe, args.samples, args.sw_repeats)
+                paired = "wins" if diff + half < 0 else "loses" if diff - half > 0 else "tie (inside the noise)"
                 print(f"- {s.config} NFE {nfe}: {ada.method} sw {a:.4f} +- {a_ci:.4f} vs best diffusers {best.method} "
-                      f"{b:.4f} +- {b_ci:.4f} -> {verdict}")
+                      f"{b:.4f} +- {b_ci:.4f} -> {verdict}; paired per-draw difference {diff:+.4f} +- {half:.4f} "
+                      f"-> {paired}")
     print(f"\n_{len(rows)} rows in {time.perf_counter() - t0:.0f} s, torch {torch.__version__}_")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

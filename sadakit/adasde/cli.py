@@ -33,7 +33,7 @@ import attrs
 import torch
 
 from .coefficients import CoefficientMismatchError, load_coefficients
-from .distill import DistillConfig, distill
+from .distill import DistillConfig, distill, latent_l2, per_sample_log_mse
 from .identity import model_fingerprint, short_fingerprint
 
 
@@ -91,6 +91,22 @@ def _bundled_sigma_max(args: argparse.Namespace) -> float | None:
     return spec.sigma_max if spec is not None else None
 
 
+def _pipeline_reference_sigmas(pipe: Any, steps: int) -> torch.Tensor:
+    """The VE grid of the pipeline's own ``steps``-step Euler run (its scheduler's spacing), ending at 0."""
+    from diffusers import EulerDiscreteScheduler
+
+    sched = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    return sched.sigmas.to(torch.float64)
+
+
+def _vae_decode(pipe: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Latents to the VAE's output (images, mel spectrograms): the space a benchmark compares samples in."""
+    vae = pipe.vae
+    scale = float(vae.config.scaling_factor)
+    return lambda latents: vae.decode(latents.to(vae.dtype) / scale).sample.to(torch.float32)
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,13 +125,29 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max if args.sigma_max is not None else _bundled_sigma_max(args) or meta.get("sigma_max", 80.0),
         schedule=args.schedule,
         teacher_factor=args.teacher_factor, iterations=args.iterations, batch_size=args.batch, lr=args.lr,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid, grid_lr=args.grid_lr,
-        step_weight=args.step_weight if args.step_weight is not None else (0.0 if args.learn_grid else 1.0),
+        checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid or args.learn_ends,
+        grid_lr=args.grid_lr, learn_ends=args.learn_ends, teacher_pool=args.teacher_pool, grid_fd_step=args.grid_fd_step,
+        keep_best=args.keep_best,
+        step_weight=args.step_weight if args.step_weight is not None else
+        (0.0 if (args.learn_grid or args.learn_ends) else 1.0),
     )
+    # learned ends: the teacher starts at the model's own top (uncapped), where a reference run starts
+    sigma_range = meta.get("model_sigma_range") or (meta.get("sigma_min", 0.002), meta.get("sigma_max", 80.0))
+    teacher_sigmas = None
+    if args.teacher == "pipeline" or args.loss == "decoded-log":
+        if not args.pipeline:
+            raise SystemExit("--teacher pipeline and --loss decoded-log need --pipeline (its scheduler and VAE)")
+        pipe = denoiser.pipe
+    if args.teacher == "pipeline":
+        teacher_sigmas = _pipeline_reference_sigmas(pipe, args.teacher_steps)
+    feature_loss = {"latent": latent_l2, "log": per_sample_log_mse(),
+                    "decoded-log": per_sample_log_mse(_vae_decode(pipe)) if args.loss == "decoded-log" else None}[args.loss]
     res = distill(
         denoiser, sample_noise, cfg, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
         prediction_type=meta.get("prediction_type", "epsilon"), guidance_scale=meta.get("guidance_scale"),
         output=args.out, log_path=args.log, resume=not args.fresh,
+        model_sigma_range=tuple(sigma_range) if args.learn_ends else None,
+        teacher_sigmas=teacher_sigmas, feature_loss=feature_loss,
     )
     print(
         f"distilled {meta['model']} ({short_fingerprint(res.coefficients.meta.model_fingerprint)}) NFE={cfg.nfe} "
@@ -169,10 +201,28 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="top of the grid (default: the model's range, capped at 80; a bundled model's measured best)")
     d.add_argument("--learn-grid", action="store_true",
                    help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
+    d.add_argument("--learn-ends", action="store_true",
+                   help="Euler form: learn the grid with its top and bottom, a last step to 0, and a teacher from the "
+                        "model's own top sigma (--sigma-max/--sigma-min/--schedule give the starting grid)")
+    d.add_argument("--teacher-pool", type=int, default=0,
+                   help="--learn-ends: compute the teacher once for this many batches and cycle through them (0: fresh "
+                        "noise and teacher every iteration)")
+    d.add_argument("--grid-fd-step", type=float, default=0.0,
+                   help="--learn-ends --gamma-max 0: the grid's gradient by central differences of this size in logit "
+                        "units (0: autograd); for models whose output wiggles between integer timesteps")
+    d.add_argument("--keep-best", action="store_true",
+                   help="--learn-ends --teacher-pool 1: end on the grid of the lowest loss seen, not the last one")
     d.add_argument("--grid-lr", type=float, default=0.05, help="--learn-grid: Adam learning rate of the grid")
     d.add_argument("--step-weight", type=float, default=None,
                    help="weight of the per-step terms (default 1; 0 with --learn-grid: the last step only)")
     d.add_argument("--teacher-factor", type=int, default=8)
+    d.add_argument("--teacher", default="midpoint", choices=["midpoint", "pipeline"],
+                   help="--learn-ends: the mid-point reference from the model's top, or the pipeline's own "
+                        "--teacher-steps Euler run (its scheduler's spacing): the 50-step output users compare with")
+    d.add_argument("--teacher-steps", type=int, default=50, help="--teacher pipeline: steps of the reference run")
+    d.add_argument("--loss", default="latent", choices=["latent", "log", "decoded-log"],
+                   help="last-step loss: latent L2; the mean per-sample log-MSE (what a mean PSNR measures); the same "
+                        "after the pipeline's VAE decoder")
     d.add_argument("--iterations", type=int, default=200)
     d.add_argument("--batch", type=int, default=256)
     d.add_argument("--lr", type=float, default=0.1)

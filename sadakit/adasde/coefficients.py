@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from ..core.adasde import BASE_SOLVERS, N_COEFFS, calls_per_step, count_nfe
 from ..errors import SadakitError
-from .grid import MAX_GRID_LOGIT, grid_from_logits
+from .grid import MAX_END_LOGIT, MAX_GRID_LOGIT, ends_from_logits, grid_from_logits, grid_with_ends
 
 METADATA_KEY = "sadakit.adasde"
 FORMAT_VERSION = 1
@@ -145,6 +145,22 @@ def _grid_logits_ok(value: Any) -> bool:
     return all(_finite_in(v, -MAX_GRID_LOGIT, MAX_GRID_LOGIT) for v in value)
 
 
+#: The keys of a ``grid_ends`` object (learned ends, sadakit.adasde.grid.grid_with_ends).
+GRID_END_KEYS = ("top_logit", "bottom_logit", "sigma_lo", "sigma_hi")
+
+
+def _grid_ends_ok(value: Any) -> bool:
+    """Learned ends: null, or exactly the four numbers of ``GRID_END_KEYS`` within their bounds."""
+    if value is None:
+        return True
+    if not isinstance(value, dict) or set(value) != set(GRID_END_KEYS):
+        return False
+    logits_ok = all(_finite_in(value[k], -MAX_END_LOGIT, MAX_END_LOGIT) for k in ("top_logit", "bottom_logit"))
+    lo, hi = value["sigma_lo"], value["sigma_hi"]
+    range_ok = _finite_in(lo, *SIGMA_BOUNDS) and _finite_in(hi, *SIGMA_BOUNDS) and lo < hi
+    return logits_ok and range_ok
+
+
 @dataclass(frozen=True)
 class FieldRule:
     """What one metadata field may hold: a predicate and its description for error messages."""
@@ -188,10 +204,14 @@ FIELD_RULES: dict[str, FieldRule] = {
                                    lambda v: v is None or (isinstance(v, str) and FINGERPRINT_PATTERN.fullmatch(v) is not None)),
     "grid_logits": FieldRule(f"null or a list of one finite number from {-MAX_GRID_LOGIT:g} to {MAX_GRID_LOGIT:g} per step "
                              "(the learned grid's softmax logits, sadakit.adasde.grid)", _grid_logits_ok),
+    "grid_ends": FieldRule(f"null or an object of exactly {', '.join(GRID_END_KEYS)}: the two logits finite numbers "
+                           f"from {-MAX_END_LOGIT:g} to {MAX_END_LOGIT:g}, the sigma range finite numbers from "
+                           f"{SIGMA_BOUNDS[0]:g} to {SIGMA_BOUNDS[1]:g} with sigma_lo < sigma_hi "
+                           "(the learned ends, sadakit.adasde.grid.grid_with_ends)", _grid_ends_ok),
 }
 #: Fields added after format 1's first release: files without them still load (``model_fingerprint``:
-#: the model is then not checked; ``grid_logits``: the grid was not learned).
-OPTIONAL_FIELDS = ("model_fingerprint", "grid_logits")
+#: the model is then not checked; ``grid_logits``: the grid was not learned; ``grid_ends``: its ends were not).
+OPTIONAL_FIELDS = ("model_fingerprint", "grid_logits", "grid_ends")
 #: Fields every file written by ``save_coefficients`` holds (format 1 from its first release).
 REQUIRED_FIELDS = tuple(name for name in FIELD_RULES if name not in OPTIONAL_FIELDS)
 
@@ -207,6 +227,13 @@ def _logits_to_floats(value: Any) -> Any:
     """JSON may write a logit 0.0 as 0; anything but a list of numbers is left for the rule to judge."""
     if isinstance(value, (list, tuple)) and all(_is_number(v) for v in value):
         return [_int_to_float(v) for v in value]
+    return value
+
+
+def _ends_to_floats(value: Any) -> Any:
+    """The numbers of a ``grid_ends`` object as floats (JSON may write 0.0 as 0); anything else left to the rule."""
+    if isinstance(value, dict):
+        return {k: _int_to_float(v) for k, v in value.items()}
     return value
 
 
@@ -275,6 +302,7 @@ class CoefficientMetadata:
     format_version: int = _field(FORMAT_VERSION)
     model_fingerprint: str | None = _field(None)
     grid_logits: list[float] | None = _field(None, converter=_logits_to_floats)
+    grid_ends: dict[str, float] | None = _field(None, converter=_ends_to_floats)
 
     def __attrs_post_init__(self) -> None:
         if not self.sigma_min < self.sigma_max:
@@ -288,18 +316,52 @@ class CoefficientMetadata:
                 f"{self.analytic_first_step}; allowed: {', '.join(map(str, reachable))}, ...",
                 field="metadata field 'nfe'",
             )
-        if self.grid_logits is not None and len(self.grid_logits) != self.steps:
+        if self.grid_ends is not None:
+            self._check_learned_ends()
+        elif self.grid_logits is not None and len(self.grid_logits) != self.steps:
             raise CoefficientFileError(
                 f"has {len(self.grid_logits)} entries; allowed: one per step ({self.steps} for nfe={self.nfe} with "
                 f"solver={self.solver!r})", field="metadata field 'grid_logits'",
             )
+
+    def _check_learned_ends(self) -> None:
+        """Learned ends: the Euler form (only its step can reach sigma 0), interior logits, ends as stated."""
+        where = "metadata field 'grid_ends'"
+        if self.solver != "euler":
+            raise CoefficientFileError(f"needs solver='euler' (the last step goes to sigma 0, which only the Euler "
+                                       f"step can take); the file has solver={self.solver!r}", field=where)
+        if self.steps < 2:
+            raise CoefficientFileError(f"needs at least 2 steps (a top and a bottom node); nfe={self.nfe} gives "
+                                       f"{self.steps}", field=where)
+        if self.grid_logits is None or len(self.grid_logits) != self.steps - 1:
+            have = "none" if self.grid_logits is None else f"{len(self.grid_logits)} entries"
+            raise CoefficientFileError(
+                f"has {have}; with grid_ends allowed: one per interval between the top and the bottom "
+                f"({self.steps - 1} for nfe={self.nfe})", field="metadata field 'grid_logits'")
+        e = self.grid_ends
+        top, bottom = ends_from_logits(torch.tensor([e["top_logit"], e["bottom_logit"]], dtype=torch.float64),
+                                       e["sigma_lo"], e["sigma_hi"])
+        for name, want, have in (("sigma_max", float(top), self.sigma_max), ("sigma_min", float(bottom), self.sigma_min)):
+            if not math.isclose(have, want, rel_tol=GRID_END_RTOL):
+                raise CoefficientFileError(f"{have:.6g}, but metadata field 'grid_ends' places it at {want:.6g}",
+                                           field=f"metadata field {name!r}")
 
     @property
     def learned_grid(self) -> torch.Tensor | None:
         """The grid ``grid_logits`` describe (float64), or ``None`` for a file whose grid was not learned."""
         if self.grid_logits is None:
             return None
-        return grid_from_logits(torch.tensor(self.grid_logits, dtype=torch.float64), self.sigma_max, self.sigma_min)
+        logits = torch.tensor(self.grid_logits, dtype=torch.float64)
+        if self.grid_ends is not None:
+            e = self.grid_ends
+            ends = torch.tensor([e["top_logit"], e["bottom_logit"]], dtype=torch.float64)
+            return grid_with_ends(logits, ends, e["sigma_lo"], e["sigma_hi"])
+        return grid_from_logits(logits, self.sigma_max, self.sigma_min)
+
+    @property
+    def ends_at_zero(self) -> bool:
+        """True when the grid's last step goes to sigma 0 (learned ends): ``sigma_min`` is then the last positive node."""
+        return self.grid_ends is not None
 
     @property
     def steps(self) -> int:
@@ -362,16 +424,22 @@ def _known_fields(data: Any) -> dict[str, Any]:
 
 def _grid_problem(sigmas: torch.Tensor, meta: CoefficientMetadata) -> str | None:
     """Why ``sigmas`` is not the grid ``meta`` describes (``None``: it is)."""
-    if not bool(torch.isfinite(sigmas).all()) or not bool((sigmas > 0).all()):
-        return "must be finite and > 0"
+    if not bool(torch.isfinite(sigmas).all()):
+        return "must be finite"
+    positive = sigmas[:-1] if meta.ends_at_zero else sigmas
+    if meta.ends_at_zero and float(sigmas[-1]) != 0.0:
+        return f"ends at {float(sigmas[-1]):.6g}; with metadata field 'grid_ends' it must end at exactly 0"
+    if not bool((positive > 0).all()):
+        return "must be > 0" + (" before its last node" if meta.ends_at_zero else "")
     if not bool((sigmas[:-1] > sigmas[1:]).all()):
         return "must be strictly decreasing"
-    for end, name, want in ((float(sigmas[0]), "sigma_max", meta.sigma_max), (float(sigmas[-1]), "sigma_min", meta.sigma_min)):
+    for end, name, want in ((float(positive[0]), "sigma_max", meta.sigma_max), (float(positive[-1]), "sigma_min", meta.sigma_min)):
         if not math.isclose(end, want, rel_tol=GRID_END_RTOL):
             return f"ends at {end:.6g}, but the metadata says {name}={want:.6g}"
     learned = meta.learned_grid
     if learned is not None:
-        worst = float(((sigmas - learned).abs() / learned).max())
+        nodes = slice(0, len(sigmas) - 1) if meta.ends_at_zero else slice(0, len(sigmas))  # the 0 is checked above
+        worst = float(((sigmas[nodes] - learned[nodes]).abs() / learned[nodes]).max())
         if worst > LEARNED_GRID_RTOL:
             return (f"is not the grid of the metadata's grid_logits (a node differs by {worst:.3g} relative; "
                     f"allowed: {LEARNED_GRID_RTOL:g}): the grid or metadata field 'grid_logits' was changed")

@@ -16,6 +16,14 @@ that node*, so moving the node changes what it measures, and on the testbed lett
 terms move the grid pulled the nodes up and made the final error worse (docs/adasde.md).
 The coefficients still learn from the whole loss.
 
+With ``learn_ends=True`` (the Euler form only) the top and the bottom of the grid train too
+(``sadakit.adasde.grid.grid_with_ends``: top within the model's sigma range, bottom above its
+lowest sigma, then one last step to sigma 0, as diffusers' Euler ends), and the teacher no longer
+follows the student's grid: it starts from the model's own top sigma, as a many-step reference
+run of the pipeline does, and solves the ODE down to 0 on a fixed grid of ``teacher_factor * steps``
+mid-point steps (``reference_grid``). The loss is then the last-step term alone (there is no
+teacher state at the student's moving nodes), so the target is the reference output itself.
+
 Input is any VE denoiser ``D(x, sigma)`` (a callable: testbed, or a plugin's pipeline
 denoiser with its prompts and CFG, adapted by ``sadakit.core.parameterization``) and a
 ``sample_noise(batch, generator) -> unit noise`` function. The output is a coefficient file
@@ -56,7 +64,7 @@ from ..core.adasde import (
     steps_for_nfe,
 )
 from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
-from .grid import grid_from_logits, logits_for_grid
+from .grid import MAX_END_LOGIT, end_logits_for, ends_from_logits, grid_from_logits, grid_with_ends, logits_for_grid
 from .identity import fingerprint_or_none
 
 NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]
@@ -111,7 +119,19 @@ class DistillConfig:
     ``gamma_max = 0`` distils the deterministic ablation. ``step_weight`` weighs the per-step
     L2 at the intermediate nodes and ``last_step_weight`` the feature loss at the last one.
     ``learn_grid`` trains the interior sigmas too (Adam at ``grid_lr``, same cosine decay),
-    starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed.
+    starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed unless
+    ``learn_ends`` (Euler form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
+    the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma. Such a
+    teacher does not depend on the student, so ``teacher_pool = k > 0`` computes it once for ``k``
+    batches and iteration ``i`` trains on batch ``i mod k`` (as LD3 fits a grid to a fixed set of
+    teacher pairs): each iteration then costs only the student's calls. ``grid_fd_step > 0`` takes
+    the grid's gradient by central differences of that size in logit units instead of autograd
+    (learned ends, ``gamma_max = 0``: then the grid is all that trains). Why: a VP model trained on
+    integer timesteps wiggles between them, so the exact derivative in sigma is a local one that
+    can point the other way than the loss's trend over a 1 % step (measured on the bundled shapes
+    model, docs/adasde.md); a difference over a few percent follows the trend. ``keep_best``
+    (``teacher_pool = 1``: the same batch every iteration, so losses compare) ends on the grid of the
+    lowest loss seen rather than the last one: on a rough loss Adam's last step can be uphill.
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -134,6 +154,10 @@ class DistillConfig:
     start_scale: float | None = None
     learn_grid: bool = False
     grid_lr: float = attrs.field(default=0.05, validator=attrs.validators.gt(0.0))
+    learn_ends: bool = False
+    teacher_pool: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    grid_fd_step: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    keep_best: bool = False
 
     @property
     def steps(self) -> int:
@@ -257,10 +281,11 @@ def _checkpoint_path(output: str) -> str:
 
 def _save_checkpoint(path: str, raw: torch.Tensor, opt: torch.optim.Adam, iteration: int, config: DistillConfig,
                      losses: list[float], grid_logits: torch.Tensor | None = None,
-                     grid_opt: torch.optim.Adam | None = None) -> None:
+                     grid_opt: torch.optim.Adam | None = None, end_logits: torch.Tensor | None = None) -> None:
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"iteration": iteration, "config": attrs.asdict(config), "losses": losses}
     params = [("", raw, opt)] + ([("grid_", grid_logits, grid_opt)] if grid_logits is not None else [])
+    params += [("ends_", end_logits, grid_opt)] if end_logits is not None else []
     for prefix, param, optimizer in params:
         st = optimizer.state.get(param, {}) if optimizer is not None else {}
         tensors[prefix + ("raw" if not prefix else "logits")] = param.detach().cpu().contiguous()
@@ -283,7 +308,8 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     ours = attrs.asdict(config)
     # iterations may grow on resume (train longer); everything else must match
     # settings added later are absent from older checkpoints: they were written at the default
-    defaults = {"learn_grid": False, "grid_lr": 0.05}
+    defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0, "grid_fd_step": 0.0,
+                "keep_best": False}
     diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
             if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
@@ -302,22 +328,132 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
 
 def _file_metadata(
     config: DistillConfig, grid: torch.Tensor, custom_grid: bool, *, model: str, prediction_type: str,
-    guidance_scale: float | None, model_fingerprint: str | None,
+    guidance_scale: float | None, model_fingerprint: str | None, grid_ends: dict[str, float] | None = None,
+    grid_logits: list[float] | None = None,
 ) -> CoefficientMetadata:
     """The metadata the coefficient file will carry (``training`` is added at the end); checked now."""
+    positive = grid[:-1] if grid_ends is not None else grid  # learned ends: the last node is 0
     return CoefficientMetadata(
         model=model,
         nfe=config.nfe,
         solver=config.solver,
         analytic_first_step=config.analytic_first_step,
-        schedule="learned" if config.learn_grid else "custom" if custom_grid else config.schedule,
-        sigma_min=float(grid[-1]),
-        sigma_max=float(grid[0]),
+        schedule="learned" if (config.learn_grid or config.learn_ends) else "custom" if custom_grid else config.schedule,
+        sigma_min=float(positive[-1]),
+        sigma_max=float(positive[0]),
         gamma_max=config.gamma_max,
         prediction_type=prediction_type,
         guidance_scale=guidance_scale,
         model_fingerprint=model_fingerprint,
+        grid_logits=grid_logits,
+        grid_ends=grid_ends,
     )
+
+
+#: The end logits' learning rate and difference step relative to the interior's: one logit of an
+#: end moves it by ``u (1 - u)`` of the model's log-sigma range (~2.4 nats on a 0.03-4096 range),
+#: an interior logit its node by ~0.7 nats, so the ends take steps a third the size.
+ENDS_STEP_SCALE = 0.3
+
+
+def _ends_record(end_logits: torch.Tensor, sigma_range: tuple[float, float]) -> dict[str, float]:
+    """The ``grid_ends`` metadata object of the current end logits."""
+    top, bottom = (float(v) for v in end_logits.detach().cpu().to(torch.float64))
+    return {"top_logit": top, "bottom_logit": bottom, "sigma_lo": float(sigma_range[0]), "sigma_hi": float(sigma_range[1])}
+
+
+def _check_learn_ends(config: DistillConfig, prediction_type: str, sigma_range: tuple[float, float] | None) -> None:
+    """Refuse a learned-ends run that cannot work, before any model call (one line: what, why, what to do)."""
+    if config.solver != "euler":
+        raise ValueError(f"learn_ends=True needs solver='euler' (the last step goes to sigma 0, which only the Euler "
+                         f"step can take); got solver={config.solver!r}")
+    if config.step_weight != 0.0:
+        raise ValueError(f"learn_ends=True needs step_weight=0 (the teacher runs from the model's top sigma to 0, so "
+                         f"only the last step has a target); got step_weight={config.step_weight}")
+    if config.steps < 2:
+        raise ValueError(f"learn_ends=True needs at least 2 steps (a top and a bottom node); nfe={config.nfe} gives "
+                         f"{config.steps}")
+    if prediction_type == "flow":
+        raise ValueError("learn_ends=True is for VP/VE models: a flow-matching model's top sigma is infinite")
+    if config.start_scale is not None:
+        raise ValueError("learn_ends=True learns the top sigma, which is the start scale: leave start_scale=None")
+    if sigma_range is None:
+        raise ValueError("learn_ends=True needs model_sigma_range=(lowest, highest sigma the model was trained on): "
+                         "the teacher starts at the top, the learned ends stay inside it")
+    lo, hi = sigma_range
+    if not 0.0 < lo < hi:
+        raise ValueError(f"model_sigma_range={sigma_range!r} must be (lo, hi) with 0 < lo < hi")
+
+
+def _model_sigma_range(denoiser: Denoiser) -> tuple[float, float] | None:
+    """The model's trained VE range when the denoiser knows it (a pipeline adapter's chart), else ``None``."""
+    chart = getattr(denoiser, "chart", None)
+    if chart is None or getattr(chart, "flow_matching", True):
+        return None
+    lo, hi = chart.sigma_range
+    return float(lo), float(hi)
+
+
+#: Above this sigma the ODE barely bends (the denoised estimate is the data mean): the reference
+#: grid takes one step from the model's top down to it. Measured on the bundled zero-SNR shapes
+#: model (top 4096): 20 Karras steps over the whole range end 0.25 RMS from the 50-step Euler
+#: output (12 of the 20 steps sit above sigma 30); with this cap, far closer (docs/adasde.md).
+REFERENCE_CAP = 80.0
+
+
+def reference_grid(steps: int, sigma_lo: float, sigma_hi: float) -> torch.Tensor:
+    """The teacher's grid from the model's top ``sigma_hi`` to its lowest ``sigma_lo`` (float64, ``steps + 1`` nodes).
+
+    Karras (rho 7) from ``min(sigma_hi, REFERENCE_CAP)`` down; a top above the cap is reached in
+    one first step.
+    """
+    if sigma_hi <= REFERENCE_CAP or steps < 2:
+        return make_sigmas(steps, sigma_lo, sigma_hi, "karras")
+    return torch.cat([torch.tensor([sigma_hi], dtype=torch.float64), make_sigmas(steps - 1, sigma_lo, REFERENCE_CAP, "karras")])
+
+
+@torch.no_grad()
+def reference_teacher(denoiser: Denoiser, z: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """The reference output of unit noise ``z`` from ``fine[0] * z`` down the grid ``fine`` (float32, model's device).
+
+    A grid ending at a positive sigma is solved with the mid-point method, then a last step to 0
+    (the denoised estimate at the lowest sigma), as a many-step diffusers Euler run ends. A grid
+    ending at 0 is a pipeline's own reference schedule (``teacher_sigmas``) and is run with Euler,
+    node by node, exactly as that pipeline's Euler scheduler does.
+    """
+    denoise = lambda x, s: denoiser(x, s).to(torch.float32)  # noqa: E731
+    if float(fine[-1]) == 0.0:
+        x = z.to(torch.float32) * fine[0]
+        for n in range(len(fine) - 1):
+            x = x + (fine[n + 1] - fine[n]) * (x - denoise(x, fine[n])) / fine[n]
+        return x
+    x = sample_midpoint(denoise, z.to(torch.float32) * fine[0], fine)
+    return denoise(x, fine[-1])
+
+
+def per_sample_log_mse(decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FeatureLoss:
+    """Last-step loss: the mean over samples of ``log(MSE)`` of each sample, after ``decode`` (e.g. the VAE).
+
+    Why: benchmarks compare the mean of per-sample PSNRs (``-10 log10 MSE``), which this is up to
+    a constant factor; the mean of squared errors instead weighs the worst samples most (measured
+    on the shapes model: a grid 21 % lower in latent MSE had a 0.2 dB lower mean pixel PSNR).
+    """
+
+    def loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        a, b = (student, teacher) if decode is None else (decode(student), decode(teacher))
+        mse = (a.to(torch.float32) - b.to(torch.float32)).pow(2).flatten(1).mean(1)
+        return torch.log(mse + 1e-12).mean()
+
+    return loss
+
+
+def final_state(denoiser: Denoiser, x_start: torch.Tensor, sigmas: torch.Tensor, raw: torch.Tensor,
+                config: DistillConfig, generator: torch.Generator) -> torch.Tensor:
+    """The student's last state from ``x_start`` over ``sigmas`` (differentiable in both and in ``raw``)."""
+    coeffs = squash(raw, config.gamma_max)
+    plan = solver_plan(x_start, sigmas, coeffs, config.solver, generator, config.analytic_first_step)
+    out, _ = run_plan(plan, lambda x, s: denoiser(x, s).to(torch.float32))
+    return out
 
 
 def distill(
@@ -336,6 +472,8 @@ def distill(
     resume: bool = True,
     progress: bool = True,
     state: Any = "auto",
+    model_sigma_range: tuple[float, float] | None = None,
+    teacher_sigmas: torch.Tensor | None = None,
 ) -> DistillResult:
     """Fit AdaSDE (or learned-churn base solver) coefficients for ``denoiser``.
 
@@ -348,6 +486,10 @@ def distill(
     (``<output>.ckpt.safetensors``, coefficients plus Adam moments) every ``checkpoint_every``
     iterations; ``resume=True`` continues from that checkpoint. ``log_path`` receives one JSON line per iteration. ``state`` is an
     ``accelerate.PartialState`` (``"auto"``: created when several processes were launched).
+    ``model_sigma_range`` (``learn_ends`` only; default: a pipeline adapter's trained range) is
+    where the teacher starts and the learned ends stay; ``sigmas`` then ends with 0.
+    ``teacher_sigmas`` (``learn_ends`` only) replaces that teacher by Euler on this grid ending at 0,
+    e.g. the pipeline's own 50-step schedule: the target is then exactly the reference output.
     """
     if state == "auto":
         state = distributed_state()
@@ -355,25 +497,66 @@ def distill(
     world = state.num_processes if state is not None else 1
     main = rank == 0
     local_bs = shard_sizes(config.batch_size, world)[rank]
+    ends = config.learn_ends
+    if config.grid_fd_step and not (ends and config.gamma_max == 0.0):
+        raise ValueError(f"grid_fd_step={config.grid_fd_step} needs learn_ends=True and gamma_max=0 (finite differences "
+                         "train the grid only, and that is all the churn-free Euler form has)")
+    if config.keep_best and not (ends and config.teacher_pool == 1 and config.gamma_max == 0.0):
+        raise ValueError("keep_best=True needs learn_ends=True, teacher_pool=1 and gamma_max=0 (one fixed batch and a "
+                         "deterministic student, so the losses of different iterations compare)")
+    if teacher_sigmas is not None and not ends:
+        raise ValueError("teacher_sigmas needs learn_ends=True (the teacher that starts at the model's top)")
+    if config.teacher_pool and not ends:
+        raise ValueError(f"teacher_pool={config.teacher_pool} needs learn_ends=True (only that teacher does not follow "
+                         "the student's grid, so it can be computed once)")
+    if ends:
+        model_sigma_range = model_sigma_range or _model_sigma_range(denoiser)
+        _check_learn_ends(config, prediction_type, model_sigma_range)
 
     # the grid is a host table (float64 so the teacher's refinement nests exactly); the loop
     # reads float32 copies on the model's device, built once below
-    grid = (
-        sigmas.detach().cpu().to(torch.float64).clone()
-        if sigmas is not None
-        else make_sigmas(config.steps, config.sigma_min, config.sigma_max, config.schedule, config.rho)
-    )
+    if sigmas is not None:
+        grid = sigmas.detach().cpu().to(torch.float64).clone()
+    elif ends:  # steps positive nodes, then 0
+        positive = make_sigmas(config.steps - 1, config.sigma_min, config.sigma_max, config.schedule, config.rho)
+        grid = torch.cat([positive, positive.new_zeros(1)])
+    else:
+        grid = make_sigmas(config.steps, config.sigma_min, config.sigma_max, config.schedule, config.rho)
     if len(grid) != config.steps + 1:
         raise ValueError(f"sigmas has {len(grid)} entries; nfe={config.nfe} needs {config.steps + 1}")
+    if ends and float(grid[-1]) != 0.0:
+        raise ValueError(f"with learn_ends=True the grid must end with 0 (the last step denoises fully); got {float(grid[-1]):g}")
     sigma_max = float(grid[0])
     start_scale = config.start_scale or (1.0 + sigma_max if prediction_type == "flow" else sigma_max)
-    file_meta = _file_metadata(config, grid, sigmas is not None, model=model, prediction_type=prediction_type,
-                               guidance_scale=guidance_scale,
-                               model_fingerprint=model_fingerprint or fingerprint_or_none(denoiser))
 
     sigma_min = float(grid[-1])
     raw = init_raw_coefficients(config.steps, config.gamma_init, config.gamma_max)
-    grid_logits = logits_for_grid(grid).to(torch.float32) if config.learn_grid else None
+    end_logits = None
+    if ends:
+        assert model_sigma_range is not None
+        end_logits = end_logits_for(float(grid[0]), float(grid[-2]), *model_sigma_range).to(torch.float32)
+        grid_logits = logits_for_grid(grid[:-1]).to(torch.float32)
+    else:
+        grid_logits = logits_for_grid(grid).to(torch.float32) if config.learn_grid else None
+    fingerprint = model_fingerprint or fingerprint_or_none(denoiser)
+
+    def metadata_now() -> CoefficientMetadata:
+        """The file's metadata for the current parameters (checked on construction, as the loader does)."""
+        learned = None if grid_logits is None else [float(v) for v in grid_logits.detach().cpu()]
+        record = None if end_logits is None else _ends_record(end_logits, model_sigma_range)  # type: ignore[arg-type]
+        return _file_metadata(config, current_grid(), sigmas is not None, model=model, prediction_type=prediction_type,
+                              guidance_scale=guidance_scale, model_fingerprint=fingerprint, grid_ends=record,
+                              grid_logits=learned)
+
+    def current_grid() -> torch.Tensor:
+        """The grid now (float64 host table): the learned one, or the fixed one."""
+        if grid_logits is None:
+            return grid
+        logits = grid_logits.detach().cpu().to(torch.float64)
+        if end_logits is not None:
+            return grid_with_ends(logits, end_logits.detach().cpu().to(torch.float64), *model_sigma_range)  # type: ignore[misc]
+        return grid_from_logits(logits, sigma_max, sigma_min)
+
     losses: list[float] = []
     start_it = 0
     ckpt = _checkpoint_path(os.fspath(output)) if output is not None else None
@@ -383,17 +566,23 @@ def distill(
         raw = tensors["raw"].clone()
         if grid_logits is not None:
             grid_logits = tensors["grid_logits"].clone()
+        if end_logits is not None:
+            end_logits = tensors["ends_logits"].clone()
         start_it = int(meta["iteration"])
         losses = list(meta.get("losses", []))[:start_it]
+    metadata_now()  # a setting no file may hold fails here, before minutes of training
     raw.requires_grad_(True)
     opt = torch.optim.Adam([raw], lr=config.lr)
     grid_opt = None
     if grid_logits is not None:
         grid_logits.requires_grad_(True)
-        grid_opt = torch.optim.Adam([grid_logits], lr=config.grid_lr)
+        groups = [{"params": [grid_logits], "scale": 1.0}]
+        if end_logits is not None:
+            groups.append({"params": [end_logits.requires_grad_(True)], "scale": ENDS_STEP_SCALE})
+        grid_opt = torch.optim.Adam(groups, lr=config.grid_lr)
     if loaded is not None:
-        for prefix, param, optimizer in (("", raw, opt), ("grid_", grid_logits, grid_opt)):
-            if optimizer is not None and prefix + "exp_avg" in tensors:
+        for prefix, param, optimizer in (("", raw, opt), ("grid_", grid_logits, grid_opt), ("ends_", end_logits, grid_opt)):
+            if optimizer is not None and param is not None and prefix + "exp_avg" in tensors:
                 optimizer.state[param] = {
                     "step": torch.tensor(meta[prefix + "adam_step"]),
                     "exp_avg": tensors[prefix + "exp_avg"].clone(),
@@ -403,19 +592,57 @@ def distill(
     dev = sample_noise(1, torch.Generator().manual_seed(0)).device  # the model's device, as the caller chose it
     grid_on_dev = grid.to(torch.float32).to(dev)
     fine_on_dev = refine_sigmas(grid, config.teacher_factor).to(torch.float32).to(dev)
-
-    def current_grid() -> torch.Tensor:
-        """The grid now (float64 host table): the learned one, or the fixed one."""
-        if grid_logits is None:
-            return grid
-        return grid_from_logits(grid_logits.detach().cpu().to(torch.float64), sigma_max, sigma_min)
+    if ends:  # the reference: from the model's top to its lowest sigma, then to 0; it ignores the student's grid
+        lo, hi = model_sigma_range  # type: ignore[misc]
+        if teacher_sigmas is not None:
+            if teacher_sigmas.ndim != 1 or len(teacher_sigmas) < 2 or float(teacher_sigmas[-1]) != 0.0:
+                raise ValueError("teacher_sigmas must be a decreasing grid ending at 0 (a pipeline's reference schedule)")
+            teacher_grid = teacher_sigmas.detach().to(torch.float32).to(dev)
+        else:
+            teacher_grid = reference_grid(config.teacher_factor * config.steps, lo, hi).to(torch.float32).to(dev)
 
     def batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Generator]:
         z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream)))
         return z.to(torch.float32) * start_scale, _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
 
+    def reference_batch(iteration: int, stream: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """Unit noise, its reference output and the churn generator of one batch (learned ends)."""
+        z = sample_noise(local_bs, _generator_like(dev, _seed(config.seed, iteration, rank, stream))).to(torch.float32)
+        g = _generator_like(dev, _seed(config.seed, iteration, rank, stream + 1))
+        return z, reference_teacher(denoiser, z, teacher_grid), g
+
+    t_pool = time.perf_counter()
+    pool = [reference_batch(-2 - k, 0) for k in range(config.teacher_pool)] if ends else []
+    pool_seconds = time.perf_counter() - t_pool  # part of the run's time: the teacher's calls are paid here
+
+    def ends_loss(iteration: int, stream: int, inner: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """The last-step loss of the grid ``(inner, end)`` on the batch of ``iteration`` (learned ends)."""
+        z, target, g = pool[iteration % len(pool)] if (pool and iteration >= 0) else reference_batch(iteration, stream)
+        sigmas_now = grid_with_ends(inner.to(dev), end.to(dev), lo, hi)
+        out = final_state(denoiser, z * sigmas_now[0], sigmas_now, raw, config, g)
+        return config.last_step_weight * feature_loss(out, target)
+
+    def fd_gradient(iteration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and central-difference gradients (interior, ends) at the current grid, on one batch."""
+        theta = torch.cat([grid_logits.detach(), end_logits.detach()])  # type: ignore[union-attr]
+        n_inner = grid_logits.numel()  # type: ignore[union-attr]
+        with torch.no_grad():
+            loss = ends_loss(iteration, 0, theta[:n_inner], theta[n_inner:])
+            grad = torch.zeros_like(theta)
+            for k in range(len(theta)):
+                h = config.grid_fd_step * (1.0 if k < n_inner else ENDS_STEP_SCALE)
+                step = torch.zeros_like(theta)
+                step[k] = h
+                up, down = theta + step, theta - step
+                grad[k] = (ends_loss(iteration, 0, up[:n_inner], up[n_inner:])
+                           - ends_loss(iteration, 0, down[:n_inner], down[n_inner:])) / (2 * h)
+        return loss, grad[:n_inner], grad[n_inner:]
+
     def evaluate(iteration: int, stream: int, with_grad: bool,
                  last_term: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if ends:
+            with torch.set_grad_enabled(with_grad):
+                return ends_loss(iteration, stream, grid_logits, end_logits)  # type: ignore[arg-type]
         x, g = batch(iteration, stream)
         if grid_logits is None:
             teacher = teacher_trajectory(denoiser, x, grid, config.teacher_factor, fine_on_dev)
@@ -434,6 +661,7 @@ def distill(
         initial = evaluate(-1, 10, False).detach() * (local_bs / config.batch_size)
     initial_loss = float(_sum_across(initial.reshape(1).cpu(), state))
 
+    best: tuple[float, torch.Tensor, torch.Tensor] | None = None  # keep_best: (loss, interior logits, end logits)
     log = open(log_path, "a") if (log_path is not None and main) else None
     bar = tqdm(range(start_it, config.iterations), disable=not (progress and main), desc=f"AdaSDE NFE={config.nfe}")
     t0 = time.perf_counter()
@@ -445,47 +673,66 @@ def distill(
             opt.zero_grad(set_to_none=False)
             if grid_opt is not None:
                 for group in grid_opt.param_groups:
-                    group["lr"] = config.grid_lr * lr / config.lr
+                    group["lr"] = config.grid_lr * lr / config.lr * group["scale"]
                 grid_opt.zero_grad(set_to_none=False)
             last: list[torch.Tensor] = []
-            local = evaluate(it, 0, True, last)
             share = local_bs / config.batch_size
-            if grid_logits is not None and config.step_weight > 0:
+            if config.grid_fd_step:  # the grid alone, by central differences (no coefficient acts at gamma_max = 0)
+                local, inner_grad, ends_grad = fd_gradient(it)
+                raw.grad = torch.zeros_like(raw)
+                grid_logits.grad = inner_grad * share  # type: ignore[union-attr]
+                end_logits.grad = ends_grad * share  # type: ignore[union-attr]
+            elif grid_logits is not None and not ends and config.step_weight > 0:
+                local = evaluate(it, 0, True, last)
                 # the grid from the last-step term, the coefficients from the whole loss
                 (grid_grad,) = torch.autograd.grad(last[0] * share, grid_logits, retain_graph=True)
                 (local * share).backward(inputs=[raw])
                 grid_logits.grad = grid_grad
             else:
+                local = evaluate(it, 0, True, last)
                 (local * share).backward()
-            for param in (raw, grid_logits):
+            for param in (raw, grid_logits, end_logits):
                 if param is None:
                     continue
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
                 param.grad.copy_(_sum_across(param.grad.detach().cpu(), state))
             loss_value = float(_sum_across((local.detach() * (local_bs / config.batch_size)).reshape(1).cpu(), state))
+            if config.keep_best and (best is None or loss_value < best[0]):  # the loss of the grid before this step
+                best = (loss_value, grid_logits.detach().clone(), end_logits.detach().clone())  # type: ignore[union-attr]
             opt.step()
             if grid_opt is not None:
                 grid_opt.step()
+                if end_logits is not None:  # a file holds end logits within +-MAX_END_LOGIT (always a valid grid)
+                    with torch.no_grad():
+                        end_logits.clamp_(-MAX_END_LOGIT, MAX_END_LOGIT)
             losses.append(loss_value)
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}")
             if log is not None:
-                log.write(json.dumps({"iteration": it, "loss": loss_value, "lr": lr, "time": time.perf_counter() - t0}) + "\n")
+                entry = {"iteration": it, "loss": loss_value, "lr": lr, "time": time.perf_counter() - t0}
+                if end_logits is not None:
+                    entry["grid"] = [round(float(v), 4) for v in current_grid()]
+                log.write(json.dumps(entry) + "\n")
                 log.flush()
             if ckpt is not None and main and ((it + 1) % config.checkpoint_every == 0 or it + 1 == config.iterations):
-                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses, grid_logits, grid_opt)
+                _save_checkpoint(ckpt, raw, opt, it + 1, config, losses, grid_logits, grid_opt, end_logits)
     finally:
         if log is not None:
             log.close()
-    seconds = time.perf_counter() - t0
+    if best is not None:
+        with torch.no_grad():  # the last step's grid was never evaluated: one more rollout settles it
+            last_loss = float(ends_loss(config.iterations, 0, grid_logits, end_logits))  # type: ignore[arg-type]
+        if best[0] < last_loss:
+            with torch.no_grad():
+                grid_logits.copy_(best[1])  # type: ignore[union-attr]
+                end_logits.copy_(best[2])  # type: ignore[union-attr]
+    seconds = time.perf_counter() - t0 + pool_seconds
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}
     training.update(final_loss=losses[-1] if losses else None, initial_loss=initial_loss, processes=world, seconds=seconds)
-    final_grid = current_grid()
-    learned = None if grid_logits is None else [float(v) for v in grid_logits.detach().cpu()]
-    meta = attrs.evolve(file_meta, training=training, grid_logits=learned)
-    if learned is not None:  # exactly the grid the metadata's logits give, as the loader checks
-        final_grid = meta.learned_grid
+    meta = attrs.evolve(metadata_now(), training=training)
+    final_grid = meta.learned_grid if meta.learned_grid is not None else current_grid()
+    # a learned grid is exactly the one the metadata's logits give, as the loader checks
     cf = CoefficientFile(raw.detach().cpu().clone(), final_grid, meta)
     if output is not None and main:
         save_coefficients(output, cf.raw, cf.sigmas, meta)

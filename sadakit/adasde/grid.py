@@ -6,6 +6,10 @@ the solver (measured in docs/adasde.md), so distillation learns it. Any real vec
 ``sigma_min`` and is strictly decreasing (each step takes a softmax share of the total
 log-sigma drop, and every share is positive), so gradient steps can never produce a grid a
 coefficient file would refuse. Equal logits give the log-linear grid.
+
+``grid_with_ends`` learns the ends too: a top and a bottom inside the model's sigma range (two
+sigmoid logits), the interior as above between them, then one last step to sigma 0 as diffusers'
+Euler ends. Any end logits within ``MAX_END_LOGIT`` give a valid grid.
 """
 
 from __future__ import annotations
@@ -51,3 +55,66 @@ def logits_for_grid(sigmas: torch.Tensor) -> torch.Tensor:
     drops = torch.log(s[:-1]) - torch.log(s[1:])
     logits = torch.log(drops / drops.sum())
     return logits - logits.mean()
+
+
+# --------------------------------------------------------------------------------------
+# Learned ends: a free top, a free bottom, then one last step to sigma 0
+# --------------------------------------------------------------------------------------
+
+#: End logits are kept in this range (files refuse others, distillation clamps to it): with
+#: sigmoid(10) = 1 - 4.5e-5 the bottom stays at least 2e-9 of the range's log width below the top,
+#: distinct in float64 whatever the logits, and an end can come as close to the range's edge.
+MAX_END_LOGIT = 10.0
+
+
+def ends_from_logits(end_logits: torch.Tensor, sigma_lo: float, sigma_hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(top, bottom)`` of ``end_logits = (top_logit, bottom_logit)``: differentiable, always valid.
+
+    ``log top = log lo + (log hi - log lo) sigmoid(top_logit)`` keeps the top inside the model's
+    range ``[sigma_lo, sigma_hi]``; ``log bottom = log lo + (log top - log lo) sigmoid(bottom_logit)``
+    keeps the bottom at or above ``sigma_lo`` (where the model can still be told its noise
+    level) and strictly below the top.
+    """
+    if end_logits.shape != (2,):
+        raise ValueError(f"end logits must be (top_logit, bottom_logit); got shape {tuple(end_logits.shape)}")
+    if not 0.0 < sigma_lo < sigma_hi:
+        raise ValueError(f"need 0 < sigma_lo < sigma_hi; got sigma_lo={sigma_lo}, sigma_hi={sigma_hi}")
+    lo, hi = math.log(sigma_lo), math.log(sigma_hi)
+    log_top = lo + (hi - lo) * torch.sigmoid(end_logits[0])
+    log_bottom = lo + (log_top - lo) * torch.sigmoid(end_logits[1])
+    return torch.exp(log_top), torch.exp(log_bottom)
+
+
+def grid_with_ends(logits: torch.Tensor, end_logits: torch.Tensor, sigma_lo: float, sigma_hi: float) -> torch.Tensor:
+    """The grid ``(steps + 1,)``: top, the interior, bottom, then exactly 0 (the last step denoises fully).
+
+    ``logits`` ``(steps - 1,)`` are the interior's softmax shares of the log-sigma drop from
+    the top to the bottom (as :func:`grid_from_logits`), ``end_logits`` place the ends
+    (:func:`ends_from_logits`). Differentiable in both; every value of them gives a valid grid:
+    top within the model's range, bottom > 0, strictly decreasing, last node 0 (diffusers'
+    Euler ends the same way: its last call's denoised estimate is the sample).
+    """
+    if logits.ndim != 1 or logits.numel() < 1:
+        raise ValueError(f"interior grid logits must be a non-empty vector; got shape {tuple(logits.shape)}")
+    top, bottom = ends_from_logits(end_logits.to(logits.dtype), sigma_lo, sigma_hi)
+    share = torch.softmax(logits, dim=0)
+    log_top, log_bottom = torch.log(top), torch.log(bottom)
+    inner = torch.exp(log_top - (log_top - log_bottom) * torch.cumsum(share, dim=0)[:-1])
+    return torch.cat([top.reshape(1), inner, bottom.reshape(1), logits.new_zeros(1)])
+
+
+def end_logits_for(top: float, bottom: float, sigma_lo: float, sigma_hi: float) -> torch.Tensor:
+    """The end logits (float64) placing ``top`` and ``bottom``: the inverse of :func:`ends_from_logits`.
+
+    Ends on (or beyond) the range's edges are pulled inside it, to a logit of +-``MAX_END_LOGIT``.
+    """
+    if not 0.0 < bottom < top:
+        raise ValueError(f"need 0 < bottom < top; got bottom={bottom}, top={top}")
+    lo, hi = math.log(sigma_lo), math.log(sigma_hi)
+    edge = MAX_END_LOGIT
+    clip = lambda u: min(max(u, 1.0 / (1.0 + math.exp(edge))), 1.0 / (1.0 + math.exp(-edge)))  # noqa: E731
+    u_top = clip((math.log(top) - lo) / (hi - lo))
+    log_top = lo + (hi - lo) * u_top
+    u_bottom = clip((math.log(bottom) - lo) / (log_top - lo))
+    logit = lambda u: math.log(u / (1.0 - u))  # noqa: E731
+    return torch.tensor([logit(u_top), logit(u_bottom)], dtype=torch.float64)

@@ -133,6 +133,8 @@ class PipelineDenoiser:
             "guidance_scale": self.guidance_scale,
             "sigma_min": smin,
             "sigma_max": smax,
+            # uncapped: where a reference run starts (the teacher of learned ends, ``distill(learn_ends=True)``)
+            "model_sigma_range": None if self.chart.flow_matching else tuple(float(v) for v in self.chart.sigma_range),
         }
 
     def sample_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:

@@ -434,8 +434,9 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
             final = stop.value
             self._plan, self._pending = None, None
             sigma_end = self._sigma_end
-            # the last state sits at sigma_min > 0: hand it back in the model's own chart, as
-            # VP-state schedulers (DDIM, DPM-Solver, UniPC) do and as the latents decoder expects
+            # the last state sits at the grid's last node (sigma_min > 0, or 0 for learned ends):
+            # hand it back in the model's own chart, as VP-state schedulers (DDIM, DPM-Solver,
+            # UniPC) do and as the latents decoder expects
             scale = (1.0 + sigma_end) if self.config.flow_matching else math.sqrt(1.0 + sigma_end**2)
             out = final / scale
         prev = out.to(sample.dtype)

@@ -17,6 +17,10 @@ from ._files import MODELS_DIR, BundledModelError, check_model_dir
 
 #: AdaSDE's own step, or the learned churn in front of a base solver (the paper's plugin form).
 SOLVER_FORMS = ("adasde", "euler", "heun", "midpoint")
+#: ``learned_grid`` values: no learned grid, the interior learned (``True``, ``-lgrid``), or the whole
+#: grid with its ends and a last step to 0 (``"ends"``, ``-ends``; docs/adasde.md)
+GRID_FORMS: dict[bool | str, str] = {False: "", True: "-lgrid", "ends": "-ends"}
+LearnedGrid = bool | str
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,9 @@ class BundledAdaSDE:
     sigma_max: float | None = None
     #: per NFE, the shipped file measured best (docs/adasde.md): ``(nfe, solver, deterministic, learned_grid)``;
     #: ``scheduler`` uses it when the caller names no solver form
-    best: tuple[tuple[int, str, bool, bool], ...] = ()
+    best: tuple[tuple[int, str, bool, LearnedGrid], ...] = ()
 
-    def form(self, nfe: int) -> tuple[str, bool, bool]:
+    def form(self, nfe: int) -> tuple[str, bool, LearnedGrid]:
         """``(solver, deterministic, learned_grid)`` of the default file at ``nfe``: the measured best, else churn + Euler."""
         for n, solver, deterministic, learned_grid in self.best:
             if n == nfe:
@@ -42,24 +46,25 @@ class BundledAdaSDE:
         return "euler", False, False
 
     def resolve(self, nfe: int, solver: str | None, deterministic: bool | None,
-                learned_grid: bool | None) -> tuple[str, bool, bool]:
+                learned_grid: LearnedGrid | None) -> tuple[str, bool, LearnedGrid]:
         """The file's form: no ``solver`` means the measured best at ``nfe``; a named one defaults to the plain file."""
         if solver is None:
             best_solver, best_deterministic, best_grid = self.form(nfe)
             return (best_solver, best_deterministic if deterministic is None else bool(deterministic),
-                    best_grid if learned_grid is None else bool(learned_grid))
-        return solver, bool(deterministic), bool(learned_grid)
+                    best_grid if learned_grid is None else _grid_form(learned_grid))
+        return solver, bool(deterministic), _grid_form(learned_grid or False)
 
     def path(self, nfe: int, solver: str | None = None, deterministic: bool | None = None, root: Path | None = None,
-             learned_grid: bool | None = None) -> Path:
+             learned_grid: LearnedGrid | None = None) -> Path:
         """``nfe5.safetensors`` (AdaSDE), ``euler-nfe5.safetensors`` (churn + Euler), ``...-gamma0`` (ablation),
-        ``...-lgrid`` (the sigma grid learned with the coefficients); no ``solver``: the default file at ``nfe``."""
+        ``...-lgrid`` (the sigma grid learned with the coefficients), ``...-ends`` (the whole grid, its ends
+        included); no ``solver``: the default file at ``nfe``."""
         solver, deterministic, learned_grid = self.resolve(nfe, solver, deterministic, learned_grid)
         if solver not in SOLVER_FORMS:
             raise ValueError(f"solver={solver!r} is not allowed; allowed: {', '.join(SOLVER_FORMS)}")
         stem = f"nfe{nfe}" if solver == "adasde" else f"{solver}-nfe{nfe}"
         stem += "-gamma0" if deterministic else ""
-        stem += "-lgrid" if learned_grid else ""
+        stem += GRID_FORMS[learned_grid]
         return (root or self.directory) / f"{stem}.safetensors"
 
     def available(self, root: Path | None = None) -> list[str]:
@@ -77,7 +82,7 @@ class BundledAdaSDE:
         deterministic: bool | None = None,
         guidance_scale: float | None = None,
         root: Path | None = None,
-        learned_grid: bool | None = None,
+        learned_grid: LearnedGrid | None = None,
     ) -> Any:
         """An ``AdaSDEScheduler`` for this bundled pipeline from the shipped file.
 
@@ -110,6 +115,14 @@ class BundledAdaSDE:
         # pipe=: the shipped files record the bundled denoiser's fingerprint, so a pipeline whose
         # denoiser was swapped for another model is refused too, not only another pipeline class
         return AdaSDEScheduler.from_file(path, pipe.scheduler, pipe=pipe, model=self.model_id, guidance_scale=guidance)
+
+
+def _grid_form(value: LearnedGrid) -> LearnedGrid:
+    """A ``learned_grid`` argument checked: False, True or "ends" (one line naming what is allowed)."""
+    if isinstance(value, bool) or value in GRID_FORMS:
+        return value
+    raise ValueError(f"learned_grid={value!r} is not allowed; allowed: False, True (interior learned), 'ends' "
+                     "(the whole grid with its ends)")
 
 
 def _shapes() -> BundledAdaSDE:
