@@ -284,7 +284,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--bank-size", type=int, default=4096)
+    ap.add_argument("--bank-size", type=int, default=3072)
     ap.add_argument("--high-noise-frac", type=float, default=0.25,
                     help="fraction of noise levels drawn from sigma >= 0.85, where only the prompt tells direction")
     ap.add_argument("--save-every", type=int, default=500, help="save the EMA pipeline every N steps")
