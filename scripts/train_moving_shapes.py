@@ -9,7 +9,9 @@ Stages (``--stage``), each seeded from ``--seed`` with its own data stream:
 1. ``vae``: the causal 3-D VAE on clips of :mod:`sadakit.bundled.data_moving_shapes` (MSE + L1
    reconstruction, a tiny KL), then the latents' per-channel mean and std written into its
    config (``latents_mean`` / ``latents_std``, which ``WanPipeline`` undoes before decoding), and
-   its reconstruction PSNR on held-out clips. Saved to ``--work``/vae.
+   its reconstruction PSNR on held-out clips (and the judge on them). Saved to ``--work``/vae.
+   ``decoder``: optionally, the decoder sharpened with the encoder frozen (latents unchanged, so
+   it may run before or beside the transformer stage; copy ``--work``/vae into the pipeline after).
 2. ``transformer``: the Wan transformer and the UMT5 text encoder trained jointly with the
    flow-matching objective (velocity ``eps - x0``, timestep ``1000 sigma`` as UniPC's flow
    sigmas give it) on the VAE's normalised latents, 10% empty prompts for classifier-free
@@ -142,21 +144,62 @@ def train_vae(steps: int, batch: int, seed: int, lr: float, checkpoint_every: in
                       modules=(vae,), generators=(g,))
     vae.eval()
     with torch.no_grad():
-        labels, clips = data.sample_batch(256, torch.Generator().manual_seed(seed + 1))
+        _, clips = data.sample_batch(256, torch.Generator().manual_seed(seed + 1))
         means = torch.cat([vae.encode(to_vae(c)).latent_dist.mean for c in clips.split(32)])
-        mean, std = means.mean(dim=(0, 2, 3, 4)), means.std(dim=(0, 2, 3, 4))
-        vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
-        rec = torch.cat([vae.decode(m).sample for m in means.split(32)])
-    rec_clips = (rec.permute(0, 2, 1, 3, 4) + 1) / 2
+    vae.register_to_config(latents_mean=means.mean(dim=(0, 2, 3, 4)).tolist(),
+                           latents_std=means.std(dim=(0, 2, 3, 4)).tolist())
     vae.save_pretrained(WORK / "vae")
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
-            "parameters": sum(p.numel() for p in vae.parameters()), "heldout_clips": 256,
-            "heldout_psnr_db": psnr(rec_clips, clips), "resumed_at_step": result.first_step or None}
+            "parameters": sum(p.numel() for p in vae.parameters()), "resumed_at_step": result.first_step or None,
+            **reconstruction_check(vae, seed)}
+    log(f"vae done {info}")
+    return info
+
+
+def reconstruction_check(vae: AutoencoderKLWan, seed: int, n: int = 256) -> dict:
+    """PSNR of the VAE's reconstructions (posterior mean) of ``n`` held-out clips, and the judge on
+    them: a VAE the judge cannot read through caps every generation's adherence."""
+    with torch.no_grad():
+        labels, clips = data.sample_batch(n, torch.Generator().manual_seed(seed + 1))
+        rec = torch.cat([vae.decode(vae.encode(to_vae(c)).latent_dist.mean).sample for c in clips.split(32)])
+    rec_clips = (rec.permute(0, 2, 1, 3, 4) + 1) / 2
+    info = {"heldout_clips": n, "heldout_psnr_db": psnr(rec_clips, clips)}
     from sadakit.bundled.moving_shapes import judging
 
-    if judging.CLASSIFIER_FILE.is_file():  # the judge must read reconstructed clips as it reads drawn ones
-        info["judge_on_reconstructed"] = judge_validation(rec_clips, labels, judging.load_classifier())
-    log(f"vae done {info}")
+    if judging.CLASSIFIER_FILE.is_file():
+        info["judge_on_reconstructed"] = judge_validation(rec_clips.clamp(0, 1), labels, judging.load_classifier())
+    log(f"reconstruction of {n} held-out clips: {info}")
+    return info
+
+
+def finetune_decoder(steps: int, batch: int, seed: int, lr: float, checkpoint_every: int, resume: bool) -> dict:
+    """Sharpen the decoder with the encoder frozen. Latents (and their stored mean and std) do not
+    change, so the transformer can be trained on the encoder's latents before or while this runs."""
+    g = seeded(seed, 30)
+    vae = load_trained_vae()
+    vae.decoder.train()
+    for p in list(vae.encoder.parameters()) + list(vae.quant_conv.parameters()):
+        p.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = warmup_cosine(opt, steps)
+
+    def loss_of_step(step: int) -> torch.Tensor:
+        _, clips = data.sample_batch(batch, g)
+        x = to_vae(clips)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=g)
+        rec = vae.decode(z).sample
+        return F.mse_loss(rec, x) + F.l1_loss(rec, x)
+
+    result = run_loop(steps, loss_of_step, opt, sched, params, 1.0, label="decoder",
+                      checkpoint=Checkpoint(WORK / "decoder_checkpoint.pt", checkpoint_every, resume),
+                      modules=(vae,), generators=(g,))
+    vae.eval()
+    vae.save_pretrained(WORK / "vae")
+    info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
+            "resumed_at_step": result.first_step or None, **reconstruction_check(vae, seed)}
+    log(f"decoder done {info}")
     return info
 
 
@@ -270,7 +313,7 @@ def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...], steps: int) -
 def main() -> None:
     global WORK, OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("judge", "vae", "transformer", "eval"), required=True)
+    ap.add_argument("--stage", choices=("judge", "vae", "decoder", "transformer", "eval"), required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(WORK), help="scratch directory (trained VAE, resumable checkpoints)")
     ap.add_argument("--out", default=str(M.MODEL_DIR), help="pipeline directory (default: the shipped model)")
@@ -281,6 +324,9 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--decoder-steps", type=int, default=500)
+    ap.add_argument("--decoder-batch", type=int, default=8)
+    ap.add_argument("--decoder-lr", type=float, default=1e-3)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -311,13 +357,17 @@ def main() -> None:
         record["vae"] = train_vae(args.vae_steps, args.vae_batch, args.seed, args.vae_lr, args.checkpoint_every,
                                   args.resume)
         log_file = WORK / "vae_log.json"  # the pipeline directory exists only after the transformer stage
+    elif args.stage == "decoder":
+        record["decoder"] = finetune_decoder(args.decoder_steps, args.decoder_batch, args.seed, args.decoder_lr,
+                                             args.checkpoint_every, args.resume)
+        log_file = WORK / "vae_log.json"
     else:
         OUT.mkdir(parents=True, exist_ok=True)
         log_file = OUT / "train_log.json"
+        for earlier in ("judge_log.json", "vae_log.json"):  # the judge, VAE and decoder stages' records
+            if (WORK / earlier).is_file():
+                record.update(json.loads((WORK / earlier).read_text()))
         if args.stage == "transformer":
-            vae_log = WORK / "vae_log.json"
-            if vae_log.is_file():
-                record.update(json.loads(vae_log.read_text()))
             record["transformer"] = train_transformer(
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume)
