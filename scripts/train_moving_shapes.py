@@ -12,20 +12,24 @@ Stages (``--stage``), each seeded from ``--seed`` with its own data stream:
    its reconstruction PSNR on held-out clips (and the judge on them). Saved to ``--work``/vae.
    ``decoder``: optionally, the decoder sharpened with the encoder frozen (latents unchanged, so
    it may run before or beside the transformer stage; copy ``--work``/vae into the pipeline after).
+   ``check-vae``: the reconstruction check alone (the VAE in ``--work``, the shipped judge).
 2. ``transformer``: the Wan transformer and the UMT5 text encoder trained jointly with the
    flow-matching objective (velocity ``eps - x0``, timestep ``1000 sigma`` as UniPC's flow
    sigmas give it) on the VAE's normalised latents, 10% empty prompts for classifier-free
    guidance, a fraction of noise levels from the noisiest 15% (where only the prompt tells the
    direction), EMA weights saved as a ``WanPipeline``. A full checkpoint is written to
    ``--work`` every ``--checkpoint-every`` steps; ``--resume`` continues the same run.
-3. ``eval``: prompt adherence of the saved pipeline (48 prompts x ``--eval-seeds``) at the
+3. ``install-vae``: after ``decoder``, its VAE (same encoder, sharper decoder) into the pipeline.
+4. ``eval``: prompt adherence of the saved pipeline (48 prompts x ``--eval-seeds``) at the
    default steps, judged by :mod:`sadakit.bundled.moving_shapes.judging`.
 
 Run times are logged and written to ``train_log.json`` in the model directory. Usage::
 
     OMP_NUM_THREADS=1 python scripts/train_moving_shapes.py --stage judge --threads 1
     OMP_NUM_THREADS=1 python scripts/train_moving_shapes.py --stage vae --threads 1
+    OMP_NUM_THREADS=1 python scripts/train_moving_shapes.py --stage decoder --threads 1   # beside the next one
     OMP_NUM_THREADS=1 python scripts/train_moving_shapes.py --stage transformer --threads 1
+    OMP_NUM_THREADS=1 python scripts/train_moving_shapes.py --stage install-vae
     OMP_NUM_THREADS=1 python scripts/train_moving_shapes.py --stage eval --threads 1
 """
 
@@ -71,9 +75,13 @@ def psnr(test: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def augment(frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random box blur (3 or 5 px), noise and brightness shifts: generated frames are softer and
-    noisier than drawn ones, and the judge must read them the same way."""
-    n = frames.shape[0]
+    """Random resolution loss (half the frames drawn at 16, 12 or 10 px and scaled back up, which
+    rounds corners), box blur (3 or 5 px), noise and brightness shifts: generated frames are softer
+    and noisier than drawn ones, and the judge must read them the same way."""
+    n, size = frames.shape[0], frames.shape[-1]
+    low = int(torch.tensor([16, 12, 10])[torch.randint(3, (1,), generator=g)])
+    coarse = F.interpolate(F.adaptive_avg_pool2d(frames, low), size=size, mode="bilinear", align_corners=False)
+    frames = torch.where(torch.rand(n, 1, 1, 1, generator=g) < 0.5, coarse, frames)
     blur3 = F.avg_pool2d(F.pad(frames, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     blur5 = F.avg_pool2d(F.pad(frames, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     pick = torch.rand(n, 1, 1, 1, generator=g)
@@ -296,6 +304,22 @@ def save_pipeline(vae, transformer, text_encoder) -> None:
     log(f"saved pipeline to {OUT}")
 
 
+def install_vae() -> dict:
+    """Put the VAE in ``--work`` (after ``--stage decoder``) into the saved pipeline: its encoder
+    and latent statistics are the ones the transformer was trained on, only the decoder differs."""
+    vae = load_trained_vae()
+    pipe_vae = AutoencoderKLWan.from_pretrained(OUT / "vae", local_files_only=True)
+    encoder_same = all(torch.equal(a, b) for a, b in zip(vae.encoder.state_dict().values(),
+                                                         pipe_vae.encoder.state_dict().values()))
+    if not encoder_same or list(vae.config.latents_mean) != list(pipe_vae.config.latents_mean):
+        raise SystemExit(f"the VAE in {WORK / 'vae'} has another encoder than the pipeline's: the transformer was "
+                         "trained on the pipeline's latents, so only a decoder fine-tune may replace it")
+    vae.save_pretrained(OUT / "vae", safe_serialization=True)
+    drop_local_paths(OUT)
+    log(f"installed {WORK / 'vae'} into {OUT / 'vae'}")
+    return {"source": str(WORK / "vae")}
+
+
 def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...], steps: int) -> dict:
     from sadakit.bundled.moving_shapes import judging
 
@@ -313,7 +337,8 @@ def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...], steps: int) -
 def main() -> None:
     global WORK, OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("judge", "vae", "decoder", "transformer", "eval"), required=True)
+    ap.add_argument("--stage", choices=("judge", "vae", "decoder", "check-vae", "transformer", "install-vae", "eval"),
+                    required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(WORK), help="scratch directory (trained VAE, resumable checkpoints)")
     ap.add_argument("--out", default=str(M.MODEL_DIR), help="pipeline directory (default: the shipped model)")
@@ -321,13 +346,13 @@ def main() -> None:
     ap.add_argument("--judge-steps", type=int, default=1500)
     ap.add_argument("--judge-batch", type=int, default=64, help="frames per step (4 from each clip)")
     ap.add_argument("--judge-heldout", type=int, default=1000, help="held-out ground-truth clips the judge is validated on")
-    ap.add_argument("--vae-steps", type=int, default=600)
-    ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--decoder-steps", type=int, default=500)
+    ap.add_argument("--vae-steps", type=int, default=1000)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--decoder-steps", type=int, default=700)
     ap.add_argument("--decoder-batch", type=int, default=8)
     ap.add_argument("--decoder-lr", type=float, default=1e-3)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--bank-size", type=int, default=3072)
@@ -336,7 +361,7 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=500, help="save the EMA pipeline every N steps")
     ap.add_argument("--checkpoint-every", type=int, default=250, help="write the resumable checkpoint every N steps")
     ap.add_argument("--resume", action="store_true", help="continue the stage's run from its checkpoint in --work")
-    ap.add_argument("--eval-every", type=int, default=1000,
+    ap.add_argument("--eval-every", type=int, default=600,
                     help="adherence of the EMA weights on --eval-prompts prompts every N steps (0: off)")
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--eval-seeds", type=int, default=2)
@@ -357,6 +382,9 @@ def main() -> None:
         record["vae"] = train_vae(args.vae_steps, args.vae_batch, args.seed, args.vae_lr, args.checkpoint_every,
                                   args.resume)
         log_file = WORK / "vae_log.json"  # the pipeline directory exists only after the transformer stage
+    elif args.stage == "check-vae":  # e.g. after the judge changed: the shipped judge on the VAE's reconstructions
+        record["vae_check"] = reconstruction_check(load_trained_vae(), args.seed)
+        log_file = WORK / "vae_log.json"
     elif args.stage == "decoder":
         record["decoder"] = finetune_decoder(args.decoder_steps, args.decoder_batch, args.seed, args.decoder_lr,
                                              args.checkpoint_every, args.resume)
@@ -371,6 +399,8 @@ def main() -> None:
             record["transformer"] = train_transformer(
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume)
+        elif args.stage == "install-vae":
+            record["installed_vae"] = install_vae()
         else:
             record["adherence"] = evaluate(tuple(range(args.eval_seeds)), tuple(args.eval_guidance), args.eval_steps)
     merged = json.loads(log_file.read_text()) if log_file.exists() else {}
