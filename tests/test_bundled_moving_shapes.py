@@ -152,3 +152,16 @@ def test_damaged_judge_is_named(tmp_path: Path) -> None:
     (judge_dir / "config.json").unlink()
     with pytest.raises(BundledModelError, match="config.json"):
         judging.load_classifier(judge_dir / "model.safetensors")
+
+
+def test_demo_video_part_writes_a_clip_and_a_frame_strip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sadakit.demo import bundled_video_part
+
+    row = bundled_video_part(tmp_path, quick=True)
+    video, strip = map(Path, row.outputs)
+    assert video.suffix in (".mp4", ".gif") and video.stat().st_size > 0
+    assert Image.open(strip).height > 4 * 2 * data_moving_shapes.FRAME_SIZE  # 4 prompts x (baseline, SADA), enlarged
+    assert row.calls_computed < row.baseline_calls == 2 * moving_shapes.DEFAULT_STEPS
+    assert 20 < row.fidelity["psnr_db"] < float("inf") and 0 <= row.fidelity["adherence_sada"] <= 1
