@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate an image or audio clip, optionally accelerated")
     gen.add_argument("--pipeline", required=True,
-                     help="hub id, local directory, bundled:shapes, bundled:shapes-dit, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
+                     help="hub id, local directory, bundled:shapes, bundled:shapes-dit, bundled:moving-shapes, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
     prompts = gen.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt: --out is a file")
     prompts.add_argument("--prompts", type=existing_file, default=None,
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="the fastest SADA budget that holds a PSNR target; writes a preset")
     tune.add_argument("--pipeline", required=True,
-                      help="hub id, local directory, bundled:shapes, bundled:shapes-dit, bundled:notes, or tiny:<family>[:medium]")
+                      help="hub id, local directory, bundled:shapes, bundled:shapes-dit, bundled:moving-shapes, bundled:notes, or tiny:<family>[:medium]")
     tune.add_argument("--target", required=True, type=float, help="PSNR in dB against the full-step output")
     tune.add_argument("--coverage", type=float, default=0.9, help="share of calibration outputs that must hold it")
     tune.add_argument("--prompts", nargs="+", default=None, help="calibration prompts (default: as for bench)")

@@ -103,6 +103,7 @@ def wall_text(row: DemoRow) -> str:
 _FIDELITY = {
     "psnr_db": ("PSNR", "{:.1f} dB"),
     "ssim": ("SSIM", "{:.3f}"),
+    "temporal_psnr_db": ("temporal PSNR", "{:.1f} dB"),
     "log_mel_psnr_db": ("log-mel PSNR", "{:.1f} dB"),
     "generated_mel_psnr_db": ("mel PSNR before vocoder", "{:.1f} dB"),
     "lsd_db": ("log-spectral distance", "{:.3f} dB"),

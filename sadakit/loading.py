@@ -2,8 +2,9 @@
 
 ``tiny:<family>[:medium]`` builds the random-weight test pipelines of ``sadakit.testing``
 (``tiny:sdxl``, ``tiny:sd``, ``tiny:sd-v``, ``tiny:flux``, ``tiny:musicldm``, ...).
-``bundled:shapes``, ``bundled:shapes-dit`` and ``bundled:notes`` load the trained models shipped in ``sadakit.bundled``
-(through the real ``from_pretrained``), the offline pipelines whose outputs mean something.
+``bundled:shapes``, ``bundled:shapes-dit``, ``bundled:moving-shapes`` and ``bundled:notes`` load the
+trained models shipped in ``sadakit.bundled`` (through the real ``from_pretrained``), the offline
+pipelines whose outputs mean something.
 Anything else goes to ``DiffusionPipeline.from_pretrained`` unchanged, so users with weights
 (and network or a local copy) get the real loading path.
 """

@@ -54,8 +54,9 @@ def test_shipped_weights_are_small() -> None:
     notes = sum(p.stat().st_size for p in N.MODEL_DIR.rglob("*.safetensors"))
     everything = sum(p.stat().st_size for p in MODELS_DIR.rglob("*.safetensors"))
     assert notes < 9 * 2**20, notes
-    # all bundled models together: shapes-sd 12.3 MB, notes 7.3 MB, shapes-dit 10.9 MB (issue 21: <= ~25 MB each)
-    assert everything < 35 * 2**20, everything
+    # all bundled models together: shapes-sd 12.3 MB, notes 7.3 MB, shapes-dit 10.9 MB, moving-shapes 8.4 MB
+    # and its judge 0.6 MB (issue 21: <= ~25 MB each)
+    assert everything < 45 * 2**20, everything
 
 
 def test_generates_audio_on_cpu(pipe) -> None:

@@ -17,6 +17,7 @@ EVALUATION = (
     "sadakit.bench", "sadakit.demo", "sadakit.demo_table", "sadakit.demo_command", "sadakit.testbeds",
     "sadakit.metrics", "sadakit.bundled.comparison", "sadakit.bundled.shapes.judging",
     "sadakit.bundled.shapes.comparison", "sadakit.bundled.shapes_dit.judging", "sadakit.bundled.shapes_dit.comparison",
+    "sadakit.bundled.moving_shapes.judging", "sadakit.bundled.moving_shapes.comparison",
     "sadakit.bundled.notes.judging", "sadakit.bundled.notes.comparison",
     "sadakit.bundled.notes.pictures",
 )

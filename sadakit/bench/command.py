@@ -18,7 +18,7 @@ from ..cli_args import existing_file, image_side, non_negative_int, output_direc
 def add_command(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="baseline vs every applicable accelerator, side by side")
     bench.add_argument("--pipeline", required=True,
-                       help="hub id, local directory, bundled:shapes, bundled:shapes-dit, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
+                       help="hub id, local directory, bundled:shapes, bundled:shapes-dit, bundled:moving-shapes, bundled:notes, or tiny:<family>[:medium] (e.g. tiny:sdxl, tiny:wan)")
     bench.add_argument("--prompts", nargs="+", default=None,
                        help="default: 4 of the bundled model's evaluation prompts for bundled:*, else two short prompts")
     bench.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0])

@@ -61,7 +61,7 @@ def fidelity_for(pipe: Any) -> Fidelity:
 
 #: ``bundled:<name>`` -> the module whose ``scorer()`` builds that model's judge.
 JUDGES = {"shapes": "sadakit.bundled.shapes.judging", "shapes-dit": "sadakit.bundled.shapes_dit.judging",
-          "notes": "sadakit.bundled.notes.judging"}
+          "moving-shapes": "sadakit.bundled.moving_shapes.judging", "notes": "sadakit.bundled.notes.judging"}
 
 
 def judge_for(pipeline_name: str) -> Judge | None:

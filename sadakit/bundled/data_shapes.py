@@ -94,6 +94,17 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int = IMAGE_S
     cx = (0.25 + 0.5 * col + 0.12 * (u(n) - 0.5)) * size
     cy = (0.25 + 0.5 * row + 0.12 * (u(n) - 0.5)) * size
 
+    palette = torch.tensor([COLOUR_RGB[c] for c in COLOURS])
+    fg = (palette[colour] + 0.05 * (2 * u(n, 3) - 1)).clamp(0, 1)
+    return draw(shape, fg, cx, cy, radius, size)
+
+
+def draw(shape: torch.Tensor, fg: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, radius: torch.Tensor,
+         size: int = IMAGE_SIZE) -> torch.Tensor:
+    """``(n, 3, size, size)`` images of shape ``shape[i]`` (index into :data:`SHAPES`) in RGB
+    ``fg[i]`` centred at pixel ``(cx[i], cy[i])`` with radius ``radius[i]`` on the background.
+    Shared with :mod:`sadakit.bundled.data_moving_shapes`, whose shapes move between frames."""
+    n = shape.shape[0]
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     y = coords.view(1, size, 1)
     x = coords.view(1, 1, size)
@@ -117,9 +128,7 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int = IMAGE_S
     )
     alpha = torch.clamp(0.5 - d, 0.0, 1.0).unsqueeze(1)  # ~1 px soft edge
 
-    palette = torch.tensor([COLOUR_RGB[c] for c in COLOURS])
-    fg = palette[colour] + 0.05 * (2 * u(n, 3) - 1)
-    fg = fg.clamp(0, 1).view(n, 3, 1, 1)
+    fg = fg.view(n, 3, 1, 1)
     bg = torch.tensor(BACKGROUND_RGB).view(1, 3, 1, 1)
     return alpha * fg + (1 - alpha) * bg
 

@@ -1,0 +1,167 @@
+"""The bundled Wan model (bundled:moving-shapes) loads through ``WanPipeline.from_pretrained``,
+generates clips, its judge reads ground-truth clips right, and a damaged directory is named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+from sadakit.bundled import BundledModelError, data_moving_shapes, moving_shapes
+from sadakit.bundled.moving_shapes import judging
+from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the model is tiny, and two threads spin against other jobs here."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> WanPipeline:
+    return moving_shapes.load_pipeline()
+
+
+def test_loads_as_a_real_wan_pipeline(pipe: WanPipeline) -> None:
+    assert type(pipe) is WanPipeline
+    assert type(pipe.transformer) is WanTransformer3DModel and type(pipe.vae) is AutoencoderKLWan
+    assert type(pipe.scheduler) is UniPCMultistepScheduler and pipe.scheduler.config.prediction_type == "flow_prediction"
+    assert pipe.transformer.config.in_channels == pipe.vae.config.z_dim
+    assert pipe.transformer.config.text_dim == pipe.text_encoder.config.d_model
+    assert len(pipe.vae.config.latents_mean) == len(pipe.vae.config.latents_std) == pipe.vae.config.z_dim
+    assert not any(m.training for m in (pipe.transformer, pipe.text_encoder, pipe.vae))
+
+
+def test_shipped_weights_are_small() -> None:
+    total = sum(p.stat().st_size for p in moving_shapes.MODEL_DIR.rglob("*.safetensors"))
+    assert 1 * 2**20 < total < 15 * 2**20, total
+    assert judging.CLASSIFIER_FILE.stat().st_size < 2**20
+
+
+def test_every_pipeline_file_is_shipped() -> None:
+    for name in moving_shapes.PIPELINE_FILES:
+        assert (moving_shapes.MODEL_DIR / name).is_file(), name
+
+
+def test_generates_finite_clips_in_12_tokens(pipe: WanPipeline) -> None:
+    seen: list[tuple[int, ...]] = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(tuple(kwargs["hidden_states"].shape)),
+                                                      with_kwargs=True)
+    try:
+        clips = moving_shapes.generate(pipe, moving_shapes.eval_prompts(2), seed=int(torch.randint(1000, (1,))),
+                                       num_inference_steps=3)
+    finally:
+        hook.remove()
+    size = data_moving_shapes.FRAME_SIZE
+    assert clips.shape == (2, data_moving_shapes.NUM_FRAMES, 3, size, size)
+    assert torch.isfinite(clips).all() and 0 <= clips.min() and clips.max() <= 1
+    assert seen == [(2, 16, 3, 4, 4)] * 6  # 3 steps x (conditional, unconditional); 3 x 2 x 2 tokens of 1x2x2
+
+
+def test_learned_the_data_not_noise(pipe: WanPipeline) -> None:
+    """Random weights give grey mush; the trained model paints mostly background with one shape."""
+    clips = moving_shapes.generate(pipe, moving_shapes.eval_prompts(2), seed=5, num_inference_steps=8)
+    background = torch.tensor(data_moving_shapes.BACKGROUND_RGB).view(1, 1, 3, 1, 1)
+    near_background = ((clips - background).abs().amax(dim=2) < 0.1).float().mean(dim=(1, 2, 3))
+    assert (near_background > 0.5).all(), near_background
+
+
+@pytest.fixture(scope="module")
+def ground_truth() -> tuple[torch.Tensor, torch.Tensor]:
+    return data_moving_shapes.sample_batch(48, torch.Generator().manual_seed(int(torch.randint(10**6, (1,)))))
+
+
+def test_judge_reads_ground_truth_clips(ground_truth) -> None:
+    labels, clips = ground_truth
+    judged = judging.judge_clips(clips)
+    assert (judged == labels).all(dim=1).float().mean() >= 0.98, (judged != labels).float().mean(dim=0)
+    result = judging.adherence(clips, data_moving_shapes.prompts_of(labels))
+    assert result.n == 48 and result.direction == 1.0
+
+
+def test_judge_refuses_wrong_motion(ground_truth) -> None:
+    """Reversed clips move the other way, still clips stay put: the direction must fail for both."""
+    labels, clips = ground_truth
+    prompts = data_moving_shapes.prompts_of(labels)
+    assert judging.adherence(clips.flip(1), prompts).direction == 0.0
+    still = clips[:, :1].expand_as(clips)
+    assert (judging.directions(still) == judging.NO_DIRECTION).all()
+    score = judging.scorer()(clips[:4], prompts[0])
+    assert set(score) == {"adherence", "adherence_attr"}
+
+
+def test_registered_as_a_bundled_pipeline() -> None:
+    kwargs = default_call_kwargs("bundled:moving-shapes")
+    assert kwargs["num_frames"] == data_moving_shapes.NUM_FRAMES and kwargs["negative_prompt"] == ""
+    assert default_prompts("bundled:moving-shapes", 2) == moving_shapes.eval_prompts(2)
+    assert type(load_pipeline("bundled:moving-shapes")) is WanPipeline
+    with pytest.raises(ValueError, match="bundled:moving-shapes"):
+        load_pipeline("bundled:moving-shape")
+
+
+def _copy(tmp_path: Path) -> Path:
+    target = tmp_path / "moving-shapes"
+    shutil.copytree(moving_shapes.MODEL_DIR, target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
+                                  "tokenizer/tokenizer.json", "model_index.json"])
+def test_missing_file_is_named(tmp_path: Path, name: str) -> None:
+    broken = _copy(tmp_path)
+    (broken / name).unlink()
+    with pytest.raises(BundledModelError, match=name):
+        moving_shapes.load_pipeline(broken)
+
+
+def test_truncated_weights_are_named(tmp_path: Path) -> None:
+    broken = _copy(tmp_path)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * torch.empty(1).uniform_(0.2, 0.9))])
+    with pytest.raises(BundledModelError, match="vae/diffusion_pytorch_model.safetensors"):
+        moving_shapes.load_pipeline(broken)
+
+
+def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
+    """A transformer config asking for one more block than the file holds: diffusers would
+    initialise it at random with a warning; the loader refuses, naming the file."""
+    broken = _copy(tmp_path)
+    config_file = broken / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["num_layers"] += 1
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(BundledModelError, match="transformer/diffusion_pytorch_model.safetensors lacks"):
+        moving_shapes.load_pipeline(broken)
+
+
+def test_damaged_judge_is_named(tmp_path: Path) -> None:
+    judge_dir = tmp_path / "judge"
+    shutil.copytree(judging.CLASSIFIER_FILE.parent, judge_dir)
+    (judge_dir / "config.json").write_text("{not json")
+    with pytest.raises(BundledModelError, match="judge config is corrupted"):
+        judging.load_classifier(judge_dir / "model.safetensors")
+    (judge_dir / "config.json").unlink()
+    with pytest.raises(BundledModelError, match="config.json"):
+        judging.load_classifier(judge_dir / "model.safetensors")
+
+
+def test_demo_video_part_writes_a_clip_and_a_frame_strip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sadakit.demo import bundled_video_part
+
+    row = bundled_video_part(tmp_path, quick=True)
+    video, strip = map(Path, row.outputs)
+    assert video.suffix in (".mp4", ".gif") and video.stat().st_size > 0
+    assert Image.open(strip).height > 4 * 2 * data_moving_shapes.FRAME_SIZE  # 4 prompts x (baseline, SADA), enlarged
+    assert row.calls_computed < row.baseline_calls == 2 * moving_shapes.DEFAULT_STEPS
+    assert 20 < row.fidelity["psnr_db"] < float("inf") and 0 <= row.fidelity["adherence_sada"] <= 1
