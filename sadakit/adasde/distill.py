@@ -64,7 +64,7 @@ from ..core.adasde import (
     steps_for_nfe,
 )
 from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
-from .grid import MAX_END_LOGIT, end_logits_for, ends_from_logits, grid_from_logits, grid_with_ends, logits_for_grid
+from .grid import MAX_END_LOGIT, end_logits_for, grid_from_logits, grid_with_ends, logits_for_grid
 from .identity import fingerprint_or_none
 
 NoiseSampler = Callable[[int, torch.Generator], torch.Tensor]

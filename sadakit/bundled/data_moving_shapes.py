@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sadakit.bundled.data_shapes import BACKGROUND_RGB, COLOUR_RGB, COLOURS, SHAPES, draw
+from sadakit.bundled.data_shapes import COLOUR_RGB, COLOURS, SHAPES, draw
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 #: unit motion (dx, dy) in image coordinates (y grows downwards) of each direction
