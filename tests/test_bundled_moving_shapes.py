@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
-from sadakit.bundled import BundledModelError, data_moving_shapes, moving_shapes
+from sadakit.bundled import BundledModelError, data_moving_shapes, data_shapes, moving_shapes
 from sadakit.bundled.moving_shapes import judging
 from sadakit.loading import default_call_kwargs, default_prompts, load_pipeline
 
@@ -69,7 +69,7 @@ def test_generates_finite_clips_in_12_tokens(pipe: WanPipeline) -> None:
 def test_learned_the_data_not_noise(pipe: WanPipeline) -> None:
     """Random weights give grey mush; the trained model paints mostly background with one shape."""
     clips = moving_shapes.generate(pipe, moving_shapes.eval_prompts(2), seed=5, num_inference_steps=8)
-    background = torch.tensor(data_moving_shapes.BACKGROUND_RGB).view(1, 1, 3, 1, 1)
+    background = torch.tensor(data_shapes.BACKGROUND_RGB).view(1, 1, 3, 1, 1)
     near_background = ((clips - background).abs().amax(dim=2) < 0.1).float().mean(dim=(1, 2, 3))
     assert (near_background > 0.5).all(), near_background
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sadakit.bundled.data_shapes import COLOUR_RGB, COLOURS, SHAPES, draw
+from sadakit.bundled.data_shapes import BACKGROUND_RGB, COLOUR_RGB, COLOURS, SHAPES, draw
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 #: unit motion (dx, dy) in image coordinates (y grows downwards) of each direction
@@ -117,3 +117,8 @@ def conditioning_index(labels: torch.Tensor) -> torch.Tensor:
     """Each ``(shape, colour, direction)`` row's index in :func:`conditioning_prompts`."""
     index_of = {(l.shape, l.colour, l.direction): i + 1 for i, l in enumerate(all_labels())}
     return torch.tensor([index_of[tuple(row)] for row in labels.tolist()])
+
+
+__all__ = ["BACKGROUND_RGB", "COLOUR_RGB", "COLOURS", "SHAPES", "DIRECTIONS", "DIRECTION_VECTORS", "NUM_FRAMES",
+           "FRAME_SIZE", "ClipLabel", "prompt_for", "all_labels", "parse_prompt", "random_labels", "render",
+           "sample_batch", "prompts_of", "conditioning_prompts", "conditioning_index"]
