@@ -71,7 +71,10 @@ class SADAConfig:
     #: None = automatic: every 3rd call for generations of >= 40 calls (2x at 50 steps),
     #: every 2nd below (fewer nodes make wide extrapolation unsafe).
     late_phase_interval: int | None = field(default=None)
-    late_phase_order: int = field(default=2)
+    #: None = automatic: quadratic through the computed calls at the automatic intervals (2, 3);
+    #: at longer ones linear over the first half of each interval and x0 held over the rest, the
+    #: budget plan's rule (docs/frontier.md: interval 6 went 24.0 -> 49.2 dB on shapes).
+    late_phase_order: int | None = field(default=None)
     #: Fraction of the denoiser calls that run the network, planned ahead (sadakit/runtime/budget.py,
     #: docs/frontier.md): a warm-up, then every s-th call, s as small as the budget allows; each
     #: skipped call extrapolates x0 at the highest order (<= ``budget_order``) whose nodes span
@@ -148,13 +151,15 @@ class SADAConfig:
 
     @late_phase_order.validator
     def _check_late_order(self, attribute, value):
+        if value is None:
+            return
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
             raise ValueError(f"SADAConfig.late_phase_order must be an integer in 0..3, got {value!r}")
 
     @property
     def history_len(self) -> int:
         """Computed x0 values kept per row for extrapolation."""
-        late = self.late_phase_order if self.late_phase_start is not None else 0
+        late = (2 if self.late_phase_order is None else self.late_phase_order) if self.late_phase_start is not None else 0
         budget = self.budget_order if self.budget is not None else 0
         return max(self.extrapolation_order, late, budget) + 1
 

@@ -212,3 +212,38 @@ def test_budget_under_heun_follows_its_plan_and_beats_fewer_heun_steps():
         fewer = run((len(plan) + 1) // 2)  # Heun with as many calls: 2 per step, the last step 1
         # measured (seed 0, 128 samples): 73.5 vs 45.3 dB at 0.5, 56.2 vs 37.4 at 0.25
         assert row_psnr_db(out, reference).median() > row_psnr_db(fewer, reference).median() + 5
+
+
+def test_late_phase_order_automatic_follows_the_budget_rule_at_long_intervals():
+    """late_phase_order=None: quadratic at the automatic intervals; beyond them linear over the
+    first half of each interval and x0 held over the rest; an explicit order is kept as given."""
+    from types import SimpleNamespace
+
+    from sadakit.runtime.decision import Decider
+
+    def orders(config, expected=50):
+        decider = Decider(config, latent_to_grid=None, note=lambda _: None)
+        late = decider.late_index(SimpleNamespace(expected_calls=expected))
+        return [decider.late_order(SimpleNamespace(expected_calls=expected, call_index=late + g)) for g in range(12)]
+
+    assert orders(sadakit.SADAConfig()) == [2] * 12  # automatic interval 3 at 50 calls: as before
+    assert orders(sadakit.SADAConfig(late_phase_interval=2)) == [2] * 12
+    assert orders(sadakit.SADAConfig(late_phase_interval=6)) == [1, 1, 1, 1, 0, 0] * 2
+    assert orders(sadakit.SADAConfig(late_phase_interval=4)) == [1, 1, 1, 0] * 3
+    assert orders(sadakit.SADAConfig(late_phase_interval=8)) == [1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert orders(sadakit.SADAConfig(late_phase_interval=6, late_phase_order=2)) == [2] * 12
+    with pytest.raises(ValueError, match="late_phase_order"):
+        sadakit.SADAConfig(late_phase_order=4)
+
+
+def test_default_late_phase_is_bit_identical_to_an_explicit_quadratic():
+    tb = make_pipeline("gmm64-16", "euler")
+    seed = random.randrange(1000)
+    outs = []
+    for config in (sadakit.SADAConfig(), sadakit.SADAConfig(late_phase_order=2)):
+        sadakit.accelerate(tb, config)
+        try:
+            outs.append(tb(batch_size=32, num_inference_steps=50, generator=torch.Generator().manual_seed(seed)).samples)
+        finally:
+            sadakit.remove(tb)
+    assert torch.equal(outs[0], outs[1])

@@ -332,7 +332,8 @@ def _file_metadata(
     grid_logits: list[float] | None = None,
 ) -> CoefficientMetadata:
     """The metadata the coefficient file will carry (``training`` is added at the end); checked now."""
-    positive = grid[:-1] if grid_ends is not None else grid  # learned ends: the last node is 0
+    nodes = grid.tolist()  # host floats: no float64 tensor op for two numbers
+    positive = nodes[:-1] if grid_ends is not None else nodes  # learned ends: the last node is 0
     return CoefficientMetadata(
         model=model,
         nfe=config.nfe,

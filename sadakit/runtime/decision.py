@@ -69,6 +69,19 @@ class Decider:
         return budget_plan.computed_calls(state.expected_calls, cfg.budget, cfg.budget_warmup_calls, cfg.final_calls,
                                           cfg.budget_spread)
 
+    def late_order(self, state: GenerationState) -> int:
+        """Extrapolation order of the current late-phase call (``late_phase_order``, or automatic:
+        2 at intervals up to 3, else 1 over the first half of the interval and 0 beyond, as the
+        budget plan does; measured in docs/frontier.md)."""
+        cfg = self.config
+        if cfg.late_phase_order is not None:
+            return cfg.late_phase_order
+        interval = cfg.interval_for(state.expected_calls)
+        if interval <= 3:
+            return 2
+        gap = (state.call_index - self.late_index(state)) % interval
+        return 1 if gap <= min(math.ceil(interval / 2), budget_plan.AUTO_GAP_CAP) else 0
+
     def late_index(self, state: GenerationState) -> int:
         return math.ceil(self.config.late_phase_start * state.expected_calls)
 
@@ -94,7 +107,7 @@ class Decider:
         phase = self.phase(state, state.call_index) if cfg.enabled and state.judged else "off"
         nodes = state.newest_nodes()
         use_criterion = phase == "criterion" and len(nodes) == 3
-        order = cfg.late_phase_order if phase == "late" else cfg.extrapolation_order
+        order = self.late_order(state) if phase == "late" else cfg.extrapolation_order
         planned_skip = False
         if phase == "budget":
             plan_calls = self.planned_calls(state)
