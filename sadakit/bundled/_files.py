@@ -112,3 +112,16 @@ def loaded_for_inference(pipe, model_dir: Path):
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
+
+
+def load_bundled(pipeline_cls, model_dir: Path, files: tuple[str, ...], name: str, **kwargs):
+    """``pipeline_cls.from_pretrained`` on a bundled model directory: every file checked first,
+    a loading failure re-raised with the model and directory named, then
+    :func:`loaded_for_inference`. The one path of the bundled loaders (notes adds its own
+    warning filter around ``from_pretrained`` and keeps its own)."""
+    check_model_dir(model_dir, files)
+    try:
+        pipe = pipeline_cls.from_pretrained(model_dir, local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
+        raise ValueError(f"could not load the bundled {name} model from {model_dir}: {exc}") from exc
+    return loaded_for_inference(pipe, model_dir)

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, Wa
 from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from sadakit.bundled import data_moving_shapes
-from sadakit.bundled._files import MODELS_DIR, check_model_dir, loaded_for_inference
+from sadakit.bundled._files import MODELS_DIR, load_bundled
 from sadakit.bundled.tokenizers import t5_tokenizer, t5_vocab
 
 MODEL_DIR = MODELS_DIR / "moving-shapes"
@@ -125,12 +125,7 @@ def load_pipeline(path: Path | str | None = None, torch_dtype: torch.dtype = tor
     loading, no component may hold weights its file lacks (from_pretrained only warns then).
     """
     model_dir = Path(path) if path is not None else MODEL_DIR
-    check_model_dir(model_dir, PIPELINE_FILES)
-    try:
-        pipe = WanPipeline.from_pretrained(model_dir, local_files_only=True, torch_dtype=torch_dtype)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
-        raise ValueError(f"could not load the bundled moving-shapes model from {model_dir}: {exc}") from exc
-    return loaded_for_inference(pipe, model_dir)
+    return load_bundled(WanPipeline, model_dir, PIPELINE_FILES, "moving-shapes", torch_dtype=torch_dtype)
 
 
 def eval_prompts(n: int | None = None) -> list[str]:

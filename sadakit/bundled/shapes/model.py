@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sadakit.bundled import data_shapes
-from sadakit.bundled._files import MODELS_DIR, check_model_dir, loaded_for_inference
+from sadakit.bundled._files import MODELS_DIR, load_bundled
 from sadakit.bundled.tokenizers import clip_tokenizer, clip_vocab
 
 MODEL_DIR = MODELS_DIR / "shapes-sd"
@@ -167,14 +167,8 @@ def load_pipeline(path: Path | str | None = None, torch_dtype: torch.dtype = tor
     bar is disabled.
     """
     model_dir = Path(path) if path is not None else MODEL_DIR
-    check_model_dir(model_dir, PIPELINE_FILES)
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            model_dir, local_files_only=True, torch_dtype=torch_dtype, safety_checker=None, feature_extractor=None
-        )
-    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
-        raise ValueError(f"could not load the bundled shapes model from {model_dir}: {exc}") from exc
-    return loaded_for_inference(pipe, model_dir)
+    return load_bundled(StableDiffusionPipeline, model_dir, PIPELINE_FILES, "shapes", torch_dtype=torch_dtype,
+                        safety_checker=None, feature_extractor=None)
 
 
 def eval_prompts(n: int | None = None) -> list[str]:

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from sadakit.bundled import data_shapes
-from sadakit.bundled._files import MODELS_DIR, check_model_dir, loaded_for_inference
+from sadakit.bundled._files import MODELS_DIR, load_bundled
 from sadakit.bundled.tokenizers import clip_tokenizer, clip_vocab, t5_tokenizer, t5_vocab
 
 # The prompt set, prompt order and image conversion are the shapes model's: the same data and judge.
@@ -146,12 +146,7 @@ def load_pipeline(path: Path | str | None = None, torch_dtype: torch.dtype = tor
     loading, no component may hold weights its file lacks (from_pretrained only warns then).
     """
     model_dir = Path(path) if path is not None else MODEL_DIR
-    check_model_dir(model_dir, PIPELINE_FILES)
-    try:
-        pipe = FluxPipeline.from_pretrained(model_dir, local_files_only=True, torch_dtype=torch_dtype)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
-        raise ValueError(f"could not load the bundled shapes-dit model from {model_dir}: {exc}") from exc
-    return loaded_for_inference(pipe, model_dir)
+    return load_bundled(FluxPipeline, model_dir, PIPELINE_FILES, "shapes-dit", torch_dtype=torch_dtype)
 
 
 def generate(
