@@ -108,6 +108,7 @@ def _vae_decode(pipe: Any) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
+    grid = _parse_sigmas(args.sigmas) if args.sigmas else None  # bad input fails before a model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.testbed:
@@ -143,7 +144,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     feature_loss = {"latent": latent_l2, "log": per_sample_log_mse(),
                     "decoded-log": per_sample_log_mse(_vae_decode(pipe)) if args.loss == "decoded-log" else None}[args.loss]
     res = distill(
-        denoiser, sample_noise, cfg, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
+        denoiser, sample_noise, cfg, sigmas=grid, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
         prediction_type=meta.get("prediction_type", "epsilon"), guidance_scale=meta.get("guidance_scale"),
         output=args.out, log_path=args.log, resume=not args.fresh,
         model_sigma_range=tuple(sigma_range) if args.learn_ends else None,
@@ -155,6 +156,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         f"{res.losses[-1] if res.losses else float('nan'):.4g} in {res.seconds:.1f} s -> {args.out}"
     )
     return 0
+
+
+def _parse_sigmas(text: str) -> torch.Tensor:
+    """``--sigmas 99,6.9,2.4,0.96,0.22,0.002``: a decreasing positive grid (float64), or SystemExit naming what is wrong."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sigmas {text!r}: not a comma-separated list of numbers") from None
+    if len(values) < 2 or not all(v > 0 and v == v and v != float("inf") for v in values) or any(
+            b >= a for a, b in zip(values, values[1:])):
+        raise SystemExit(f"--sigmas {text!r}: needs at least 2 finite positive sigmas, strictly decreasing")
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -199,6 +212,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--sigma-min", type=float, default=None, help="bottom of the grid (default: the model's range)")
     d.add_argument("--sigma-max", type=float, default=None,
                    help="top of the grid (default: the model's range, capped at 80; a bundled model's measured best)")
+    d.add_argument("--sigmas", default=None, metavar="S0,S1,...",
+                   help="the grid itself (steps + 1 decreasing sigmas, stored as schedule 'custom'; with --learn-grid "
+                        "the starting grid), instead of --schedule / --sigma-max / --sigma-min")
     d.add_argument("--learn-grid", action="store_true",
                    help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
     d.add_argument("--learn-ends", action="store_true",
