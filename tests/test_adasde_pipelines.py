@@ -344,3 +344,17 @@ def test_true_cfg_is_distilled_and_checked_at_true_cfg_scale(tmp_path):
         pipe(prompt=PROMPTS[0], true_cfg_scale=2.5, num_inference_steps=4, output_type="latent", **call)
     out = pipe(prompt=PROMPTS[0], true_cfg_scale=4.0, num_inference_steps=4, output_type="latent", **call)
     assert pipe.scheduler.nfe == 4 and torch.isfinite(out.images).all()
+
+
+def test_decoded_loss_unpacks_flux_latents_like_the_pipeline():
+    """--loss decoded-log decodes a Flux state as the pipeline does (unpacked 2x2 patches, scale and shift)."""
+    from sadakit.adasde.cli import _vae_decode
+
+    pipe, kw = _build("flux")
+    call = dict(prompt=PROMPTS[0], num_inference_steps=2, **kw)
+    latents = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(5)).images
+    images = pipe(**call, output_type="pt", generator=torch.Generator().manual_seed(5)).images
+    assert latents.ndim == 3  # packed tokens
+    decoded = (_vae_decode(pipe, kw["height"], kw["width"])(latents) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(decoded, images, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((_vae_decode(pipe)(latents) / 2 + 0.5).clamp(0, 1), images, rtol=1e-4, atol=1e-4)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from typing import Any, Callable
 
@@ -100,11 +101,25 @@ def _pipeline_reference_sigmas(pipe: Any, steps: int) -> torch.Tensor:
     return sched.sigmas.to(torch.float64)
 
 
-def _vae_decode(pipe: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Latents to the VAE's output (images, mel spectrograms): the space a benchmark compares samples in."""
+def _vae_decode(pipe: Any, height: int | None = None, width: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Latents to the VAE's output (images, mel spectrograms): the space a benchmark compares samples in.
+
+    Flux-style pipelines pack 2x2 latent patches into tokens (``_unpack_latents``) and shift the
+    latents (``shift_factor``); their decode undoes both, at ``height`` x ``width`` pixels
+    (default: a square image of that many tokens).
+    """
     vae = pipe.vae
     scale = float(vae.config.scaling_factor)
-    return lambda latents: vae.decode(latents.to(vae.dtype) / scale).sample.to(torch.float32)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    unpack = getattr(pipe, "_unpack_latents", None)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        if unpack is not None and latents.ndim == 3:
+            side = math.isqrt(latents.shape[1]) * 2 * pipe.vae_scale_factor
+            latents = unpack(latents, height or side, width or side, pipe.vae_scale_factor)
+        return vae.decode((latents / scale + shift).to(vae.dtype)).sample.to(torch.float32)
+
+    return decode
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
@@ -142,7 +157,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.teacher == "pipeline":
         teacher_sigmas = _pipeline_reference_sigmas(pipe, args.teacher_steps)
     feature_loss = {"latent": latent_l2, "log": per_sample_log_mse(),
-                    "decoded-log": per_sample_log_mse(_vae_decode(pipe)) if args.loss == "decoded-log" else None}[args.loss]
+                    "decoded-log": per_sample_log_mse(_vae_decode(pipe, *_image_size(args)))
+                    if args.loss == "decoded-log" else None}[args.loss]
     res = distill(
         denoiser, sample_noise, cfg, sigmas=grid, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
         prediction_type=meta.get("prediction_type", "epsilon"), guidance_scale=meta.get("guidance_scale"),
@@ -156,6 +172,14 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         f"{res.losses[-1] if res.losses else float('nan'):.4g} in {res.seconds:.1f} s -> {args.out}"
     )
     return 0
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """``(height, width)`` the pipeline is called at (a bundled model's call arguments), if it says."""
+    from sadakit.loading import default_call_kwargs
+
+    kwargs = default_call_kwargs(args.pipeline)
+    return kwargs.get("height"), kwargs.get("width")
 
 
 def _parse_sigmas(text: str) -> torch.Tensor:
