@@ -429,3 +429,13 @@ def test_cli_distills_on_the_grid_given_with_sigmas(tmp_path):
         with pytest.raises(SystemExit, match=r"--sigmas"):
             main(["distill", "--testbed", "gmm2d-8", "--sigmas", bad, "--out", str(tmp_path / "b.safetensors")])
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_a_plugin_form_without_churn_or_grid_to_learn_is_refused_before_training():
+    from sadakit.testbeds.configs import get_testbed
+
+    tb = get_testbed("gmm2d-8")
+    cfg = DistillConfig(nfe=4, solver="euler", analytic_first_step=False, gamma_max=0.0, iterations=2, batch_size=4)
+    with pytest.raises(ValueError, match=r"solver='euler' with gamma_max=0 and a fixed grid has nothing to learn"):
+        distill(lambda x, s: tb.denoiser.denoise(x, s), lambda b, g: torch.randn((b, *tb.data_shape), generator=g), cfg,
+                model="t", progress=False)
