@@ -358,3 +358,18 @@ def test_decoded_loss_unpacks_flux_latents_like_the_pipeline():
     decoded = (_vae_decode(pipe, kw["height"], kw["width"])(latents) / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(decoded, images, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close((_vae_decode(pipe)(latents) / 2 + 0.5).clamp(0, 1), images, rtol=1e-4, atol=1e-4)
+
+
+def test_a_two_call_pipeline_that_rescales_its_guidance_is_refused():
+    """The adapter combines the branch calls as u + g (c - u); a pipeline that renormalises (QwenImage) is refused."""
+    from sadakit.adasde.pipeline_denoiser import _Captured, _check_branch_combination
+
+    cond, uncond = torch.randn(2, 16, 8), torch.randn(2, 16, 8)
+    g = float(torch.empty(()).uniform_(1.5, 6.0))
+    guided = uncond + g * (cond - uncond)
+    _check_branch_combination("P", _Captured([], [cond, uncond], guided), g)  # the combination it replays: fine
+    renormalised = guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+    with pytest.raises(UnsupportedPipelineError, match=rf"P: its two denoiser calls .* not combined as u \+ {g:g} \(c - u\)"):
+        _check_branch_combination("P", _Captured([], [cond, uncond], renormalised), g)
+    with pytest.raises(UnsupportedPipelineError, match="not combined"):
+        _check_branch_combination("P", _Captured([], [cond, uncond], guided), g + 1.0)  # another scale

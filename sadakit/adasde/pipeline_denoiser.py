@@ -3,7 +3,7 @@
 Distillation needs the function the pipeline will compute under ``AdaSDEScheduler``, not an
 approximation of it: the same text conditioning, the same classifier-free guidance, the same
 timestep and input scaling. Rather than re-implementing every pipeline's prompt encoding, the
-adapter runs the pipeline once, stops it at its first denoiser call and keeps that call's
+adapter runs the pipeline once, stops it at its first scheduler step and keeps its denoiser call's
 arguments (prompt embeddings, pooled embeddings, SDXL time ids, Flux guidance and ids,
 MusicLDM's CLAP class embedding, ...). Replaying the call with another latent and timestep
 gives the denoiser under exactly the pipeline's conditioning; the plugin says which module
@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -219,39 +220,60 @@ class PipelineDenoiser:
                 p.requires_grad_(True)
 
 
-def _capture(pipe: Any, module: torch.nn.Module, call_kwargs: dict[str, Any], sample_arg: str,
-             timestep_arg: str) -> tuple[inspect.BoundArguments, inspect.BoundArguments | None]:
-    """Run the pipeline up to its first denoiser call and return that call's bound arguments.
+@dataclass
+class _Captured:
+    """What the capture saw before the pipeline's first scheduler step."""
 
-    The first call runs, so the second one shows whether the pipeline calls the denoiser once
-    per CFG branch: a second call at the same latent and timestep is the unconditional branch
-    (returned second, else None); a call at another timestep is the next step.
+    calls: list[inspect.BoundArguments]  # the denoiser calls' arguments (cloned)
+    outputs: list[torch.Tensor]  # their outputs
+    combined: torch.Tensor | None  # what the pipeline handed to ``scheduler.step``: its guided prediction
+
+
+def _capture(pipe: Any, module: torch.nn.Module, call_kwargs: dict[str, Any]) -> _Captured:
+    """Run the pipeline up to its first scheduler step and return the denoiser calls made before it.
+
+    One call per step (CFG batched, or none) gives one call; a pipeline that calls the denoiser
+    once per CFG branch gives two. The prediction handed to ``step`` shows how they were combined.
     """
-    captured: list[inspect.BoundArguments] = []
+    seen = _Captured([], [], None)
     signature = inspect.signature(module.forward)
 
-    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def pre_hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind(*args, **kwargs)
         bound.arguments = {
             k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in bound.arguments.items()
         }
-        captured.append(bound)
-        if len(captured) == 2:
+        seen.calls.append(bound)
+        if len(seen.calls) > 2:
             raise _StopCapture
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    def post_hook(mod: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        first = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+        if torch.is_tensor(first):
+            seen.outputs.append(first.detach().clone())
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        output = args[0] if args else kwargs.get("model_output")
+        seen.combined = output.detach().clone() if torch.is_tensor(output) else None
+        raise _StopCapture
+
+    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+               module.register_forward_hook(post_hook, with_kwargs=True)]
+    scheduler = pipe.scheduler
+    scheduler.step = step  # an instance attribute over the class's method, removed below
     try:
         with torch.no_grad():
             pipe(**call_kwargs)
     except _StopCapture:
         pass
     finally:
-        handle.remove()
-    if not captured:
+        for handle in handles:
+            handle.remove()
+        if "step" in vars(scheduler):
+            del scheduler.step
+    if not seen.calls:
         raise UnsupportedPipelineError(f"{type(pipe).__name__}: the pipeline finished without calling its denoiser")
-    if len(captured) == 2 and _same_input(captured[0], captured[1], sample_arg, timestep_arg):
-        return captured[0], captured[1]
-    return captured[0], None
+    return seen
 
 
 def _same_input(a: inspect.BoundArguments, b: inspect.BoundArguments, sample_arg: str, timestep_arg: str) -> bool:
@@ -318,15 +340,24 @@ def pipeline_denoiser(
         kwargs["guidance_scale"] = guidance_scale
     plugin.prepare(pipe)  # library compatibility shims (e.g. MusicLDM's CLAP under transformers 5)
     try:
-        bound, uncond_bound = _capture(pipe, spec.module, kwargs, spec.sample_arg, spec.timestep_arg)
+        seen = _capture(pipe, spec.module, kwargs)
     finally:
         plugin.restore(pipe)
+    bound, uncond_bound = seen.calls[0], None
+    if len(seen.calls) == 2 and _same_input(*seen.calls, spec.sample_arg, spec.timestep_arg):
+        uncond_bound = seen.calls[1]  # one call per CFG branch: conditional first, as Flux and Wan call them
+    elif len(seen.calls) > 1:
+        raise UnsupportedPipelineError(
+            f"{name}: the denoiser is called {len(seen.calls)} times per step in a way the adapter cannot replay "
+            "(only one call, or one per CFG branch at the same latent and timestep)")
     if uncond_bound is not None and "true_cfg_scale" in accepted:
         # Flux-style true CFG: the branches are combined at true_cfg_scale (guidance_scale is the
         # embedded guidance, already part of the captured calls)
         guidance = float(kwargs.get("true_cfg_scale", accepted["true_cfg_scale"].default))
     else:
         guidance = guidance_scale if guidance_scale is not None else _pipeline_default_guidance(pipe)
+    if uncond_bound is not None:
+        _check_branch_combination(name, seen, guidance)
     first_t = bound.arguments[spec.timestep_arg]
     first_t = float(first_t.reshape(-1)[0]) if torch.is_tensor(first_t) else float(first_t)
     reference = float(pipe.scheduler.timesteps[0])
@@ -342,6 +373,25 @@ def pipeline_denoiser(
         timestep_scale=scale, model=model or _model_name(pipe), unbatched_args=spec.unbatched_args,
         uncond_bound=uncond_bound,
     )
+
+
+def _check_branch_combination(name: str, seen: _Captured, guidance: float) -> None:
+    """Refuse a two-call pipeline whose guided prediction is not ``u + g (c - u)`` (e.g. a renormalised CFG).
+
+    The adapter replays the two calls and combines them that way; a pipeline that rescales the
+    result (QwenImage's true CFG keeps the conditional norm) computes another function, and a file
+    distilled on ours would be fitted to the wrong one.
+    """
+    if seen.combined is None or len(seen.outputs) != 2:
+        return
+    cond, uncond = (o.to(torch.float32) for o in seen.outputs)
+    ours = uncond + guidance * (cond - uncond)
+    theirs = seen.combined.to(torch.float32)
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-4 * float(theirs.abs().max())):
+        raise UnsupportedPipelineError(
+            f"{name}: its two denoiser calls per step (one per CFG branch) are not combined as u + {guidance:g} (c - u) "
+            "(a rescaled or normalised guidance?), so the adapter cannot reproduce the guided denoiser; distil with "
+            "that guidance off (e.g. true_cfg_scale=1)")
 
 
 def _pipeline_default_guidance(pipe: Any) -> float:
