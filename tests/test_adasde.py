@@ -411,3 +411,31 @@ def test_cli_inspect_prints_metadata_and_coefficients(tmp_path, capsys):
     assert main(["inspect", str(p)]) == 0
     out = capsys.readouterr().out
     assert '"model": "tiny-sd"' in out and "step 2: gamma=" in out
+
+
+def test_cli_distills_on_the_grid_given_with_sigmas(tmp_path):
+    """--sigmas is the grid itself: stored exactly (schedule 'custom'); a malformed list is refused before any work."""
+    from sadakit.adasde.cli import main
+
+    top = float(torch.empty(()).uniform_(8.0, 14.0))
+    grid = [top, top / 3, 0.7, 0.1, 0.03]
+    out = tmp_path / "c.safetensors"
+    assert main(["distill", "--testbed", "gmm2d-8", "--nfe", "7", "--iterations", "2", "--batch", "8",
+                 "--teacher-factor", "2", "--sigmas", ",".join(f"{v!r}" for v in grid), "--out", str(out)]) == 0
+    cf = load_coefficients(out)
+    assert cf.meta.schedule == "custom" and cf.meta.nfe == 7
+    torch.testing.assert_close(cf.sigmas, torch.tensor(grid, dtype=torch.float64))
+    for bad in ("3,4", "5,x", "5,0", "5,nan"):
+        with pytest.raises(SystemExit, match=r"--sigmas"):
+            main(["distill", "--testbed", "gmm2d-8", "--sigmas", bad, "--out", str(tmp_path / "b.safetensors")])
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_a_plugin_form_without_churn_or_grid_to_learn_is_refused_before_training():
+    from sadakit.testbeds.configs import get_testbed
+
+    tb = get_testbed("gmm2d-8")
+    cfg = DistillConfig(nfe=4, solver="euler", analytic_first_step=False, gamma_max=0.0, iterations=2, batch_size=4)
+    with pytest.raises(ValueError, match=r"solver='euler' with gamma_max=0 and a fixed grid has nothing to learn"):
+        distill(lambda x, s: tb.denoiser.denoise(x, s), lambda b, g: torch.randn((b, *tb.data_shape), generator=g), cfg,
+                model="t", progress=False)

@@ -27,6 +27,9 @@ def _build(kind: str):
         return tp.tiny_sdxl_pipeline(), {"height": 64, "width": 48}
     if kind == "flux":
         return tp.tiny_flux_pipeline(), {"height": 64, "width": 64, "max_sequence_length": 32}
+    if kind == "flux-true-cfg":  # one transformer call per CFG branch, as the bundled shapes-dit model runs
+        return tp.tiny_flux_pipeline(guidance_embeds=False), {"height": 64, "width": 64, "max_sequence_length": 32,
+                                                               "true_cfg_scale": 4.0, "negative_prompt": ""}
     pipe = tp.tiny_musicldm_pipeline()
     fix_musicldm(pipe)
     return pipe, {"audio_length_in_s": 0.64}
@@ -36,7 +39,7 @@ def _final_latents(out) -> torch.Tensor:
     return out.images if hasattr(out, "images") else torch.as_tensor(out.audios)
 
 
-@pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl", "flux", "musicldm"])
+@pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl", "flux", "flux-true-cfg", "musicldm"])
 def test_adapter_is_the_function_the_scheduler_runs(kind, tmp_path):
     """Sampling with the adapter as D reproduces the pipeline under AdaSDEScheduler.
 
@@ -46,6 +49,7 @@ def test_adapter_is_the_function_the_scheduler_runs(kind, tmp_path):
     adapter = pipeline_denoiser(pipe, PROMPTS, guidance_scale=4.0, **kw)
     flow = adapter.chart.flow_matching
     assert adapter.cfg == (not flow)
+    assert adapter.separate_cfg == (kind == "flux-true-cfg") and adapter.guidance_scale == 4.0
     smin, smax = adapter.sigma_range
     steps = 3
     nfe = 2 * steps if flow else 2 * steps - 1
@@ -313,3 +317,59 @@ def test_guidance_that_changes_nothing_is_not_a_mismatch():
     assert _guidance_in_effect(sd, 7.5) == 7.5
     assert _guidance_in_effect(tp.tiny_flux_pipeline(), 1.0) == 1.0  # dev: an input of the transformer
     assert _guidance_in_effect(tp.tiny_flux_pipeline(guidance_embeds=False), 3.5) is None  # schnell ignores it
+
+
+def test_true_cfg_is_distilled_and_checked_at_true_cfg_scale(tmp_path):
+    """Flux with true CFG calls the transformer per branch: the file records true_cfg_scale and calls are checked on it."""
+    pipe, kw = _build("flux-true-cfg")
+    adapter = pipeline_denoiser(pipe, PROMPTS[0], **kw)
+    assert adapter.separate_cfg and adapter.guidance_scale == 4.0
+    x = torch.randn((1, *adapter.latent_shape))
+    sigma = float(torch.empty(()).uniform_(0.5, 5.0))
+    single = pipeline_denoiser(pipe, PROMPTS[0], **{**kw, "true_cfg_scale": 1.0})  # one call per step: no CFG
+    assert not single.separate_cfg
+    with torch.no_grad():
+        cond = single(x, sigma)
+        guided = adapter(x, sigma)
+    assert not torch.allclose(guided, cond)
+    smin, smax = adapter.sigma_range
+    path = tmp_path / "c.safetensors"
+    save_coefficients(path, init_raw_coefficients(2, 0.0), make_sigmas(2, smin, smax), CoefficientMetadata(
+        model=adapter.model, nfe=4, analytic_first_step=False, sigma_min=smin, sigma_max=smax,
+        prediction_type=adapter.prediction_type, guidance_scale=4.0, gamma_max=0.0))
+    pipe.scheduler = AdaSDEScheduler.from_file(path, pipe.scheduler)
+    call = {k: v for k, v in kw.items() if k != "true_cfg_scale"}
+    with pytest.raises(sadakit.adasde.CoefficientMismatchError,
+                       match=r"true_cfg_scale: .*guidance_scale=4, FluxPipeline was called with true_cfg_scale=2.5"):
+        pipe(prompt=PROMPTS[0], true_cfg_scale=2.5, num_inference_steps=4, output_type="latent", **call)
+    out = pipe(prompt=PROMPTS[0], true_cfg_scale=4.0, num_inference_steps=4, output_type="latent", **call)
+    assert pipe.scheduler.nfe == 4 and torch.isfinite(out.images).all()
+
+
+def test_decoded_loss_unpacks_flux_latents_like_the_pipeline():
+    """--loss decoded-log decodes a Flux state as the pipeline does (unpacked 2x2 patches, scale and shift)."""
+    from sadakit.adasde.cli import _vae_decode
+
+    pipe, kw = _build("flux")
+    call = dict(prompt=PROMPTS[0], num_inference_steps=2, **kw)
+    latents = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(5)).images
+    images = pipe(**call, output_type="pt", generator=torch.Generator().manual_seed(5)).images
+    assert latents.ndim == 3  # packed tokens
+    decoded = (_vae_decode(pipe, kw["height"], kw["width"])(latents) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(decoded, images, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((_vae_decode(pipe)(latents) / 2 + 0.5).clamp(0, 1), images, rtol=1e-4, atol=1e-4)
+
+
+def test_a_two_call_pipeline_that_rescales_its_guidance_is_refused():
+    """The adapter combines the branch calls as u + g (c - u); a pipeline that renormalises (QwenImage) is refused."""
+    from sadakit.adasde.pipeline_denoiser import _Captured, _check_branch_combination
+
+    cond, uncond = torch.randn(2, 16, 8), torch.randn(2, 16, 8)
+    g = float(torch.empty(()).uniform_(1.5, 6.0))
+    guided = uncond + g * (cond - uncond)
+    _check_branch_combination("P", _Captured([], [cond, uncond], guided), g)  # the combination it replays: fine
+    renormalised = guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+    with pytest.raises(UnsupportedPipelineError, match=rf"P: its two denoiser calls .* not combined as u \+ {g:g} \(c - u\)"):
+        _check_branch_combination("P", _Captured([], [cond, uncond], renormalised), g)
+    with pytest.raises(UnsupportedPipelineError, match="not combined"):
+        _check_branch_combination("P", _Captured([], [cond, uncond], guided), g + 1.0)  # another scale

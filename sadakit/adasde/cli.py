@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from typing import Any, Callable
 
@@ -100,14 +101,29 @@ def _pipeline_reference_sigmas(pipe: Any, steps: int) -> torch.Tensor:
     return sched.sigmas.to(torch.float64)
 
 
-def _vae_decode(pipe: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Latents to the VAE's output (images, mel spectrograms): the space a benchmark compares samples in."""
+def _vae_decode(pipe: Any, height: int | None = None, width: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Latents to the VAE's output (images, mel spectrograms): the space a benchmark compares samples in.
+
+    Flux-style pipelines pack 2x2 latent patches into tokens (``_unpack_latents``) and shift the
+    latents (``shift_factor``); their decode undoes both, at ``height`` x ``width`` pixels
+    (default: a square image of that many tokens).
+    """
     vae = pipe.vae
     scale = float(vae.config.scaling_factor)
-    return lambda latents: vae.decode(latents.to(vae.dtype) / scale).sample.to(torch.float32)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    unpack = getattr(pipe, "_unpack_latents", None)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        if unpack is not None and latents.ndim == 3:
+            side = math.isqrt(latents.shape[1]) * 2 * pipe.vae_scale_factor
+            latents = unpack(latents, height or side, width or side, pipe.vae_scale_factor)
+        return vae.decode((latents / scale + shift).to(vae.dtype)).sample.to(torch.float32)
+
+    return decode
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
+    grid = _parse_sigmas(args.sigmas) if args.sigmas else None  # bad input fails before a model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.testbed:
@@ -141,9 +157,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.teacher == "pipeline":
         teacher_sigmas = _pipeline_reference_sigmas(pipe, args.teacher_steps)
     feature_loss = {"latent": latent_l2, "log": per_sample_log_mse(),
-                    "decoded-log": per_sample_log_mse(_vae_decode(pipe)) if args.loss == "decoded-log" else None}[args.loss]
+                    "decoded-log": per_sample_log_mse(_vae_decode(pipe, *_image_size(args)))
+                    if args.loss == "decoded-log" else None}[args.loss]
     res = distill(
-        denoiser, sample_noise, cfg, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
+        denoiser, sample_noise, cfg, sigmas=grid, model=meta["model"], model_fingerprint=meta.get("model_fingerprint"),
         prediction_type=meta.get("prediction_type", "epsilon"), guidance_scale=meta.get("guidance_scale"),
         output=args.out, log_path=args.log, resume=not args.fresh,
         model_sigma_range=tuple(sigma_range) if args.learn_ends else None,
@@ -155,6 +172,26 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         f"{res.losses[-1] if res.losses else float('nan'):.4g} in {res.seconds:.1f} s -> {args.out}"
     )
     return 0
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """``(height, width)`` the pipeline is called at (a bundled model's call arguments), if it says."""
+    from sadakit.loading import default_call_kwargs
+
+    kwargs = default_call_kwargs(args.pipeline)
+    return kwargs.get("height"), kwargs.get("width")
+
+
+def _parse_sigmas(text: str) -> torch.Tensor:
+    """``--sigmas 99,6.9,2.4,0.96,0.22,0.002``: a decreasing positive grid (float64), or SystemExit naming what is wrong."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sigmas {text!r}: not a comma-separated list of numbers") from None
+    if len(values) < 2 or not all(v > 0 and v == v and v != float("inf") for v in values) or any(
+            b >= a for a, b in zip(values, values[1:])):
+        raise SystemExit(f"--sigmas {text!r}: needs at least 2 finite positive sigmas, strictly decreasing")
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -199,6 +236,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--sigma-min", type=float, default=None, help="bottom of the grid (default: the model's range)")
     d.add_argument("--sigma-max", type=float, default=None,
                    help="top of the grid (default: the model's range, capped at 80; a bundled model's measured best)")
+    d.add_argument("--sigmas", default=None, metavar="S0,S1,...",
+                   help="the grid itself (steps + 1 decreasing sigmas, stored as schedule 'custom'; with --learn-grid "
+                        "the starting grid), instead of --schedule / --sigma-max / --sigma-min")
     d.add_argument("--learn-grid", action="store_true",
                    help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
     d.add_argument("--learn-ends", action="store_true",

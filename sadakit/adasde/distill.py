@@ -505,6 +505,9 @@ def distill(
     if config.keep_best and not (ends and config.teacher_pool == 1 and config.gamma_max == 0.0):
         raise ValueError("keep_best=True needs learn_ends=True, teacher_pool=1 and gamma_max=0 (one fixed batch and a "
                          "deterministic student, so the losses of different iterations compare)")
+    if config.solver != "adasde" and config.gamma_max == 0.0 and not (config.learn_grid or ends):
+        raise ValueError(f"solver={config.solver!r} with gamma_max=0 and a fixed grid has nothing to learn (the plugin "
+                         "form trains only the churn): pass gamma_max > 0, learn_grid=True or learn_ends=True")
     if teacher_sigmas is not None and not ends:
         raise ValueError("teacher_sigmas needs learn_ends=True (the teacher that starts at the model's top)")
     if config.teacher_pool and not ends:

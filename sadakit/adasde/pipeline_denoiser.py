@@ -3,7 +3,7 @@
 Distillation needs the function the pipeline will compute under ``AdaSDEScheduler``, not an
 approximation of it: the same text conditioning, the same classifier-free guidance, the same
 timestep and input scaling. Rather than re-implementing every pipeline's prompt encoding, the
-adapter runs the pipeline once, stops it at its first denoiser call and keeps that call's
+adapter runs the pipeline once, stops it at its first scheduler step and keeps its denoiser call's
 arguments (prompt embeddings, pooled embeddings, SDXL time ids, Flux guidance and ids,
 MusicLDM's CLAP class embedding, ...). Replaying the call with another latent and timestep
 gives the denoiser under exactly the pipeline's conditioning; the plugin says which module
@@ -12,8 +12,12 @@ is the denoiser and how its call names the latent and the timestep.
 Conventions read from the captured call (diffusers' own): under CFG the denoiser batch is
 ``[unconditional; conditional]`` and the guided output is ``u + g (c - u)``; tensors whose
 first dimension is that batch are per-row conditioning (except the plugin's
-``unbatched_args``) and are tiled to any sample batch (sample ``j`` uses prompt ``j mod P``). Conversions between the VE state and the model's
-chart come from :class:`sadakit.adasde.chart.ModelChart`, shared with the scheduler.
+``unbatched_args``) and are tiled to any sample batch (sample ``j`` uses prompt ``j mod P``).
+Pipelines that call the denoiser once per CFG branch (Flux's ``true_cfg_scale`` with a negative
+prompt, Wan) make a second call at the same latent and timestep: that call is captured too
+(conditional first, unconditional second, as those pipelines order them) and both are replayed,
+combined the same way. Conversions between the VE state and the model's chart come from
+:class:`sadakit.adasde.chart.ModelChart`, shared with the scheduler.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +48,7 @@ FLOW_SIGMA_RANGE = (0.002, 99.0)
 VP_SIGMA_CAP = 80.0
 
 
-class _StopAtFirstCall(Exception):
+class _StopCapture(Exception):
     """Raised by the capture hook to end the pipeline call once the denoiser's inputs are known."""
 
 
@@ -75,6 +80,7 @@ class PipelineDenoiser:
         timestep_scale: float,
         model: str,
         unbatched_args: frozenset[str] = frozenset(),
+        uncond_bound: inspect.BoundArguments | None = None,
     ) -> None:
         self.pipe = pipe
         self.module = module
@@ -96,7 +102,7 @@ class PipelineDenoiser:
             raise UnsupportedPipelineError(
                 f"{type(pipe).__name__}: the denoiser was called with a batch of {self.model_batch} for {prompts} "
                 "prompt(s); only 1 row per prompt, or 2 under classifier-free guidance, can be replayed "
-                "(pass num_images_per_prompt=1 and no true-CFG settings)"
+                "(pass num_images_per_prompt=1)"
             )
         #: the CFG scale, or a guidance-distilled model's embedded guidance (Flux): either way
         #: it shapes the function that was distilled, so it goes into the coefficient file
@@ -106,8 +112,12 @@ class PipelineDenoiser:
         self.device = sample.device
         t = bound.arguments[timestep_arg]
         self.timestep_dtype = t.dtype if torch.is_tensor(t) and t.is_floating_point() else torch.float32
-        self.timestep_batched = torch.is_tensor(t) and t.ndim >= 1 and t.numel() > 1
+        # a 1-d timestep (Flux: one per row, also for a single prompt) is expanded to every distillation batch
+        self.timestep_batched = torch.is_tensor(t) and t.ndim >= 1
         self._bound = bound
+        #: the unconditional call of a pipeline that calls the denoiser once per CFG branch
+        self._uncond_bound = uncond_bound
+        self.separate_cfg = uncond_bound is not None
 
     # ------------------------------------------------------------------ distillation inputs
 
@@ -171,7 +181,19 @@ class PipelineDenoiser:
         if self.timestep_batched:
             timestep = timestep.expand(model_x.shape[0])
         rows = self._rows(batch)
-        call = inspect.BoundArguments(self._bound.signature, self._bound.arguments.copy())
+        out = self._replay(self._bound, model_x, timestep, rows)
+        if self.cfg:
+            uncond, cond = out.chunk(2)
+            out = uncond + self.guidance_scale * (cond - uncond)
+        elif self._uncond_bound is not None:
+            uncond = self._replay(self._uncond_bound, model_x, timestep, rows)
+            out = uncond + self.guidance_scale * (out - uncond)
+        return self.chart.denoised(out, x.to(torch.float32), sigma_t)
+
+    def _replay(self, bound: inspect.BoundArguments, model_x: torch.Tensor, timestep: torch.Tensor,
+                rows: torch.Tensor) -> torch.Tensor:
+        """One captured denoiser call replayed at ``model_x`` / ``timestep`` (its conditioning tiled to ``rows``)."""
+        call = inspect.BoundArguments(bound.signature, bound.arguments.copy())
         for name, value in list(call.arguments.items()):
             call.arguments[name] = self._tile(name, value, rows)
 
@@ -182,13 +204,8 @@ class PipelineDenoiser:
             return (out[0] if isinstance(out, (tuple, list)) else getattr(out, self.output_field)).to(torch.float32)
 
         if self.checkpoint_calls and torch.is_grad_enabled():
-            out = torch.utils.checkpoint.checkpoint(forward, model_x, timestep, use_reentrant=False)
-        else:
-            out = forward(model_x, timestep)
-        if self.cfg:
-            uncond, cond = out.chunk(2)
-            out = uncond + self.guidance_scale * (cond - uncond)
-        return self.chart.denoised(out, x.to(torch.float32), sigma_t)
+            return torch.utils.checkpoint.checkpoint(forward, model_x, timestep, use_reentrant=False)
+        return forward(model_x, timestep)
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator["PipelineDenoiser"]:
@@ -203,30 +220,71 @@ class PipelineDenoiser:
                 p.requires_grad_(True)
 
 
-def _capture(pipe: Any, module: torch.nn.Module, call_kwargs: dict[str, Any]) -> inspect.BoundArguments:
-    """Run the pipeline up to its first denoiser call and return that call's bound arguments."""
-    captured: dict[str, inspect.BoundArguments] = {}
+@dataclass
+class _Captured:
+    """What the capture saw before the pipeline's first scheduler step."""
+
+    calls: list[inspect.BoundArguments]  # the denoiser calls' arguments (cloned)
+    outputs: list[torch.Tensor]  # their outputs
+    combined: torch.Tensor | None  # what the pipeline handed to ``scheduler.step``: its guided prediction
+
+
+def _capture(pipe: Any, module: torch.nn.Module, call_kwargs: dict[str, Any]) -> _Captured:
+    """Run the pipeline up to its first scheduler step and return the denoiser calls made before it.
+
+    One call per step (CFG batched, or none) gives one call; a pipeline that calls the denoiser
+    once per CFG branch gives two. The prediction handed to ``step`` shows how they were combined.
+    """
+    seen = _Captured([], [], None)
     signature = inspect.signature(module.forward)
 
-    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def pre_hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind(*args, **kwargs)
         bound.arguments = {
             k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in bound.arguments.items()
         }
-        captured["call"] = bound
-        raise _StopAtFirstCall
+        seen.calls.append(bound)
+        if len(seen.calls) > 2:
+            raise _StopCapture
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    def post_hook(mod: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        first = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+        if torch.is_tensor(first):
+            seen.outputs.append(first.detach().clone())
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        output = args[0] if args else kwargs.get("model_output")
+        seen.combined = output.detach().clone() if torch.is_tensor(output) else None
+        raise _StopCapture
+
+    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+               module.register_forward_hook(post_hook, with_kwargs=True)]
+    scheduler = pipe.scheduler
+    scheduler.step = step  # an instance attribute over the class's method, removed below
     try:
         with torch.no_grad():
             pipe(**call_kwargs)
-    except _StopAtFirstCall:
+    except _StopCapture:
         pass
     finally:
-        handle.remove()
-    if "call" not in captured:
+        for handle in handles:
+            handle.remove()
+        if "step" in vars(scheduler):
+            del scheduler.step
+    if not seen.calls:
         raise UnsupportedPipelineError(f"{type(pipe).__name__}: the pipeline finished without calling its denoiser")
-    return captured["call"]
+    return seen
+
+
+def _same_input(a: inspect.BoundArguments, b: inspect.BoundArguments, sample_arg: str, timestep_arg: str) -> bool:
+    """Whether two captured calls evaluate the same latent at the same timestep (two CFG branches)."""
+    def same(x: Any, y: Any) -> bool:
+        if torch.is_tensor(x) and torch.is_tensor(y):
+            return x.shape == y.shape and torch.equal(x, y)
+        return x == y
+
+    return same(a.arguments[sample_arg], b.arguments[sample_arg]) and same(
+        a.arguments[timestep_arg], b.arguments[timestep_arg])
 
 
 def pipeline_denoiser(
@@ -282,10 +340,24 @@ def pipeline_denoiser(
         kwargs["guidance_scale"] = guidance_scale
     plugin.prepare(pipe)  # library compatibility shims (e.g. MusicLDM's CLAP under transformers 5)
     try:
-        bound = _capture(pipe, spec.module, kwargs)
+        seen = _capture(pipe, spec.module, kwargs)
     finally:
         plugin.restore(pipe)
-    guidance = guidance_scale if guidance_scale is not None else _pipeline_default_guidance(pipe)
+    bound, uncond_bound = seen.calls[0], None
+    if len(seen.calls) == 2 and _same_input(*seen.calls, spec.sample_arg, spec.timestep_arg):
+        uncond_bound = seen.calls[1]  # one call per CFG branch: conditional first, as Flux and Wan call them
+    elif len(seen.calls) > 1:
+        raise UnsupportedPipelineError(
+            f"{name}: the denoiser is called {len(seen.calls)} times per step in a way the adapter cannot replay "
+            "(only one call, or one per CFG branch at the same latent and timestep)")
+    if uncond_bound is not None and "true_cfg_scale" in accepted:
+        # Flux-style true CFG: the branches are combined at true_cfg_scale (guidance_scale is the
+        # embedded guidance, already part of the captured calls)
+        guidance = float(kwargs.get("true_cfg_scale", accepted["true_cfg_scale"].default))
+    else:
+        guidance = guidance_scale if guidance_scale is not None else _pipeline_default_guidance(pipe)
+    if uncond_bound is not None:
+        _check_branch_combination(name, seen, guidance)
     first_t = bound.arguments[spec.timestep_arg]
     first_t = float(first_t.reshape(-1)[0]) if torch.is_tensor(first_t) else float(first_t)
     reference = float(pipe.scheduler.timesteps[0])
@@ -299,7 +371,27 @@ def pipeline_denoiser(
         pipe, spec.module, bound, sample_arg=spec.sample_arg, timestep_arg=spec.timestep_arg,
         output_field=spec.output_field, chart=chart, prompts=len(prompts), guidance_scale=guidance,
         timestep_scale=scale, model=model or _model_name(pipe), unbatched_args=spec.unbatched_args,
+        uncond_bound=uncond_bound,
     )
+
+
+def _check_branch_combination(name: str, seen: _Captured, guidance: float) -> None:
+    """Refuse a two-call pipeline whose guided prediction is not ``u + g (c - u)`` (e.g. a renormalised CFG).
+
+    The adapter replays the two calls and combines them that way; a pipeline that rescales the
+    result (QwenImage's true CFG keeps the conditional norm) computes another function, and a file
+    distilled on ours would be fitted to the wrong one.
+    """
+    if seen.combined is None or len(seen.outputs) != 2:
+        return
+    cond, uncond = (o.to(torch.float32) for o in seen.outputs)
+    ours = uncond + guidance * (cond - uncond)
+    theirs = seen.combined.to(torch.float32)
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-3, atol=1e-4 * float(theirs.abs().max())):
+        raise UnsupportedPipelineError(
+            f"{name}: its two denoiser calls per step (one per CFG branch) are not combined as u + {guidance:g} (c - u) "
+            "(a rescaled or normalised guidance?), so the adapter cannot reproduce the guided denoiser; distil with "
+            "that guidance off (e.g. true_cfg_scale=1)")
 
 
 def _pipeline_default_guidance(pipe: Any) -> float:

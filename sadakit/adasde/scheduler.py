@@ -350,16 +350,23 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
                 return
             owner = frame.f_locals.get("self")
             if isinstance(owner, DiffusionPipeline) and getattr(owner, "scheduler", None) is self:
-                called = frame.f_locals.get("guidance_scale")
+                called, name = frame.f_locals.get("guidance_scale"), "guidance_scale"
+                if frame.f_locals.get("do_true_cfg") is True:
+                    # Flux-style true CFG (one call per branch): the file's scale is the branches' combination
+                    called, name = frame.f_locals.get("true_cfg_scale"), "true_cfg_scale"
                 if not isinstance(called, (int, float)):
                     return
-                used, expected = _guidance_in_effect(owner, float(called)), _guidance_in_effect(owner, self.meta.guidance_scale)
+                if name == "true_cfg_scale":
+                    used, expected = float(called), self.meta.guidance_scale
+                else:
+                    used = _guidance_in_effect(owner, float(called))
+                    expected = _guidance_in_effect(owner, self.meta.guidance_scale)
                 if used != expected and not (used is not None and expected is not None
                                              and math.isclose(used, expected, rel_tol=1e-4)):
                     raise CoefficientMismatchError(
-                        f"guidance_scale: the coefficient file was distilled at guidance_scale={self.meta.guidance_scale:g}, "
-                        f"{type(owner).__name__} was called with guidance_scale={called:g}; call it with "
-                        f"guidance_scale={self.meta.guidance_scale:g}, distil coefficients at {called:g}, or build "
+                        f"{name}: the coefficient file was distilled at guidance_scale={self.meta.guidance_scale:g}, "
+                        f"{type(owner).__name__} was called with {name}={called:g}; call it with "
+                        f"{name}={self.meta.guidance_scale:g}, distil coefficients at {called:g}, or build "
                         f"the scheduler with check_call_guidance=False to sample anyway"
                     )
                 return

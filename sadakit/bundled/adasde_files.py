@@ -144,8 +144,19 @@ def _notes() -> BundledAdaSDE:
                          "MusicLDMPipeline", best=((5, "euler", True, True),))
 
 
+def _shapes_dit() -> BundledAdaSDE:
+    from .shapes_dit.model import DEFAULT_GUIDANCE
+
+    # a flow model: no analytic first step (NFE = 2 steps for AdaSDE's own step, steps for the Euler form);
+    # guidance is the true-CFG scale (two transformer calls per evaluation)
+    return BundledAdaSDE("shapes-dit", MODELS_DIR / "shapes-dit-adasde", "sadakit/bundled/shapes-dit", DEFAULT_GUIDANCE,
+                         "FluxPipeline")
+
+
 SHAPES = _shapes()
 NOTES = _notes()
+#: the bundled Flux model's spec (files distilled under this id are checked against it); no files are shipped for it
+SHAPES_DIT = _shapes_dit()
 BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES)}
 
 
