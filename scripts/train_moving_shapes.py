@@ -238,7 +238,7 @@ class TextConditioning:
 
 def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: int, high_noise_frac: float,
                       save_every: int, eval_every: int, eval_prompts: int, checkpoint_every: int,
-                      resume: bool) -> dict:
+                      resume: bool, init_from: Path | None = None) -> dict:
     g = seeded(seed, 20)
     vae = load_trained_vae()
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -251,6 +251,12 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
 
     transformer = M.build_transformer().train()
     text_encoder = M.build_text_encoder().train()
+    if init_from is not None:  # a second run on a saved pipeline's weights (its own schedule, EMA from them)
+        from safetensors.torch import load_file
+
+        transformer.load_state_dict(load_file(str(init_from / "transformer" / "diffusion_pytorch_model.safetensors")))
+        text_encoder.load_state_dict(load_file(str(init_from / "text_encoder" / "model.safetensors")), strict=False)
+        log(f"transformer and text encoder initialised from {init_from}")
     text = TextConditioning(text_encoder)
     modules = (transformer, text_encoder)
     params = [p for m in modules for p in m.parameters()]
@@ -290,6 +296,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
             "bank_size": len(means), "high_noise_frac": high_noise_frac, "resumed_at_step": result.first_step or None,
+            "initialised_from": str(init_from) if init_from is not None else None,
             "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
             "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
             "objective": "flow matching (velocity eps - x0)", "adherence_curve": result.history}
@@ -360,6 +367,8 @@ def main() -> None:
                     help="fraction of noise levels drawn from sigma >= 0.85, where only the prompt tells direction")
     ap.add_argument("--save-every", type=int, default=500, help="save the EMA pipeline every N steps")
     ap.add_argument("--checkpoint-every", type=int, default=250, help="write the resumable checkpoint every N steps")
+    ap.add_argument("--init-from", default=None,
+                    help="a saved pipeline directory whose transformer and text encoder start this transformer run")
     ap.add_argument("--resume", action="store_true", help="continue the stage's run from its checkpoint in --work")
     ap.add_argument("--eval-every", type=int, default=600,
                     help="adherence of the EMA weights on --eval-prompts prompts every N steps (0: off)")
@@ -398,7 +407,8 @@ def main() -> None:
         if args.stage == "transformer":
             record["transformer"] = train_transformer(
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
-                args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume)
+                args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume,
+                Path(args.init_from) if args.init_from else None)
         elif args.stage == "install-vae":
             record["installed_vae"] = install_vae()
         else:

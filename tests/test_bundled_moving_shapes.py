@@ -51,7 +51,7 @@ def test_every_pipeline_file_is_shipped() -> None:
         assert (moving_shapes.MODEL_DIR / name).is_file(), name
 
 
-def test_generates_finite_clips_in_12_tokens(pipe: WanPipeline) -> None:
+def test_generates_finite_clips_in_48_tokens(pipe: WanPipeline) -> None:
     seen: list[tuple[int, ...]] = []
     hook = pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(tuple(kwargs["hidden_states"].shape)),
                                                       with_kwargs=True)
@@ -63,7 +63,8 @@ def test_generates_finite_clips_in_12_tokens(pipe: WanPipeline) -> None:
     size = data_moving_shapes.FRAME_SIZE
     assert clips.shape == (2, data_moving_shapes.NUM_FRAMES, 3, size, size)
     assert torch.isfinite(clips).all() and 0 <= clips.min() and clips.max() <= 1
-    assert seen == [(2, 16, 3, 4, 4)] * 6  # 3 steps x (conditional, unconditional); 3 x 2 x 2 tokens of 1x2x2
+    latent = (2, moving_shapes.LATENT_CHANNELS, 3, size // 4, size // 4)
+    assert seen == [latent] * 6  # 3 steps x (conditional, unconditional); 3 x 4 x 4 tokens of 1x2x2
 
 
 def test_learned_the_data_not_noise(pipe: WanPipeline) -> None:

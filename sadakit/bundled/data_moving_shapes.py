@@ -5,8 +5,8 @@ these clips reuse), every clip is fully described by its prompt, "a red circle m
 an independent judge can check shape, colour and direction of motion of a generated video.
 
 A clip is :data:`NUM_FRAMES` frames of :data:`FRAME_SIZE` px: ``4k + 1`` frames, because the
-Wan VAE keeps the first frame and compresses the rest 4x in time (9 frames -> 3 latent frames),
-and 8x in space (32 px -> 4x4 latents). The shape crosses about 40% of the frame at constant
+Wan VAE keeps the first frame and compresses the rest 4x in time (9 frames -> 3 latent frames);
+the bundled one compresses 4x in space (32 px -> 8x8 latents). The shape crosses about 40% of the frame at constant
 speed; size, speed, start and colour are jittered so the model cannot memorise 48 fixed clips.
 """
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .._namespace import lazy_namespace
 
 _EXPORTS = {
-    "model": ("MODEL_DIR", "DEFAULT_STEPS", "DEFAULT_GUIDANCE", "CALL_KWARGS", "NUM_FRAMES", "FRAME_SIZE",
+    "model": ("MODEL_DIR", "DEFAULT_STEPS", "DEFAULT_GUIDANCE", "CALL_KWARGS", "NUM_FRAMES", "FRAME_SIZE", "LATENT_CHANNELS",
               "PIPELINE_FILES", "load_pipeline", "generate", "eval_prompts", "videos_to_tensor", "assemble_pipeline"),
     "judging": ("FrameClassifier", "AdherenceResult", "CLASSIFIER_FILE", "load_classifier", "adherence", "evaluate",
                 "scorer", "judge_clips"),
