@@ -88,3 +88,41 @@ def compare_sada(
         baseline_adherence=judge(base.output), sada_adherence=judge(sada.output),
         baseline_output=primary(base.output), sada_output=primary(sada.output),
     )
+
+
+def comparison_for(
+    model: Any,
+    fidelity: Callable[[Any, Any], dict[str, float]],
+    adherence: Callable[[Any, list[str], Any], Any],
+    load_judge: Callable[[], Any],
+    default_prompts: int,
+) -> Callable[..., Comparison]:
+    """``compare`` for a bundled model whose module has ``eval_prompts``, ``generate`` and
+    default sampling: baseline and ``sadakit.accelerate(pipe, config)`` on the first
+    ``n_prompts`` evaluation prompts, all in one batch (one pipeline call, so a wall time is one
+    generation's), ``fidelity(sada, baseline)`` and ``adherence(outputs, prompts, judge)``."""
+
+    def compare(
+        pipe: Any,
+        config: Any = None,
+        config_name: str = "default",
+        n_prompts: int = default_prompts,
+        seed: int = 0,
+        repeats: int = 3,
+        num_inference_steps: int = model.DEFAULT_STEPS,
+        guidance_scale: float = model.DEFAULT_GUIDANCE,
+        classifier: Any = None,
+        on_run: Callable[[str], None] | None = None,
+    ) -> Comparison:
+        """Baseline vs ``sadakit.accelerate(pipe, config)`` on the first ``n_prompts`` evaluation prompts."""
+        prompts = model.eval_prompts(n_prompts)
+        judge = classifier if classifier is not None else load_judge()
+
+        def run(steps: int) -> torch.Tensor:
+            return model.generate(pipe, prompts, seed, steps, guidance_scale, batch_size=len(prompts))
+
+        return compare_sada(pipe, run, prompts, num_inference_steps, fidelity,
+                            lambda outputs: adherence(outputs, prompts, judge), lambda outputs: outputs,
+                            config, config_name, repeats, on_run)
+
+    return compare
