@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from sadakit.adasde import AdaSDEScheduler, CoefficientFileError, CoefficientMetadata, load_coefficients, save_coefficients
 from sadakit.adasde.coefficients import METADATA_KEY
 from sadakit.adasde.distill import DistillConfig, distill, reference_teacher
-from sadakit.adasde.grid import MAX_END_LOGIT, end_logits_for, ends_from_logits, grid_with_ends
+from sadakit.adasde.grid import MAX_END_LOGIT, MAX_GRID_LOGIT, end_logits_for, ends_from_logits, grid_with_ends
 from sadakit.bundled.adasde_files import BUNDLED_ADASDE
 from sadakit.core.adasde import init_raw_coefficients, make_sigmas, sample_adasde
 from sadakit.testbeds.configs import get_testbed
@@ -35,8 +35,11 @@ def test_learned_ends_stay_valid_for_any_logits() -> None:
         corners = [torch.tensor([t, b], dtype=torch.float64) for t in (-MAX_END_LOGIT, MAX_END_LOGIT)
                    for b in (-MAX_END_LOGIT, MAX_END_LOGIT)]
         drawn = [(MAX_END_LOGIT * (2 * torch.rand(2, generator=gen, dtype=torch.float64) - 1)) for _ in range(20)]
-        for ends in corners + drawn:  # every end a file may hold
-            interior = 4.0 * torch.randn(steps - 1, generator=gen, dtype=torch.float64)
+        # extreme interior logits a file may hold (+-MAX_GRID_LOGIT) beside random ones: with the ends
+        # close together a share of ~1e-12 once duplicated a node (a fresh seed found it)
+        extreme = MAX_GRID_LOGIT * (2 * torch.randint(0, 2, (steps - 1,), generator=gen) - 1).to(torch.float64)
+        for ends, interior in [(e, 4.0 * torch.randn(steps - 1, generator=gen, dtype=torch.float64))
+                               for e in corners + drawn] + [(e, extreme) for e in corners]:  # every end a file may hold
             grid = grid_with_ends(interior, ends, SMIN, SMAX)
             assert grid.shape == (steps + 1,)
             assert float(grid[-1]) == 0.0  # the last step denoises fully

@@ -66,6 +66,12 @@ def logits_for_grid(sigmas: torch.Tensor) -> torch.Tensor:
 #: distinct in float64 whatever the logits, and an end can come as close to the range's edge.
 MAX_END_LOGIT = 10.0
 
+#: Smallest share of the top-to-bottom log-sigma drop one interior step takes. Why: with the ends
+#: close together (a top logit near -MAX_END_LOGIT leaves a drop of ~1e-8 in log sigma) a softmax
+#: share of ~1e-12 falls below float64's resolution of log sigma and duplicates a node; at 1e-6
+#: every step stays at least ~30 ulps wide. Equal logits still give the log-linear grid.
+MIN_END_GRID_SHARE = 1e-6
+
 
 def ends_from_logits(end_logits: torch.Tensor, sigma_lo: float, sigma_hi: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(top, bottom)`` of ``end_logits = (top_logit, bottom_logit)``: differentiable, always valid.
@@ -89,7 +95,7 @@ def grid_with_ends(logits: torch.Tensor, end_logits: torch.Tensor, sigma_lo: flo
     """The grid ``(steps + 1,)``: top, the interior, bottom, then exactly 0 (the last step denoises fully).
 
     ``logits`` ``(steps - 1,)`` are the interior's softmax shares of the log-sigma drop from
-    the top to the bottom (as :func:`grid_from_logits`), ``end_logits`` place the ends
+    the top to the bottom (as :func:`grid_from_logits`, each at least :data:`MIN_END_GRID_SHARE`), ``end_logits`` place the ends
     (:func:`ends_from_logits`). Differentiable in both; every value of them gives a valid grid:
     top within the model's range, bottom > 0, strictly decreasing, last node 0 (diffusers'
     Euler ends the same way: its last call's denoised estimate is the sample).
@@ -97,7 +103,8 @@ def grid_with_ends(logits: torch.Tensor, end_logits: torch.Tensor, sigma_lo: flo
     if logits.ndim != 1 or logits.numel() < 1:
         raise ValueError(f"interior grid logits must be a non-empty vector; got shape {tuple(logits.shape)}")
     top, bottom = ends_from_logits(end_logits.to(logits.dtype), sigma_lo, sigma_hi)
-    share = torch.softmax(logits, dim=0)
+    n = logits.numel()
+    share = torch.softmax(logits, dim=0) * (1.0 - n * MIN_END_GRID_SHARE) + MIN_END_GRID_SHARE
     log_top, log_bottom = torch.log(top), torch.log(bottom)
     inner = torch.exp(log_top - (log_top - log_bottom) * torch.cumsum(share, dim=0)[:-1])
     return torch.cat([top.reshape(1), inner, bottom.reshape(1), logits.new_zeros(1)])
