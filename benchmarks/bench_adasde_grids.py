@@ -16,7 +16,8 @@ beta sigma options, its ``shift``, and a tuned grid: shift x bottom chosen on ca
 samples), FlowMatchHeun (default and shift; 2 calls per step but the last), UniPC and
 DPM-Solver++ 2M / 3M with ``use_flow_sigmas`` and ``prediction_type="flow_prediction"``
 (default and ``flow_shift``; UniPC also the tuned grid). The reference is the model's default
-28-step Euler output; more samples than its 48 prompts cycle them with new seeds. Every row's
+28-step Euler output (``--model moving-shapes``, the bundled Wan model with CFG: its 20-step UniPC
+output; Wan passes no sigmas, so each solver's default grid is its own spacing); more samples than its 48 prompts cycle them with new seeds. Every row's
 transformer calls are counted (``calls``: per image, both CFG branches), and a row whose count
 is not 2 x NFE is refused.
 
@@ -24,6 +25,7 @@ is not 2 x NFE is refused.
         --adasde lgrid5=sadakit/bundled/models/shapes-adasde/euler-nfe5-lgrid.safetensors
     python benchmarks/bench_adasde_grids.py --model shapes-dit --nfe 5 7 --prompts 96 --threads 1 \
         --adasde e5=euler-nfe5.safetensors
+    python benchmarks/bench_adasde_grids.py --model moving-shapes --nfe 5 7 --prompts 96 --threads 1
 """
 
 from __future__ import annotations
@@ -206,8 +208,33 @@ def shapes_dit_model() -> BenchModel:
     )
 
 
-MODELS = {**VP_MODELS, "shapes-dit": shapes_dit_model}
-FLOW_MODELS = {"shapes-dit"}
+def moving_shapes_model() -> BenchModel:
+    """The bundled Wan model: PSNR of the clips (all frames) to its 20-step UniPC output, the judge's adherence."""
+    from sadakit.bundled.adasde_files import MOVING_SHAPES
+    from sadakit.bundled.moving_shapes import judging, model
+    from sadakit.metrics.image import psnr
+
+    def measure(clips: torch.Tensor, reference: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        adh = judging.adherence(clips, prompts)
+        return {"psnr": float(psnr(clips.flatten(0, 1), reference.flatten(0, 1))), "adherence": adh.all_correct,
+                "direction": adh.direction}
+
+    def prompts_for(n: int) -> list[str]:  # beyond the 48 prompts: again, with other seeds (clip i: seed + i)
+        every = model.eval_prompts()
+        return [every[i % len(every)] for i in range(n)]
+
+    return BenchModel(
+        spec=MOVING_SHAPES, load=model.load_pipeline, default_steps=model.DEFAULT_STEPS, baseline_solver="unipc",
+        distill_prompts=model.eval_prompts(), distill_call_kwargs=dict(model.CALL_KWARGS), eval_prompts=prompts_for,
+        generate=lambda pipe, prompts, seed, steps: model.generate(pipe, prompts, seed=seed, num_inference_steps=steps),
+        measure=measure,
+        columns=((("psnr", f"PSNR dB vs {model.DEFAULT_STEPS}-step", ".2f"), ("adherence", "adherence (all three)", ".1%"),
+                  ("direction", "direction", ".1%"))),
+    )
+
+
+MODELS = {**VP_MODELS, "shapes-dit": shapes_dit_model, "moving-shapes": moving_shapes_model}
+FLOW_MODELS = {"shapes-dit", "moving-shapes"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="evaluation seeds: seed + i")
     p.add_argument("--calib-seed", type=int, default=1000, help="calibration seeds: calib_seed + i")
     p.add_argument("--solvers", nargs="+", default=None, choices=sorted(set(SOLVERS) | set(FLOW_SOLVERS)),
-                   help=f"default: {' '.join(SOLVERS)} (VP models), {' '.join(FLOW_SOLVERS)} (shapes-dit)")
+                   help=f"default: {' '.join(SOLVERS)} (VP models), {' '.join(FLOW_SOLVERS)} (shapes-dit, moving-shapes)")
     p.add_argument("--grids", nargs="+", default=None, choices=sorted(set(GRIDS) | set(FLOW_GRIDS)),
                    help=f"default: {' '.join(GRIDS)} (VP), {' '.join(FLOW_GRIDS)} (flow; each solver runs those that apply)")
     p.add_argument("--tune-hi", nargs="+", type=float, default=[80.0, 30.0, 14.6, 7.0], help="VP tuned grid: tops")

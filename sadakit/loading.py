@@ -137,9 +137,7 @@ def default_model_name(name: str) -> str:
     its shipped AdaSDE files carry, so a file distilled from the command line loads with them),
     else ``name`` itself."""
     if name.startswith("bundled:"):
-        from .bundled.adasde_files import BUNDLED_ADASDE
+        from .bundled.adasde_files import BUNDLED_MODEL_IDS
 
-        spec = BUNDLED_ADASDE.get(name.split(":", 1)[1])
-        if spec is not None:
-            return spec.model_id
+        return BUNDLED_MODEL_IDS.get(name.split(":", 1)[1], name)
     return name

@@ -48,6 +48,7 @@ from sadakit.bundled import data_moving_shapes as data
 import sadakit.bundled.moving_shapes.model as M
 from sadakit.bundled.training import (
     EMA,
+    SIGMA_SAMPLINGS,
     Checkpoint,
     LoopResult,
     drop_local_paths,
@@ -238,7 +239,8 @@ class TextConditioning:
 
 def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: int, high_noise_frac: float,
                       save_every: int, eval_every: int, eval_prompts: int, checkpoint_every: int,
-                      resume: bool, init_from: Path | None = None) -> dict:
+                      resume: bool, init_from: Path | None = None, sigma_sampling: str = "uniform",
+                      size: tuple[int, int, int] = (M.TRANSFORMER_LAYERS, M.TRANSFORMER_HEADS, M.TRANSFORMER_FFN)) -> dict:
     g = seeded(seed, 20)
     vae = load_trained_vae()
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -249,7 +251,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
     label_index = data.conditioning_index(labels)
     log(f"latent bank {tuple(means.shape)} in {time.time() - t0:.0f}s")
 
-    transformer = M.build_transformer().train()
+    transformer = M.build_transformer(*size).train()
     text_encoder = M.build_text_encoder().train()
     if init_from is not None:  # a second run on a saved pipeline's weights (its own schedule, EMA from them)
         from safetensors.torch import load_file
@@ -269,7 +271,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g) - mean) / std
         cond = label_index[idx].clone()
         cond[torch.rand(batch, generator=g) < 0.1] = 0
-        sigmas = sample_sigmas(batch, high_noise_frac, g)
+        sigmas = sample_sigmas(batch, high_noise_frac, g, base=sigma_sampling)
         noise = torch.randn(z0.shape, generator=g)
         zt, target = flow_matching_pair(z0, noise, sigmas)
         pred = transformer(hidden_states=zt, timestep=sigmas * 1000, encoder_hidden_states=text(cond),
@@ -295,7 +297,8 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       checkpoint=Checkpoint(WORK / "checkpoint.pt", checkpoint_every, resume),
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
-            "bank_size": len(means), "high_noise_frac": high_noise_frac, "resumed_at_step": result.first_step or None,
+            "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling,
+            "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]}, "resumed_at_step": result.first_step or None,
             "initialised_from": str(init_from) if init_from is not None else None,
             "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
             "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
@@ -365,6 +368,11 @@ def main() -> None:
     ap.add_argument("--bank-size", type=int, default=3072)
     ap.add_argument("--high-noise-frac", type=float, default=0.25,
                     help="fraction of noise levels drawn from sigma >= 0.85, where only the prompt tells direction")
+    ap.add_argument("--sigma-sampling", choices=SIGMA_SAMPLINGS, default="uniform",
+                    help="base noise-level distribution (logit-normal weights the middle levels)")
+    ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
+    ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
+    ap.add_argument("--ffn-dim", type=int, default=M.TRANSFORMER_FFN, help="feed-forward width")
     ap.add_argument("--save-every", type=int, default=500, help="save the EMA pipeline every N steps")
     ap.add_argument("--checkpoint-every", type=int, default=250, help="write the resumable checkpoint every N steps")
     ap.add_argument("--init-from", default=None,
@@ -408,7 +416,8 @@ def main() -> None:
             record["transformer"] = train_transformer(
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume,
-                Path(args.init_from) if args.init_from else None)
+                Path(args.init_from) if args.init_from else None, args.sigma_sampling,
+                (args.layers, args.heads, args.ffn_dim))
         elif args.stage == "install-vae":
             record["installed_vae"] = install_vae()
         else:

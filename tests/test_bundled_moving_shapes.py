@@ -166,3 +166,36 @@ def test_demo_video_part_writes_a_clip_and_a_frame_strip(tmp_path: Path) -> None
     assert Image.open(strip).height > 4 * 2 * data_moving_shapes.FRAME_SIZE  # 4 prompts x (baseline, SADA), enlarged
     assert row.calls_computed < row.baseline_calls == 2 * moving_shapes.DEFAULT_STEPS
     assert 20 < row.fidelity["psnr_db"] < float("inf") and 0 <= row.fidelity["adherence_sada"] <= 1
+
+
+def test_cli_distills_bundled_moving_shapes_and_the_file_samples_it(tmp_path: Path) -> None:
+    """``adasde distill --pipeline bundled:moving-shapes`` with no --prompt / --guidance: the file
+    carries the model's id and CFG 4, loads for the bundled pipeline and samples it at its NFE
+    with two transformer calls (both CFG branches) per evaluation."""
+    from sadakit.adasde import AdaSDEScheduler, load_coefficients
+    from sadakit.adasde.cli import main
+    from sadakit.bundled.adasde_files import MOVING_SHAPES
+    from sadakit.loading import default_model_name
+
+    assert default_model_name("bundled:moving-shapes") == MOVING_SHAPES.model_id
+    out = tmp_path / "euler-nfe3.safetensors"
+    assert main(["distill", "--pipeline", "bundled:moving-shapes", "--nfe", "3", "--solver", "euler", "--no-afs",
+                 "--iterations", "1", "--batch", "2", "--teacher-factor", "1", "--threads", "1", "--out", str(out)]) == 0
+    meta = load_coefficients(out).meta
+    assert (meta.model, meta.guidance_scale, meta.nfe) == (MOVING_SHAPES.model_id, moving_shapes.DEFAULT_GUIDANCE, 3)
+    pipe = moving_shapes.load_pipeline()
+    own = pipe.scheduler
+    pipe.scheduler = AdaSDEScheduler.from_file(out, own, pipe=pipe, model=MOVING_SHAPES.model_id,
+                                               guidance_scale=moving_shapes.DEFAULT_GUIDANCE)
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        clips = moving_shapes.generate(pipe, moving_shapes.eval_prompts(2), seed=int(torch.randint(1000, (1,))),
+                                       num_inference_steps=3)
+    finally:
+        hook.remove()
+    assert clips.shape == (2, moving_shapes.NUM_FRAMES, 3, moving_shapes.FRAME_SIZE, moving_shapes.FRAME_SIZE)
+    assert torch.isfinite(clips).all() and clips.std() > 0.05
+    assert len(calls) == 2 * 3  # one batch, two CFG branches, NFE 3
+    with pytest.raises(ValueError, match="guidance"):
+        AdaSDEScheduler.from_file(out, own, pipe=pipe, model=MOVING_SHAPES.model_id, guidance_scale=6.0)

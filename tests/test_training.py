@@ -116,6 +116,20 @@ def test_sample_sigmas_puts_the_asked_fraction_at_high_noise() -> None:
     assert (boosted >= 0.85).float().mean().item() == pytest.approx(0.5 + 0.5 * 0.15, abs=0.015)
 
 
+def test_logit_normal_sigmas_weight_the_middle_and_keep_the_high_redraw() -> None:
+    g = torch.Generator().manual_seed(int(torch.randint(10_000, (1,))))
+    s = sample_sigmas(40_000, 0.0, g, base="logit-normal")
+    assert 0 < s.min() and s.max() < 1
+    # sigmoid(N(0, 1)): P(0.25 < s < 0.75) = P(|z| < logit 0.75 = 1.0986) = 0.7279 (uniform: 0.5)
+    assert ((s > 0.25) & (s < 0.75)).float().mean().item() == pytest.approx(0.7279, abs=0.01)
+    assert s.median().item() == pytest.approx(0.5, abs=0.01)
+    boosted = sample_sigmas(40_000, 0.4, g, base="logit-normal")
+    # P(s >= 0.85) under sigmoid(N(0, 1)) = P(z >= logit 0.85 = 1.7346) = 0.0414
+    assert (boosted >= 0.85).float().mean().item() == pytest.approx(0.4 + 0.6 * 0.0414, abs=0.01)
+    with pytest.raises(ValueError, match="logit-normal"):
+        sample_sigmas(4, 0.0, g, base="cosine")
+
+
 def test_seeded_seeds_both_streams() -> None:
     g1 = seeded(7, 3)
     a, b = torch.randn(3), torch.randn(3, generator=g1)

@@ -153,11 +153,23 @@ def _shapes_dit() -> BundledAdaSDE:
                          "FluxPipeline")
 
 
+def _moving_shapes() -> BundledAdaSDE:
+    from .moving_shapes.model import DEFAULT_GUIDANCE
+
+    # a flow model like shapes-dit; guidance is WanPipeline's CFG (two transformer calls per evaluation)
+    return BundledAdaSDE("moving-shapes", MODELS_DIR / "moving-shapes-adasde", "sadakit/bundled/moving-shapes",
+                         DEFAULT_GUIDANCE, "WanPipeline")
+
+
 SHAPES = _shapes()
 NOTES = _notes()
 #: the bundled Flux model's spec (files distilled under this id are checked against it); no files are shipped for it
 SHAPES_DIT = _shapes_dit()
+#: the bundled Wan model's spec, likewise without shipped files
+MOVING_SHAPES = _moving_shapes()
 BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES)}
+#: every bundled model's id in coefficient files, shipped files or not (``adasde distill`` stores it)
+BUNDLED_MODEL_IDS = {spec.name: spec.model_id for spec in (SHAPES, NOTES, SHAPES_DIT, MOVING_SHAPES)}
 
 
 def bundled_adasde(name: str) -> BundledAdaSDE:
@@ -165,3 +177,4 @@ def bundled_adasde(name: str) -> BundledAdaSDE:
     if name not in BUNDLED_ADASDE:
         raise ValueError(f"no bundled model {name!r} with AdaSDE coefficients; allowed: {', '.join(BUNDLED_ADASDE)}")
     return BUNDLED_ADASDE[name]
+

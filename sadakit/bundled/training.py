@@ -144,11 +144,23 @@ def flow_matching_pair(clean: torch.Tensor, noise: torch.Tensor, sigmas: torch.T
     return (1 - s) * clean + s * noise, noise - clean
 
 
-def sample_sigmas(n: int, high_noise_frac: float, generator: torch.Generator, high_from: float = 0.85) -> torch.Tensor:
-    """Uniform noise levels in [0, 1), a fraction ``high_noise_frac`` of them redrawn from
-    ``[high_from, 1)``. Why: on an 8x8 latent only the noisiest levels hide where the shape is, so
-    only they teach the model to take the position from the prompt (as in the shapes UNet)."""
-    s = torch.rand(n, generator=generator)
+#: How the base noise levels of :func:`sample_sigmas` are drawn.
+SIGMA_SAMPLINGS = ("uniform", "logit-normal")
+
+
+def sample_sigmas(n: int, high_noise_frac: float, generator: torch.Generator, high_from: float = 0.85,
+                  base: str = "uniform") -> torch.Tensor:
+    """Noise levels in [0, 1): uniform, or ``base="logit-normal"`` (sigmoid of a standard normal,
+    SD3's choice, which puts the weight on middle levels), a fraction ``high_noise_frac`` of them
+    redrawn from ``[high_from, 1)``. Why the redraw: on an 8x8 latent only the noisiest levels hide
+    where the shape is, so only they teach the model to take the position from the prompt (as in
+    the shapes UNet). Why logit-normal: the middle levels are where an outline is decided."""
+    if base == "uniform":
+        s = torch.rand(n, generator=generator)
+    elif base == "logit-normal":
+        s = torch.sigmoid(torch.randn(n, generator=generator))
+    else:
+        raise ValueError(f"unknown sigma sampling {base!r}; expected one of {SIGMA_SAMPLINGS}")
     if high_noise_frac > 0:
         high = torch.rand(n, generator=generator) < high_noise_frac
         s[high] = high_from + (1 - high_from) * torch.rand(int(high.sum()), generator=generator)

@@ -95,15 +95,24 @@ def build_vae() -> AutoencoderKLWan:
                             temperal_downsample=[True, True], scale_factor_spatial=4, scale_factor_temporal=4)
 
 
-def build_transformer() -> WanTransformer3DModel:
-    """4 blocks, 4 heads of 32 (width 128), 1x2x2 patches: 48 video tokens, 32 text tokens.
+#: Shipped transformer size: blocks, heads of 32, feed-forward width.
+TRANSFORMER_LAYERS = 4
+TRANSFORMER_HEADS = 4
+TRANSFORMER_FFN = 512
+
+
+def build_transformer(num_layers: int = TRANSFORMER_LAYERS, num_heads: int = TRANSFORMER_HEADS,
+                      ffn_dim: int = TRANSFORMER_FFN) -> WanTransformer3DModel:
+    """Wan blocks with heads of 32 (shipped: 4 blocks, 4 heads = width 128), 1x2x2 patches:
+    48 video tokens, 32 text tokens. The sizes are arguments so training runs can try others;
+    a saved pipeline carries its own in ``transformer/config.json``.
 
     Rope splits the head dimension 12 (time) + 10 + 10 (height, width), as Wan does.
     """
     return WanTransformer3DModel(
-        patch_size=PATCH_SIZE, num_attention_heads=4, attention_head_dim=32, in_channels=LATENT_CHANNELS,
+        patch_size=PATCH_SIZE, num_attention_heads=num_heads, attention_head_dim=32, in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        text_dim=TEXT_HIDDEN, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
+        text_dim=TEXT_HIDDEN, freq_dim=64, ffn_dim=ffn_dim, num_layers=num_layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )
 
