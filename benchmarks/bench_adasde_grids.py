@@ -184,53 +184,48 @@ def ci95(values: list[float]) -> float:
     return float(1.96 * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
-def shapes_dit_model() -> BenchModel:
-    """The bundled Flux model: PSNR to its 28-step output, the shapes classifier's adherence."""
-    from sadakit.bundled.adasde_files import SHAPES_DIT
-    from sadakit.bundled.shapes_dit import judging, model
+def _flow_bench_model(spec: Any, model: Any, baseline_solver: str, adherence: Any, to_images: Any,
+                      third: tuple[str, str]) -> BenchModel:
+    """A bundled flow model (``model``: its model module) for the bench: PSNR of ``to_images(outputs)`` to the
+    default-steps output, the judge's adherence (all three) and one attribute of it (``third``: key, header)."""
     from sadakit.metrics.image import psnr
 
-    def measure(images: torch.Tensor, reference: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-        adh = judging.adherence(images, prompts)
-        return {"psnr": float(psnr(images, reference)), "adherence": adh.all_correct, "position": adh.position}
+    key, head = third
+
+    def measure(out: torch.Tensor, reference: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        adh = adherence(out, prompts)
+        return {"psnr": float(psnr(to_images(out), to_images(reference))), "adherence": adh.all_correct,
+                key: getattr(adh, key)}
 
     def prompts_for(n: int) -> list[str]:  # beyond the 48 prompts: again, with other seeds (sample i: seed + i)
         every = model.eval_prompts()
         return [every[i % len(every)] for i in range(n)]
 
     return BenchModel(
-        spec=SHAPES_DIT, load=model.load_pipeline, default_steps=model.DEFAULT_STEPS, baseline_solver="flow-euler",
+        spec=spec, load=model.load_pipeline, default_steps=model.DEFAULT_STEPS, baseline_solver=baseline_solver,
         distill_prompts=model.eval_prompts(), distill_call_kwargs=dict(model.CALL_KWARGS), eval_prompts=prompts_for,
         generate=lambda pipe, prompts, seed, steps: model.generate(pipe, prompts, seed=seed, num_inference_steps=steps),
         measure=measure,
         columns=((("psnr", f"PSNR dB vs {model.DEFAULT_STEPS}-step", ".2f"), ("adherence", "adherence (all three)", ".1%"),
-                  ("position", "position", ".1%"))),
+                  (key, head, ".1%"))),
     )
+
+
+def shapes_dit_model() -> BenchModel:
+    """The bundled Flux model: PSNR to its 28-step output, the shapes classifier's adherence."""
+    from sadakit.bundled.adasde_files import SHAPES_DIT
+    from sadakit.bundled.shapes_dit import judging, model
+
+    return _flow_bench_model(SHAPES_DIT, model, "flow-euler", judging.adherence, lambda x: x, ("position", "position"))
 
 
 def moving_shapes_model() -> BenchModel:
     """The bundled Wan model: PSNR of the clips (all frames) to its 20-step UniPC output, the judge's adherence."""
     from sadakit.bundled.adasde_files import MOVING_SHAPES
     from sadakit.bundled.moving_shapes import judging, model
-    from sadakit.metrics.image import psnr
 
-    def measure(clips: torch.Tensor, reference: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-        adh = judging.adherence(clips, prompts)
-        return {"psnr": float(psnr(clips.flatten(0, 1), reference.flatten(0, 1))), "adherence": adh.all_correct,
-                "direction": adh.direction}
-
-    def prompts_for(n: int) -> list[str]:  # beyond the 48 prompts: again, with other seeds (clip i: seed + i)
-        every = model.eval_prompts()
-        return [every[i % len(every)] for i in range(n)]
-
-    return BenchModel(
-        spec=MOVING_SHAPES, load=model.load_pipeline, default_steps=model.DEFAULT_STEPS, baseline_solver="unipc",
-        distill_prompts=model.eval_prompts(), distill_call_kwargs=dict(model.CALL_KWARGS), eval_prompts=prompts_for,
-        generate=lambda pipe, prompts, seed, steps: model.generate(pipe, prompts, seed=seed, num_inference_steps=steps),
-        measure=measure,
-        columns=((("psnr", f"PSNR dB vs {model.DEFAULT_STEPS}-step", ".2f"), ("adherence", "adherence (all three)", ".1%"),
-                  ("direction", "direction", ".1%"))),
-    )
+    return _flow_bench_model(MOVING_SHAPES, model, "unipc", judging.adherence, lambda clips: clips.flatten(0, 1),
+                             ("direction", "direction"))
 
 
 MODELS = {**VP_MODELS, "shapes-dit": shapes_dit_model, "moving-shapes": moving_shapes_model}
