@@ -240,14 +240,18 @@ class TextConditioning:
 def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: int, high_noise_frac: float,
                       save_every: int, eval_every: int, eval_prompts: int, checkpoint_every: int,
                       resume: bool, init_from: Path | None = None, sigma_sampling: str = "uniform",
-                      size: tuple[int, int, int] = (M.TRANSFORMER_LAYERS, M.TRANSFORMER_HEADS, M.TRANSFORMER_FFN)) -> dict:
+                      size: tuple[int, int, int] = (M.TRANSFORMER_LAYERS, M.TRANSFORMER_HEADS, M.TRANSFORMER_FFN),
+                      paired_shapes: bool = False) -> dict:
     g = seeded(seed, 20)
     vae = load_trained_vae()
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     t0 = time.time()
-    labels, means, stds = encode_latent_bank(lambda x: vae.encode(to_vae(x)).latent_dist,
-                                             lambda n: data.sample_batch(n, g), bank_size, chunk=128)
+    shapes = len(data.SHAPES)
+    sample = ((lambda n: data.sample_shape_groups(n // shapes, g)) if paired_shapes
+              else (lambda n: data.sample_batch(n, g)))
+    labels, means, stds = encode_latent_bank(lambda x: vae.encode(to_vae(x)).latent_dist, sample, bank_size,
+                                             chunk=32 * shapes if paired_shapes else 128)
     label_index = data.conditioning_index(labels)
     log(f"latent bank {tuple(means.shape)} in {time.time() - t0:.0f}s")
 
@@ -266,13 +270,26 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
     sched = warmup_cosine(opt, steps)
     ema = EMA(*modules)
 
+    def pick(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bank indices of a batch, its dropped-prompt mask, its noise levels. Paired: ``n / 2``
+        clip groups, two different shapes of each, one noise level and one prompt drop a pair."""
+        if not paired_shapes:
+            return (torch.randint(len(means), (n,), generator=g), torch.rand(n, generator=g) < 0.1,
+                    sample_sigmas(n, high_noise_frac, g, base=sigma_sampling))
+        groups = torch.randint(len(means) // shapes, (n // 2,), generator=g)
+        two = torch.rand(n // 2, shapes, generator=g).argsort(dim=1)[:, :2]
+        idx = (groups.view(-1, 1) * shapes + two).flatten()
+        drop = (torch.rand(n // 2, generator=g) < 0.1).repeat_interleave(2)
+        return idx, drop, sample_sigmas(n // 2, high_noise_frac, g, base=sigma_sampling).repeat_interleave(2)
+
     def loss_of_step(step: int) -> torch.Tensor:
-        idx = torch.randint(len(means), (batch,), generator=g)
+        idx, drop, sigmas = pick(batch)
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g) - mean) / std
         cond = label_index[idx].clone()
-        cond[torch.rand(batch, generator=g) < 0.1] = 0
-        sigmas = sample_sigmas(batch, high_noise_frac, g, base=sigma_sampling)
+        cond[drop] = 0
         noise = torch.randn(z0.shape, generator=g)
+        if paired_shapes:  # the same noise for both clips of a pair: only the outline and the word differ
+            noise = noise[::2].repeat_interleave(2, dim=0)
         zt, target = flow_matching_pair(z0, noise, sigmas)
         pred = transformer(hidden_states=zt, timestep=sigmas * 1000, encoder_hidden_states=text(cond),
                            return_dict=False)[0]
@@ -297,7 +314,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       checkpoint=Checkpoint(WORK / "checkpoint.pt", checkpoint_every, resume),
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
-            "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling,
+            "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling, "paired_shapes": paired_shapes,
             "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]}, "resumed_at_step": result.first_step or None,
             "initialised_from": str(init_from) if init_from is not None else None,
             "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
@@ -370,6 +387,8 @@ def main() -> None:
                     help="fraction of noise levels drawn from sigma >= 0.85, where only the prompt tells direction")
     ap.add_argument("--sigma-sampling", choices=SIGMA_SAMPLINGS, default="uniform",
                     help="base noise-level distribution (logit-normal weights the middle levels)")
+    ap.add_argument("--paired-shapes", action="store_true",
+                    help="batches of clip pairs that differ only in the shape (same path, colour, noise, noise level)")
     ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
     ap.add_argument("--ffn-dim", type=int, default=M.TRANSFORMER_FFN, help="feed-forward width")
@@ -385,8 +404,12 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=M.DEFAULT_STEPS)
     ap.add_argument("--eval-guidance", type=float, nargs="+", default=[M.DEFAULT_GUIDANCE])
     args = ap.parse_args()
-    if args.bank_size < 128 or args.bank_size % 128:
-        ap.error(f"--bank-size must be a positive multiple of 128 (clips are encoded 128 at a time), got {args.bank_size}")
+    chunk = 32 * len(data.SHAPES) if args.paired_shapes else 128
+    if args.bank_size < chunk or args.bank_size % chunk:
+        ap.error(f"--bank-size must be a positive multiple of {chunk} (clips are encoded {chunk} at a time), "
+                 f"got {args.bank_size}")
+    if args.paired_shapes and args.batch % 2:
+        ap.error(f"--paired-shapes needs an even --batch, got {args.batch}")
     torch.set_num_threads(args.threads)
     WORK, OUT = Path(args.work), Path(args.out)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -417,7 +440,7 @@ def main() -> None:
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume,
                 Path(args.init_from) if args.init_from else None, args.sigma_sampling,
-                (args.layers, args.heads, args.ffn_dim))
+                (args.layers, args.heads, args.ffn_dim), args.paired_shapes)
         elif args.stage == "install-vae":
             record["installed_vae"] = install_vae()
         else:
