@@ -19,6 +19,9 @@ Stages (``--stage``), each seeded from ``--seed`` with its own data stream:
    guidance, a fraction of noise levels from the noisiest 15% (where only the prompt tells the
    direction), EMA weights saved as a ``WanPipeline``. A full checkpoint is written to
    ``--work`` every ``--checkpoint-every`` steps; ``--resume`` continues the same run.
+   Variants (docs/bundled_models.md, none beat the shipped model): ``--layers/--heads/--ffn-dim``
+   (transformer size), ``--sigma-sampling logit-normal`` (base noise levels), ``--paired-shapes``
+   (batches of clip pairs that differ only in the shape), ``--init-from`` (start from a pipeline).
 3. ``install-vae``: after ``decoder``, its VAE (same encoder, sharper decoder) into the pipeline.
 4. ``eval``: prompt adherence of the saved pipeline (48 prompts x ``--eval-seeds``) at the
    default steps, judged by :mod:`sadakit.bundled.moving_shapes.judging`.
