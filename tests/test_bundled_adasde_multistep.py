@@ -1,4 +1,4 @@
-"""The shipped multistep AdaSDE files of the bundled shapes model: valid, picked by default, ahead of Euler."""
+"""The shipped multistep AdaSDE files of the bundled models: valid, picked by default, ahead of Euler (shapes)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,24 @@ import pytest
 import torch
 
 from sadakit.adasde import load_coefficients
-from sadakit.bundled.adasde_files import SHAPES
+from sadakit.bundled.adasde_files import BUNDLED_ADASDE, SHAPES
 from sadakit.core.adasde import multistep_effective_weights
 
-MULTISTEP_BEST = [entry for entry in SHAPES.best if entry[1] == "multistep"]
 
-
-def test_shipped_multistep_files_are_the_measured_best_and_learned_their_weights() -> None:
-    assert MULTISTEP_BEST, "the shapes spec names no multistep file as its best"
-    for nfe, solver, deterministic, learned in MULTISTEP_BEST:
-        path = SHAPES.path(nfe)
+@pytest.mark.parametrize("spec", list(BUNDLED_ADASDE.values()), ids=list(BUNDLED_ADASDE))
+def test_shipped_multistep_files_are_the_measured_best_and_learned_their_weights(spec) -> None:
+    best = [entry for entry in spec.best if entry[1] == "multistep"]
+    assert best, f"the {spec.name} spec names no multistep file as its best"
+    shipped = [n for n in spec.available() if n.startswith("multistep-")]
+    assert sorted(shipped) == sorted(spec.path(nfe).name for nfe, *_ in best)  # every shipped one is a default
+    for nfe, solver, deterministic, learned in best:
+        path = spec.path(nfe)
         assert path.name == f"multistep-nfe{nfe}-gamma0-ends.safetensors"
         cf = load_coefficients(path)
         assert cf.meta.solver == "multistep" and cf.meta.nfe == nfe == cf.meta.steps and not cf.meta.analytic_first_step
         assert cf.meta.gamma_max == 0.0 and cf.meta.grid_ends is not None and float(cf.sigmas[-1]) == 0.0
         assert cf.meta.training["learn_ends"] is True and cf.meta.training["step_weight"] == 0.0
+        assert cf.meta.model == spec.model_id and cf.meta.guidance_scale == spec.guidance_scale
         # trained away from its Euler start: some history weight or exponent scale moved
         weights = multistep_effective_weights(cf.sigmas, cf.raw)
         assert max(abs(w1) + abs(w2) + abs(kappa - 1.0) for w1, w2, kappa in weights) > 0.05
