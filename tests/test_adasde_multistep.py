@@ -75,9 +75,11 @@ def test_untrained_multistep_is_dpm_solver_2m_and_the_euler_start_is_euler(ends_
     w = torch.randn(dim, dim, generator=gen, dtype=torch.float64) / math.sqrt(dim)
     d = _smooth_denoiser(w)
     steps = int(torch.randint(3, 8, (), generator=gen))
-    # a random strictly decreasing grid (not log-linear: the 2M weights then differ per step)
-    cuts = torch.sort(torch.rand(steps - 1, generator=gen, dtype=torch.float64) * 0.9 + 0.05).values
+    # a random strictly decreasing grid (not log-linear: the 2M weights then differ per step); neighbouring
+    # log-sigma steps within a factor 3 of each other, as any usable grid (the Euler start needs |1/(2r)| < 4)
+    drops = torch.rand(steps, generator=gen, dtype=torch.float64) + 0.5
     log_hi, log_lo = math.log(float(torch.empty(()).uniform_(3.0, 20.0))), math.log(0.05)
+    cuts = torch.cumsum(drops, 0)[:-1] / drops.sum()
     nodes = torch.exp(torch.cat([torch.tensor([log_hi]), log_hi + (log_lo - log_hi) * cuts,
                                  torch.tensor([log_lo])]).to(torch.float64))
     grid = torch.cat([nodes[:-1], torch.zeros(1, dtype=torch.float64)]) if ends_at_zero else nodes
@@ -166,6 +168,10 @@ def test_multistep_files_are_validated(tmp_path: Path) -> None:
     assert meta.steps == 4  # one call per step, no end to 0 needed
     with pytest.raises(ValueError, match="no analytic first step"):
         DistillConfig(nfe=5, solver="multistep")
+    # a grid whose 2M weight the bounded offset cannot cancel has no Euler start (said, not clipped)
+    uneven = torch.tensor([10.0, 9.9, 0.5, 0.1], dtype=torch.float64)
+    with pytest.raises(ValueError, match="beyond the multistep form's reach"):
+        init_multistep_raw(uneven, "euler")
 
 
 def test_distilling_multistep_weights_and_grid_beats_the_euler_form_on_the_final_sample(tmp_path: Path) -> None:
