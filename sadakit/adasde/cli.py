@@ -253,7 +253,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--learn-grid", action="store_true",
                    help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
     d.add_argument("--learn-ends", action="store_true",
-                   help="Euler form: learn the grid with its top and bottom, a last step to 0, and a teacher from the "
+                   help="Euler or multistep form: learn the grid with its top and bottom, a last step to 0, and a teacher from the "
                         "model's own top sigma (--sigma-max/--sigma-min/--schedule give the starting grid)")
     d.add_argument("--teacher-pool", type=int, default=0,
                    help="--learn-ends: compute the teacher once for this many batches and cycle through them (0: fresh "

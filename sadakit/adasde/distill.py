@@ -16,7 +16,7 @@ that node*, so moving the node changes what it measures, and on the testbed lett
 terms move the grid pulled the nodes up and made the final error worse (docs/adasde.md).
 The coefficients still learn from the whole loss.
 
-With ``learn_ends=True`` (the Euler form only) the top and the bottom of the grid train too
+With ``learn_ends=True`` (the Euler and multistep forms) the top and the bottom of the grid train too
 (``sadakit.adasde.grid.grid_with_ends``: top within the model's sigma range, bottom above its
 lowest sigma, then one last step to sigma 0, as diffusers' Euler ends), and the teacher no longer
 follows the student's grid: it starts from the model's own top sigma, as a many-step reference
@@ -122,13 +122,13 @@ class DistillConfig:
     L2 at the intermediate nodes and ``last_step_weight`` the feature loss at the last one.
     ``learn_grid`` trains the interior sigmas too (Adam at ``grid_lr``, same cosine decay),
     starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed unless
-    ``learn_ends`` (Euler form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
+    ``learn_ends`` (Euler or multistep form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
     the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma. Such a
     teacher does not depend on the student, so ``teacher_pool = k > 0`` computes it once for ``k``
     batches and iteration ``i`` trains on batch ``i mod k`` (as LD3 fits a grid to a fixed set of
     teacher pairs): each iteration then costs only the student's calls. ``grid_fd_step > 0`` takes
     the grid's gradient by central differences of that size in logit units instead of autograd
-    (learned ends, ``gamma_max = 0``: then the grid is all that trains). Why: a VP model trained on
+    (learned ends, ``gamma_max = 0``; the multistep weights still learn by autograd). Why: a VP model trained on
     integer timesteps wiggles between them, so the exact derivative in sigma is a local one that
     can point the other way than the loss's trend over a 1 % step (measured on the bundled shapes
     model, docs/adasde.md); a difference over a few percent follows the trend. ``keep_best``
