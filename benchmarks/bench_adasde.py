@@ -189,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
                         "model's top), started from the log-linear grid --ends-init")
     p.add_argument("--ends-init", nargs=2, type=float, default=[14.6, 0.1], metavar=("TOP", "BOTTOM"))
     p.add_argument("--teacher-pool", type=int, default=0, help="--learn-ends: batches of the teacher computed once")
+    p.add_argument("--multistep", action="store_true",
+                   help="also a row with the multistep form (learned weights of the current and two previous denoised "
+                        "estimates) and its whole grid learned, from the log-linear grid --ends-init")
+    p.add_argument("--multistep-start", default="dpm++2m", choices=["dpm++2m", "euler"],
+                   help="--multistep: the solver the untrained weights reproduce")
     p.add_argument("--grid-baselines", action="store_true",
                    help="also euler/dpm++2m/dpm++3m/unipc/deis on their default (linspace), Karras and tuned grids")
     p.add_argument("--no-plain", action="store_true", help="skip the fixed-grid adasde and adasde-g0 rows")
@@ -214,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
                             learn_ends=True, step_weight=0.0, grid_lr=0.05, schedule="loglinear",
                             teacher_pool=args.teacher_pool)
         ours.append(AdaSDEMethod("euler-ends", ends, args.cache, args.fresh, init_range=tuple(args.ends_init)))
+    if args.multistep:  # learned multistep weights with the whole grid, final-sample loss against the reference
+        ms = attrs.evolve(base, solver="multistep", gamma_max=0.0, analytic_first_step=False, learn_grid=True,
+                          learn_ends=True, step_weight=0.0, grid_lr=0.05, schedule="loglinear",
+                          teacher_pool=args.teacher_pool, multistep_start=args.multistep_start)
+        ours.append(AdaSDEMethod("multistep-ends", ms, args.cache, args.fresh, init_range=tuple(args.ends_init)))
     grid_rows = []
     if args.grid_baselines:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -133,6 +133,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         denoiser, sample_noise, meta = _pipeline_factory(args)
     else:
         denoiser, sample_noise, meta = _load_factory(args.factory)()
+    if args.solver == "multistep" and not args.no_afs:
+        raise SystemExit("--solver multistep has no analytic first step (NFE = steps already): add --no-afs")
     if meta.get("prediction_type") == "flow" and not args.no_afs:
         raise SystemExit(f"{meta['model']} is a flow-matching model: distil with --no-afs (no analytic first step)")
     cfg = DistillConfig(
@@ -143,7 +145,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         teacher_factor=args.teacher_factor, iterations=args.iterations, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, learn_grid=args.learn_grid or args.learn_ends,
         grid_lr=args.grid_lr, learn_ends=args.learn_ends, teacher_pool=args.teacher_pool, grid_fd_step=args.grid_fd_step,
-        keep_best=args.keep_best,
+        keep_best=args.keep_best, multistep_start=args.multistep_start,
         step_weight=args.step_weight if args.step_weight is not None else
         (0.0 if (args.learn_grid or args.learn_ends) else 1.0),
     )
@@ -195,7 +197,7 @@ def _parse_sigmas(text: str) -> torch.Tensor:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ..core.adasde import squash
+    from ..core.adasde import multistep_effective_weights, squash
 
     try:
         cf = load_coefficients(args.path)
@@ -207,6 +209,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                                    "none recorded (an older file: loading cannot check its model)"))
     print(json.dumps(attrs.asdict(cf.meta), indent=1))
     print("sigmas:", [round(float(s), 5) for s in cf.sigmas])
+    if cf.meta.solver == "multistep":  # the weights as they act on the file's grid (2M's plus the learned offsets)
+        for n, (c, (w1, w2, kappa)) in enumerate(zip(squash(cf.raw, cf.meta.gamma_max),
+                                                      multistep_effective_weights(cf.sigmas, cf.raw))):
+            print(f"step {n}: gamma={float(c.gamma):.4f} w(D_n-D_n-1)={w1:.4f} w(D_n-D_n-2)={w2:.4f} kappa={kappa:.4f}")
+        return 0
     for n, c in enumerate(squash(cf.raw, cf.meta.gamma_max)):
         print(f"step {n}: gamma={float(c.gamma):.4f} r={float(c.r):.4f} a={float(c.a):.4f} c={float(c.c):.4f}")
     return 0
@@ -229,7 +236,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--dtype", default="float32", help="--pipeline: torch dtype of the weights")
     d.add_argument("--device", default=None, help="--pipeline: device, e.g. cuda")
     d.add_argument("--nfe", type=int, default=5)
-    d.add_argument("--solver", default="adasde", choices=["adasde", "euler", "heun", "midpoint"])
+    d.add_argument("--solver", default="adasde", choices=["adasde", "euler", "heun", "midpoint", "multistep"],
+                   help="multistep: learned weights of the current and two previous denoised estimates (one call per step, "
+                        "needs --no-afs; from DPM-Solver++ 2M, or Euler with --multistep-start euler)")
+    d.add_argument("--multistep-start", default="dpm++2m", choices=["dpm++2m", "euler"],
+                   help="--solver multistep: the solver its untrained weights reproduce")
     d.add_argument("--no-afs", action="store_true", help="no analytic first step (required for flow models)")
     d.add_argument("--gamma-max", type=float, default=0.3, help="0 = deterministic ablation")
     d.add_argument("--schedule", default="karras", choices=["karras", "loglinear", "time_uniform"])
@@ -242,7 +253,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--learn-grid", action="store_true",
                    help="learn the interior sigmas with the coefficients (the ends stay fixed; stored in the file)")
     d.add_argument("--learn-ends", action="store_true",
-                   help="Euler form: learn the grid with its top and bottom, a last step to 0, and a teacher from the "
+                   help="Euler or multistep form: learn the grid with its top and bottom, a last step to 0, and a teacher from the "
                         "model's own top sigma (--sigma-max/--sigma-min/--schedule give the starting grid)")
     d.add_argument("--teacher-pool", type=int, default=0,
                    help="--learn-ends: compute the teacher once for this many batches and cycle through them (0: fresh "

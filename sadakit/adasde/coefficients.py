@@ -248,6 +248,10 @@ def _optional_int_to_float(value: Any) -> Any:
     return None if value is None else _int_to_float(value)
 
 
+#: Solver forms whose step can go to sigma 0 (one call, the sample is the last denoised estimate).
+ENDS_SOLVERS = ("euler", "multistep")
+
+
 def steps_for(nfe: int, solver: str, analytic_first_step: bool) -> int | None:
     """Solver steps giving exactly ``nfe`` calls, in O(1) (``None`` if none does).
 
@@ -309,6 +313,11 @@ class CoefficientMetadata:
             raise CoefficientFileError(
                 f"sigma_min={self.sigma_min:g} must be below sigma_max={self.sigma_max:g}", field="metadata field 'sigma_min'"
             )
+        if self.solver == "multistep" and self.analytic_first_step:
+            raise CoefficientFileError(
+                "true is not allowed with solver='multistep' (it has no analytic first step); allowed: false",
+                field="metadata field 'analytic_first_step'",
+            )
         if steps_for(self.nfe, self.solver, self.analytic_first_step) is None:
             reachable = [count_nfe(s, self.solver, self.analytic_first_step) for s in range(1, 6)]
             raise CoefficientFileError(
@@ -325,11 +334,11 @@ class CoefficientMetadata:
             )
 
     def _check_learned_ends(self) -> None:
-        """Learned ends: the Euler form (only its step can reach sigma 0), interior logits, ends as stated."""
+        """Learned ends: the Euler or multistep form (only their steps reach sigma 0), interior logits, ends as stated."""
         where = "metadata field 'grid_ends'"
-        if self.solver != "euler":
-            raise CoefficientFileError(f"needs solver='euler' (the last step goes to sigma 0, which only the Euler "
-                                       f"step can take); the file has solver={self.solver!r}", field=where)
+        if self.solver not in ENDS_SOLVERS:
+            raise CoefficientFileError(f"needs solver='euler' or 'multistep' (the last step goes to sigma 0, which only "
+                                       f"their one-call steps can take); the file has solver={self.solver!r}", field=where)
         if self.steps < 2:
             raise CoefficientFileError(f"needs at least 2 steps (a top and a bottom node); nfe={self.nfe} gives "
                                        f"{self.steps}", field=where)

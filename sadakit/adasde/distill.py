@@ -16,7 +16,7 @@ that node*, so moving the node changes what it measures, and on the testbed lett
 terms move the grid pulled the nodes up and made the final error worse (docs/adasde.md).
 The coefficients still learn from the whole loss.
 
-With ``learn_ends=True`` (the Euler form only) the top and the bottom of the grid train too
+With ``learn_ends=True`` (the Euler and multistep forms) the top and the bottom of the grid train too
 (``sadakit.adasde.grid.grid_with_ends``: top within the model's sigma range, bottom above its
 lowest sigma, then one last step to sigma 0, as diffusers' Euler ends), and the teacher no longer
 follows the student's grid: it starts from the model's own top sigma, as a many-step reference
@@ -53,7 +53,9 @@ from tqdm.auto import tqdm
 
 from ..core.adasde import (
     BASE_SOLVERS,
+    MULTISTEP_NO_AFS,
     Denoiser,
+    init_multistep_raw,
     init_raw_coefficients,
     make_sigmas,
     refine_sigmas,
@@ -63,7 +65,7 @@ from ..core.adasde import (
     squash,
     steps_for_nfe,
 )
-from .coefficients import CoefficientFile, CoefficientMetadata, save_coefficients
+from .coefficients import ENDS_SOLVERS, CoefficientFile, CoefficientMetadata, save_coefficients
 from .grid import MAX_END_LOGIT, end_logits_for, grid_from_logits, grid_with_ends, logits_for_grid
 from .identity import fingerprint_or_none
 
@@ -120,18 +122,20 @@ class DistillConfig:
     L2 at the intermediate nodes and ``last_step_weight`` the feature loss at the last one.
     ``learn_grid`` trains the interior sigmas too (Adam at ``grid_lr``, same cosine decay),
     starting from the grid ``schedule`` (or the one passed) gives; the ends stay fixed unless
-    ``learn_ends`` (Euler form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
+    ``learn_ends`` (Euler or multistep form, ``step_weight = 0``): then top and bottom train too, at ``grid_lr``,
     the grid ends with a step to sigma 0 and the teacher starts at the model's top sigma. Such a
     teacher does not depend on the student, so ``teacher_pool = k > 0`` computes it once for ``k``
     batches and iteration ``i`` trains on batch ``i mod k`` (as LD3 fits a grid to a fixed set of
     teacher pairs): each iteration then costs only the student's calls. ``grid_fd_step > 0`` takes
     the grid's gradient by central differences of that size in logit units instead of autograd
-    (learned ends, ``gamma_max = 0``: then the grid is all that trains). Why: a VP model trained on
+    (learned ends, ``gamma_max = 0``; the multistep weights still learn by autograd). Why: a VP model trained on
     integer timesteps wiggles between them, so the exact derivative in sigma is a local one that
     can point the other way than the loss's trend over a 1 % step (measured on the bundled shapes
     model, docs/adasde.md); a difference over a few percent follows the trend. ``keep_best``
     (``teacher_pool = 1``: the same batch every iteration, so losses compare) ends on the grid of the
     lowest loss seen rather than the last one: on a rough loss Adam's last step can be uphill.
+    ``multistep_start`` is where the multistep form's weights start: DPM-Solver++(2M) on the
+    starting grid (raw zeros) or Euler (the history weights cancelled, so the step is Euler's).
     """
 
     nfe: int = attrs.field(default=5, validator=_positive_int)
@@ -158,6 +162,11 @@ class DistillConfig:
     teacher_pool: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     grid_fd_step: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     keep_best: bool = False
+    multistep_start: str = attrs.field(default="dpm++2m", validator=_in(("dpm++2m", "euler")))
+
+    def __attrs_post_init__(self) -> None:
+        if self.solver == "multistep" and self.analytic_first_step:
+            raise ValueError(MULTISTEP_NO_AFS)
 
     @property
     def steps(self) -> int:
@@ -309,7 +318,7 @@ def _load_checkpoint(path: str, config: DistillConfig) -> tuple[dict[str, torch.
     # iterations may grow on resume (train longer); everything else must match
     # settings added later are absent from older checkpoints: they were written at the default
     defaults = {"learn_grid": False, "grid_lr": 0.05, "learn_ends": False, "teacher_pool": 0, "grid_fd_step": 0.0,
-                "keep_best": False}
+                "keep_best": False, "multistep_start": "dpm++2m"}
     diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in ours.items()
             if k != "iterations" and saved.get(k, defaults.get(k)) != v}
     if diff:
@@ -365,9 +374,9 @@ def _ends_record(end_logits: torch.Tensor, sigma_range: tuple[float, float]) -> 
 
 def _check_learn_ends(config: DistillConfig, prediction_type: str, sigma_range: tuple[float, float] | None) -> None:
     """Refuse a learned-ends run that cannot work, before any model call (one line: what, why, what to do)."""
-    if config.solver != "euler":
-        raise ValueError(f"learn_ends=True needs solver='euler' (the last step goes to sigma 0, which only the Euler "
-                         f"step can take); got solver={config.solver!r}")
+    if config.solver not in ENDS_SOLVERS:
+        raise ValueError(f"learn_ends=True needs solver='euler' or 'multistep' (the last step goes to sigma 0, which "
+                         f"only their one-call steps can take); got solver={config.solver!r}")
     if config.step_weight != 0.0:
         raise ValueError(f"learn_ends=True needs step_weight=0 (the teacher runs from the model's top sigma to 0, so "
                          f"only the last step has a target); got step_weight={config.step_weight}")
@@ -501,11 +510,11 @@ def distill(
     ends = config.learn_ends
     if config.grid_fd_step and not (ends and config.gamma_max == 0.0):
         raise ValueError(f"grid_fd_step={config.grid_fd_step} needs learn_ends=True and gamma_max=0 (finite differences "
-                         "train the grid only, and that is all the churn-free Euler form has)")
+                         "train the grid; the multistep form's weights still learn by autograd)")
     if config.keep_best and not (ends and config.teacher_pool == 1 and config.gamma_max == 0.0):
         raise ValueError("keep_best=True needs learn_ends=True, teacher_pool=1 and gamma_max=0 (one fixed batch and a "
                          "deterministic student, so the losses of different iterations compare)")
-    if config.solver != "adasde" and config.gamma_max == 0.0 and not (config.learn_grid or ends):
+    if config.solver not in ("adasde", "multistep") and config.gamma_max == 0.0 and not (config.learn_grid or ends):
         raise ValueError(f"solver={config.solver!r} with gamma_max=0 and a fixed grid has nothing to learn (the plugin "
                          "form trains only the churn): pass gamma_max > 0, learn_grid=True or learn_ends=True")
     if teacher_sigmas is not None and not ends:
@@ -535,6 +544,8 @@ def distill(
 
     sigma_min = float(grid[-1])
     raw = init_raw_coefficients(config.steps, config.gamma_init, config.gamma_max)
+    if config.solver == "multistep":
+        raw = init_multistep_raw(grid, config.multistep_start, raw[:, 0])
     end_logits = None
     if ends:
         assert model_sigma_range is not None
@@ -626,12 +637,22 @@ def distill(
         out = final_state(denoiser, z * sigmas_now[0], sigmas_now, raw, config, g)
         return config.last_step_weight * feature_loss(out, target)
 
-    def fd_gradient(iteration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss and central-difference gradients (interior, ends) at the current grid, on one batch."""
+    learns_weights = config.solver == "multistep"  # the only form with coefficients that act at gamma_max = 0
+
+    def fd_gradient(iteration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Loss and central-difference gradients (interior, ends) at the current grid, on one batch; with
+        ``learns_weights`` also the raw coefficients' gradient by autograd (else ``None``)."""
         theta = torch.cat([grid_logits.detach(), end_logits.detach()])  # type: ignore[union-attr]
         n_inner = grid_logits.numel()  # type: ignore[union-attr]
+        raw_grad = None
+        if learns_weights:  # the multistep weights by autograd at the centre (their gradient does not need d/dsigma)
+            with torch.enable_grad():
+                loss = ends_loss(iteration, 0, theta[:n_inner], theta[n_inner:])
+                (raw_grad,) = torch.autograd.grad(loss, raw)
+            loss = loss.detach()
         with torch.no_grad():
-            loss = ends_loss(iteration, 0, theta[:n_inner], theta[n_inner:])
+            if raw_grad is None:
+                loss = ends_loss(iteration, 0, theta[:n_inner], theta[n_inner:])
             grad = torch.zeros_like(theta)
             for k in range(len(theta)):
                 h = config.grid_fd_step * (1.0 if k < n_inner else ENDS_STEP_SCALE)
@@ -640,7 +661,7 @@ def distill(
                 up, down = theta + step, theta - step
                 grad[k] = (ends_loss(iteration, 0, up[:n_inner], up[n_inner:])
                            - ends_loss(iteration, 0, down[:n_inner], down[n_inner:])) / (2 * h)
-        return loss, grad[:n_inner], grad[n_inner:]
+        return loss, grad[:n_inner], grad[n_inner:], raw_grad
 
     def evaluate(iteration: int, stream: int, with_grad: bool,
                  last_term: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -665,7 +686,7 @@ def distill(
         initial = evaluate(-1, 10, False).detach() * (local_bs / config.batch_size)
     initial_loss = float(_sum_across(initial.reshape(1).cpu(), state))
 
-    best: tuple[float, torch.Tensor, torch.Tensor] | None = None  # keep_best: (loss, interior logits, end logits)
+    best: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # keep_best: (loss, interior, ends, raw)
     log = open(log_path, "a") if (log_path is not None and main) else None
     bar = tqdm(range(start_it, config.iterations), disable=not (progress and main), desc=f"AdaSDE NFE={config.nfe}")
     t0 = time.perf_counter()
@@ -681,9 +702,9 @@ def distill(
                 grid_opt.zero_grad(set_to_none=False)
             last: list[torch.Tensor] = []
             share = local_bs / config.batch_size
-            if config.grid_fd_step:  # the grid alone, by central differences (no coefficient acts at gamma_max = 0)
-                local, inner_grad, ends_grad = fd_gradient(it)
-                raw.grad = torch.zeros_like(raw)
+            if config.grid_fd_step:  # the grid by central differences (multistep weights: autograd)
+                local, inner_grad, ends_grad, raw_grad = fd_gradient(it)
+                raw.grad = torch.zeros_like(raw) if raw_grad is None else raw_grad * share
                 grid_logits.grad = inner_grad * share  # type: ignore[union-attr]
                 end_logits.grad = ends_grad * share  # type: ignore[union-attr]
             elif grid_logits is not None and not ends and config.step_weight > 0:
@@ -702,8 +723,9 @@ def distill(
                     param.grad = torch.zeros_like(param)
                 param.grad.copy_(_sum_across(param.grad.detach().cpu(), state))
             loss_value = float(_sum_across((local.detach() * (local_bs / config.batch_size)).reshape(1).cpu(), state))
-            if config.keep_best and (best is None or loss_value < best[0]):  # the loss of the grid before this step
-                best = (loss_value, grid_logits.detach().clone(), end_logits.detach().clone())  # type: ignore[union-attr]
+            if config.keep_best and (best is None or loss_value < best[0]):  # the loss of the parameters before this step
+                best = (loss_value, grid_logits.detach().clone(), end_logits.detach().clone(),  # type: ignore[union-attr]
+                        raw.detach().clone())
             opt.step()
             if grid_opt is not None:
                 grid_opt.step()
@@ -730,6 +752,7 @@ def distill(
             with torch.no_grad():
                 grid_logits.copy_(best[1])  # type: ignore[union-attr]
                 end_logits.copy_(best[2])  # type: ignore[union-attr]
+                raw.copy_(best[3])
     seconds = time.perf_counter() - t0 + pool_seconds
 
     training = {k: v for k, v in attrs.asdict(config).items() if k not in ("nfe", "solver", "analytic_first_step", "gamma_max")}

@@ -255,7 +255,7 @@ class AdaSDEScheduler(SchedulerMixin, ConfigMixin):
     @property
     def order(self) -> int:
         """Model calls per step, for the pipelines' progress-bar bookkeeping (as Heun: 2)."""
-        return 1 if self.meta.solver == "euler" else 2
+        return 1 if self.meta.solver in ("euler", "multistep") else 2
 
     @property
     def step_index(self) -> int | None:

@@ -15,8 +15,9 @@ from typing import Any
 
 from ._files import MODELS_DIR, BundledModelError, check_model_dir
 
-#: AdaSDE's own step, or the learned churn in front of a base solver (the paper's plugin form).
-SOLVER_FORMS = ("adasde", "euler", "heun", "midpoint")
+#: AdaSDE's own step, the learned churn in front of a base solver (the paper's plugin form), or the
+#: learned multistep form (weights of the current and two previous denoised estimates).
+SOLVER_FORMS = ("adasde", "euler", "heun", "midpoint", "multistep")
 #: ``learned_grid`` values: no learned grid, the interior learned (``True``, ``-lgrid``), or the whole
 #: grid with its ends and a last step to 0 (``"ends"``, ``-ends``; docs/adasde.md)
 GRID_FORMS: dict[bool | str, str] = {False: "", True: "-lgrid", "ends": "-ends"}
@@ -129,19 +130,24 @@ def _shapes() -> BundledAdaSDE:
     from .shapes import DEFAULT_GUIDANCE
 
     # steps above sigma ~20 are wasted on this model: Euler NFE 5 from 80 / 20 / 14.6: 21.9 / 26.5 / 26.0 dB.
-    # At NFE 5 the learned-grid Euler file is the best shipped one (29.5 dB / 100 % against 25.9 dB / 97.9 %
-    # for learned churn + Euler; docs/adasde.md); it ties diffusers' Euler on its tuned grid.
+    # At NFE 3, 5 and 7 the learned multistep files (weights and the whole grid, from Euler) are the best shipped
+    # ones and beat diffusers' Euler on its tuned grid, the best diffusers row, by +2.3 / +2.7 / +1.7 dB on other
+    # seeds than they were distilled on (docs/adasde.md, "Third round"); before them the learned-grid Euler file
+    # was the NFE-5 default (it ties that row).
     return BundledAdaSDE("shapes", MODELS_DIR / "shapes-adasde", "sadakit/bundled/shapes-sd", DEFAULT_GUIDANCE,
-                         "StableDiffusionPipeline", sigma_max=14.6, best=((5, "euler", True, True),))
+                         "StableDiffusionPipeline", sigma_max=14.6,
+                         best=((3, "multistep", True, "ends"), (5, "multistep", True, "ends"), (7, "multistep", True, "ends")))
 
 
 def _notes() -> BundledAdaSDE:
     from .notes import DEFAULT_GUIDANCE
 
-    # at NFE 5 the learned-grid Euler file is the best shipped one (32.9 dB log-mel against 32.0 dB for learned
-    # churn + Euler, 16 clips; docs/adasde.md); it ties DEIS on its tuned grid
+    # at NFE 5 and 7 the learned multistep files (weights and the whole grid, from DPM-Solver++ 2M) are the best
+    # shipped ones and beat DEIS on its tuned grid, the best diffusers row, by +2.1 / +1.6 dB log-mel on other seeds
+    # than they were distilled on (docs/adasde.md, "Third round"); NFE 3 ties DEIS, so none is shipped for it.
+    # Before them the learned-grid Euler file was the NFE-5 default (it ties DEIS).
     return BundledAdaSDE("notes", MODELS_DIR / "notes-adasde", "sadakit/bundled/notes-musicldm", DEFAULT_GUIDANCE,
-                         "MusicLDMPipeline", best=((5, "euler", True, True),))
+                         "MusicLDMPipeline", best=((5, "multistep", True, "ends"), (7, "multistep", True, "ends")))
 
 
 def _shapes_dit() -> BundledAdaSDE:

@@ -16,6 +16,11 @@ scalars act (docs/design.md section 3):
 The "plugin" form of the paper keeps only the learned churn and hands ``(xh, th)`` to an
 ordinary single-step base solver (Euler, Heun, mid-point).
 
+The "multistep" form (not in the paper; after the learned-solver methods BNS, S4S and LD3) is a
+data-prediction multistep step in exponential-integrator form: one call per step, and the
+update combines the current and the two previous denoised estimates with learned weights,
+starting from DPM-Solver++(2M) on the same grid (``multistep_plan``).
+
 Every step is written once, as a *plan*: a Python generator that yields the evaluation
 requests ``(x, sigma)`` it needs and receives ``D(x, sigma)`` back. ``sample_adasde`` drives a
 plan with a denoiser; the diffusers scheduler drives the very same plan one model call at a
@@ -39,14 +44,22 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``D(x, sigma) -> x0`` in the VE form; ``sigma`` is a 0-d float32 tensor on ``x.device``."""
 
 GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
-BaseSolver = Literal["adasde", "euler", "heun", "midpoint"]
-BASE_SOLVERS: tuple[str, ...] = ("adasde", "euler", "heun", "midpoint")
+BaseSolver = Literal["adasde", "euler", "heun", "midpoint", "multistep"]
+BASE_SOLVERS: tuple[str, ...] = ("adasde", "euler", "heun", "midpoint", "multistep")
 SCHEDULES: tuple[str, ...] = ("karras", "loglinear", "time_uniform")
 
 GAMMA_MIN = 2e-4
 """Lower end of the learned churn: a stochastic solver keeps a little noise at every step."""
 N_COEFFS = 4
-"""Raw parameters per step, columns in this order: gamma, r, time scale a, direction scale c."""
+"""Raw parameters per step, columns in this order: gamma, r, time scale a, direction scale c.
+
+The multistep form reads the same four columns as: gamma, the weight of ``D_n - D_{n-1}`` and of
+``D_n - D_{n-2}`` (each as a bounded offset from DPM-Solver++(2M)'s), and the step's exponent
+scale (``multistep_weights``)."""
+MULTISTEP_HISTORY = 2
+"""Previous denoised estimates a multistep step may use (with the current one: K = 3)."""
+MULTISTEP_WEIGHT_BOUND = 4.0
+"""A multistep weight moves at most this far from DPM-Solver++(2M)'s: ``4 tanh(p / 4)``."""
 
 # A plan yields (x, sigma) requests, receives denoised tensors, returns the new state.
 Plan = Generator[tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]
@@ -65,6 +78,8 @@ class StepCoefficients:
     r: torch.Tensor
     a: torch.Tensor
     c: torch.Tensor
+    raw: torch.Tensor | None = None
+    """The step's raw row ``(4,)``: the multistep form squashes columns 1-3 itself (``multistep_weights``)."""
 
 
 def init_raw_coefficients(steps: int, gamma_init: float = 0.05, gamma_max: float = 0.3) -> torch.Tensor:
@@ -110,6 +125,7 @@ def squash(raw: torch.Tensor, gamma_max: float) -> list[StepCoefficients]:
                 r=torch.sigmoid(p_r),
                 a=1.0 + 0.2 * torch.tanh(p_a / 2.0),
                 c=1.0 + 0.05 * torch.tanh(p_c / 2.0),
+                raw=raw[n],
             )
         )
     return out
@@ -278,12 +294,121 @@ def base_plan(
     return xh + (t_next - th) * dm
 
 
+def multistep_weights(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The multistep form's learned offsets and exponent scale from one raw row ``(4,)``.
+
+    ``w1 = 4 tanh(p1 / 4)`` and ``w2 = 4 tanh(p2 / 4)`` are added to DPM-Solver++(2M)'s weights of
+    ``D_n - D_{n-1}`` and ``D_n - D_{n-2}``; ``kappa = 1 + 0.5 tanh(p3 / 2)`` scales the step's
+    exponent, ``x_{n+1} = (t_{n+1}/t_n)^kappa x_n + (1 - (t_{n+1}/t_n)^kappa) D_eff``. Raw zeros are
+    DPM-Solver++(2M) itself; every raw value gives bounded weights.
+    """
+    if raw.shape != (N_COEFFS,):
+        raise ValueError(f"a multistep step needs its raw row of {N_COEFFS} values; got shape {tuple(raw.shape)}")
+    b = MULTISTEP_WEIGHT_BOUND
+    return b * torch.tanh(raw[1] / b), b * torch.tanh(raw[2] / b), 1.0 + 0.5 * torch.tanh(raw[3] / 2.0)
+
+
+def dpm_solver_2m_weight(sigma_prev: torch.Tensor, sigma_cur: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver++(2M)'s weight of ``D_n - D_{n-1}``: ``1 / (2 r)``, ``r = h_{n-1} / h_n`` in log sigma.
+
+    ``sigma_prev`` and ``sigma_cur`` are where the two estimates were evaluated. A step to sigma 0
+    (infinite ``h_n``) is first order, weight 0, as diffusers' DPM-Solver++ ends at ``final_sigmas_type="zero"``.
+    """
+    if float(sigma_next.detach()) == 0.0:
+        return torch.zeros_like(sigma_cur)
+    r = torch.log(sigma_prev / sigma_cur) / torch.log(sigma_cur / sigma_next)
+    return 0.5 / r
+
+
+def init_multistep_raw(sigmas: torch.Tensor, start: str = "dpm++2m", gamma_raw: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw ``(steps, 4)`` of the untrained multistep form on ``sigmas``: DPM-Solver++(2M), or Euler.
+
+    ``dpm++2m`` is raw zeros. ``euler`` sets each step's offset to minus 2M's weight on this grid
+    (without churn), so the untrained step is ``x_{n+1} = (t_{n+1}/t_n) x_n + (1 - t_{n+1}/t_n) D_n``,
+    which is exactly the Euler step. ``gamma_raw`` (``(steps,)``) fills the churn column.
+    """
+    if start not in ("dpm++2m", "euler"):
+        raise ValueError(f"start={start!r} is not known; allowed: 'dpm++2m', 'euler'")
+    s = sigmas.detach().cpu().to(torch.float64)
+    steps = len(s) - 1
+    raw = torch.zeros(steps, N_COEFFS, dtype=torch.float32)
+    if gamma_raw is not None:
+        raw[:, 0] = gamma_raw.to(torch.float32)
+    if start == "euler":
+        b = MULTISTEP_WEIGHT_BOUND
+        for n in range(1, steps):
+            w = float(dpm_solver_2m_weight(s[n - 1], s[n], s[n + 1]))
+            if not abs(w) < b * (1 - 1e-6):
+                raise ValueError(f"DPM-Solver++(2M)'s weight {w:.3g} at step {n} of this grid is beyond the multistep "
+                                 f"form's reach (+-{b:g}): start from 'dpm++2m' or use a smoother grid")
+            raw[n, 1] = b * math.atanh(-w / b)
+    return raw
+
+
+def multistep_effective_weights(sigmas: torch.Tensor, raw: torch.Tensor) -> list[tuple[float, float, float]]:
+    """Per step ``(weight of D_n - D_{n-1}, weight of D_n - D_{n-2}, kappa)`` as they act on ``sigmas`` (no churn).
+
+    What a file's multistep coefficients do, for ``inspect`` and the docs: 2M's weight plus the
+    learned offset; 0 where an estimate does not exist yet.
+    """
+    s = sigmas.detach().cpu().to(torch.float64)
+    out = []
+    for n in range(len(s) - 1):
+        off1, off2, kappa = (float(v) for v in multistep_weights(raw[n].detach().cpu().to(torch.float64)))
+        w1 = float(dpm_solver_2m_weight(s[n - 1], s[n], s[n + 1])) + off1 if n >= 1 else 0.0
+        out.append((w1, off2 if n >= 2 else 0.0, kappa))
+    return out
+
+
+def multistep_plan(
+    x: torch.Tensor,
+    t_cur: torch.Tensor,
+    t_next: torch.Tensor,
+    coeffs: StepCoefficients,
+    history: list[tuple[torch.Tensor, torch.Tensor]],
+    generator: GeneratorLike = None,
+) -> Plan:
+    """One multistep step (one call): learned churn, then the data-prediction exponential-integrator update.
+
+    ``D_eff = D_n + (w_2M + w1) (D_n - D_{n-1}) + w2 (D_n - D_{n-2})`` (weights of estimates that do
+    not exist yet are not used), ``x_{n+1} = rho x_n + (1 - rho) D_eff`` with
+    ``rho = (t_{n+1} / t_n)^kappa`` (``rho = 0`` at ``t_{n+1} = 0``: the sample is ``D_eff``). The
+    weights of every ``D`` sum to 1, so a constant denoiser is followed exactly. ``history`` holds
+    ``(D, sigma)`` of the previous steps, most recent last; this step appends its own.
+    """
+    if coeffs.raw is None:
+        raise ValueError("the multistep form needs StepCoefficients with their raw row (squash sets it)")
+    xh, th = churn(x, t_cur, coeffs.gamma, generator)
+    denoised = yield xh, th
+    off1, off2, kappa = multistep_weights(coeffs.raw.to(xh.device))
+    d_eff = denoised
+    if history:
+        d1, s1 = history[-1]
+        d_eff = d_eff + (dpm_solver_2m_weight(s1, th, t_next) + off1) * (denoised - d1)
+    if len(history) >= 2:
+        d_eff = d_eff + off2 * (denoised - history[-2][0])
+    history.append((denoised, th))
+    del history[:-MULTISTEP_HISTORY]
+    if float(t_next.detach()) == 0.0:
+        return d_eff
+    rho = torch.exp(kappa * torch.log(t_next / th))
+    return rho * xh + (1.0 - rho) * d_eff
+
+
 def calls_per_step(solver: str, first: bool, analytic_first_step: bool) -> int:
     """Denoiser calls of one step: the NFE bookkeeping shared by the loop and the scheduler."""
     if solver not in BASE_SOLVERS:
         raise ValueError(f"solver={solver!r} is not known; allowed: {', '.join(BASE_SOLVERS)}")
+    if solver == "multistep":
+        if analytic_first_step:
+            raise ValueError(MULTISTEP_NO_AFS)
+        return 1
     n = 1 if solver == "euler" else 2
     return n - 1 if (first and analytic_first_step) else n
+
+
+MULTISTEP_NO_AFS = ("solver='multistep' has no analytic first step (its first call starts the history of denoised "
+                    "estimates, and NFE = steps already): use analytic_first_step=False (command line: --no-afs)")
 
 
 def count_nfe(steps: int, solver: str = "adasde", analytic_first_step: bool = True) -> int:
@@ -323,8 +448,11 @@ def solver_plan(
         raise ValueError(f"got {len(coeffs)} step coefficients for a grid of {steps} steps")
     if solver not in BASE_SOLVERS:
         raise ValueError(f"solver={solver!r} is not known; allowed: {', '.join(BASE_SOLVERS)}")
+    if solver == "multistep" and analytic_first_step:
+        raise ValueError(MULTISTEP_NO_AFS)
     s = sigmas.to(torch.float32).to(x.device)
     x = x.to(torch.float32)
+    history: list[tuple[torch.Tensor, torch.Tensor]] = []  # the multistep form's previous estimates
     for n in range(steps):
         afs = analytic_first_step and n == 0
         step = coeffs[n]
@@ -335,6 +463,8 @@ def solver_plan(
             step = replace(step, gamma=torch.zeros_like(step.gamma))
         if solver == "adasde":
             x = yield from adasde_plan(x, s[n], s[n + 1], step, generator, afs)
+        elif solver == "multistep":
+            x = yield from multistep_plan(x, s[n], s[n + 1], step, history, generator)
         else:
             x = yield from base_plan(solver, x, s[n], s[n + 1], step.gamma, generator, afs)
         if trajectory is not None:
