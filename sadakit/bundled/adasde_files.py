@@ -162,24 +162,26 @@ def _shapes_dit() -> BundledAdaSDE:
 def _moving_shapes() -> BundledAdaSDE:
     from .moving_shapes.model import DEFAULT_GUIDANCE
 
-    # a flow model like shapes-dit; guidance is WanPipeline's CFG (two transformer calls per evaluation)
+    # a flow model like shapes-dit; guidance is WanPipeline's CFG (two transformer calls per evaluation). The
+    # learned-grid Euler files beat the best diffusers row (Euler on a tuned grid at NFE 5, DPM-Solver++ 2M with
+    # flow_shift 3 at NFE 7) by +1.20 / +1.90 dB, outside the noise (96 clips; docs/benchmarks.md section 11)
     return BundledAdaSDE("moving-shapes", MODELS_DIR / "moving-shapes-adasde", "sadakit/bundled/moving-shapes",
-                         DEFAULT_GUIDANCE, "WanPipeline")
+                         DEFAULT_GUIDANCE, "WanPipeline", best=((5, "euler", True, True), (7, "euler", True, True)))
 
 
 SHAPES = _shapes()
 NOTES = _notes()
 #: the bundled Flux model's spec (files distilled under this id are checked against it); no files are shipped for it
 SHAPES_DIT = _shapes_dit()
-#: the bundled Wan model's spec, likewise without shipped files
+#: the bundled Wan model's spec (learned-grid Euler files at NFE 5 and 7)
 MOVING_SHAPES = _moving_shapes()
-BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES)}
+BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES, MOVING_SHAPES)}
 #: every bundled model's id in coefficient files, shipped files or not (``adasde distill`` stores it)
 BUNDLED_MODEL_IDS = {spec.name: spec.model_id for spec in (SHAPES, NOTES, SHAPES_DIT, MOVING_SHAPES)}
 
 
 def bundled_adasde(name: str) -> BundledAdaSDE:
-    """The spec of ``name`` (``"shapes"`` or ``"notes"``); ValueError naming the allowed ones."""
+    """The spec of ``name`` (``"shapes"``, ``"notes"`` or ``"moving-shapes"``); ValueError naming the allowed ones."""
     if name not in BUNDLED_ADASDE:
         raise ValueError(f"no bundled model {name!r} with AdaSDE coefficients; allowed: {', '.join(BUNDLED_ADASDE)}")
     return BUNDLED_ADASDE[name]
