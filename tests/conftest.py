@@ -21,6 +21,15 @@ def pytest_configure(config):
         pytest.exit(f"broken install: {check.problem}", returncode=4)
 
 
+@pytest.fixture
+def flush_denormals():
+    """Denormal floats flushed to zero for one test (the analytic testbed's posteriors underflow at
+    small sigma, and denormal arithmetic is slow on CPU)."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session")
 def sdxl_pipe():
     from sadakit.testing.pipelines import tiny_sdxl_pipeline

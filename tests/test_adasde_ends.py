@@ -22,11 +22,7 @@ from sadakit.testbeds.pipeline import SD_SCHEDULE, GMMEpsModel, GMMPipeline
 SMIN, SMAX = 0.0292, 14.6  # SD's VE range: the testbed pipeline's model range
 
 
-@pytest.fixture(autouse=True)
-def _flush_denormals():
-    torch.set_flush_denormal(True)  # the testbed's posteriors underflow at small sigma
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("flush_denormals")  # the testbed's posteriors underflow at small sigma
 
 
 def test_learned_ends_stay_valid_for_any_logits() -> None:

@@ -28,11 +28,7 @@ from sadakit.testbeds.pipeline import SD_SCHEDULE
 SMIN, SMAX = 0.0292, 14.6
 
 
-@pytest.fixture(autouse=True)
-def _flush_denormals():
-    torch.set_flush_denormal(True)  # the testbed's posteriors underflow at small sigma
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("flush_denormals")  # the testbed's posteriors underflow at small sigma
 
 
 def test_grid_is_monotone_and_hits_its_ends() -> None:
