@@ -24,7 +24,8 @@ from .quiet import quiet
 
 #: The shipped notes coefficients the demo runs (docs/adasde.md, "notes model", says why these).
 NOTES_DEMO_NFE = 5
-NOTES_DEMO_SOLVER = "euler"
+#: None: the shipped file measured best at the NFE (``BundledAdaSDE.best``), as for the shapes part
+NOTES_DEMO_SOLVER: str | None = None
 
 
 class Progress(Protocol):
@@ -291,6 +292,17 @@ def _two_rows(top: torch.Tensor, bottom: torch.Tensor, n: int = 8) -> torch.Tens
     return torch.cat([torch.cat(list(top[:n]), dim=-1), torch.cat(list(bottom[:n]), dim=-1)], dim=-2)
 
 
+def adasde_form_label(spec: Any, nfe: int, solver: str | None) -> str:
+    """How a shipped file's form is named in the demo table ("learned multistep", "learned churn + Euler", ...)."""
+    form, deterministic, learned_grid = spec.resolve(nfe, solver, None, None)
+    if form == "adasde":
+        return "AdaSDE's step"
+    name = "learned multistep" if form == "multistep" else form.capitalize()
+    if form != "multistep" and not deterministic:
+        name = f"learned churn + {name}"
+    return name + (", learned grid" if learned_grid else "")
+
+
 def _baseline_vs_adasde(pipe: Any, model: Any, prompts: list[str], nfe: int, solver: str, repeats: int,
                         progress: Progress, generate: Callable[[int], Any]) -> tuple[Measured, Measured]:
     """The model's default steps against its shipped AdaSDE coefficients (``nfe`` calls), through the
@@ -303,14 +315,16 @@ def _baseline_vs_adasde(pipe: Any, model: Any, prompts: list[str], nfe: int, sol
 
 
 def bundled_adasde_part(out_dir: Path, quick: bool, progress: Progress | None = None) -> DemoRow | None:
-    """AdaSDE on the shapes model: 5 calls with the shipped learned-churn Euler coefficients
-    against the default 50 Euler steps (alternating runs, medians)."""
+    """AdaSDE on the shapes model: 5 calls with the shipped file measured best at NFE 5 against the
+    default 50 Euler steps (alternating runs, medians)."""
     from .bench.scorers import image_fidelity
     from .bundled import shapes
     from .visual import save_labelled
 
+    from .bundled.adasde_files import SHAPES
+
     progress = progress or _NoProgress()
-    nfe, solver = 5, "euler"
+    nfe, solver = 5, None  # the shipped file measured best at NFE 5
     if shapes.adasde_path(nfe, solver).name not in shapes.available_adasde():
         print(f"skipped AdaSDE part: no shipped coefficients {shapes.adasde_path(nfe, solver)}", flush=True)
         return None
@@ -322,7 +336,8 @@ def bundled_adasde_part(out_dir: Path, quick: bool, progress: Progress | None = 
                                      lambda steps: shapes.generate(pipe, prompts, seed=0, num_inference_steps=steps))
     row = _row(
         "shapes model (trained, SD architecture, 32x32)",
-        f"AdaSDE: learned churn + Euler, {nfe} calls vs {shapes.DEFAULT_STEPS} Euler steps", nfe, base, fast,
+        f"AdaSDE: {adasde_form_label(SHAPES, nfe, solver)}, {nfe} calls vs {shapes.DEFAULT_STEPS} Euler steps", nfe,
+        base, fast,
         {**image_fidelity(fast.output, base.output, lpips=False),
          "adherence_baseline": shapes.adherence(base.output, prompts).all_correct,
          "adherence_adasde": shapes.adherence(fast.output, prompts).all_correct},
@@ -361,7 +376,9 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool, progress: Progress | N
     (base_audio, base_mels), (fast_audio, fast_mels) = base.output, fast.output
     rate = notes.SAMPLE_RATE
     base_adh, fast_adh = notes.adherence(base_audio, prompts, base_mels), notes.adherence(fast_audio, prompts, fast_mels)
-    form = "AdaSDE" if solver == "adasde" else f"learned churn + {solver.capitalize()}"
+    from .bundled.adasde_files import NOTES
+
+    form = adasde_form_label(NOTES, nfe, solver)
     row = _row(
         "notes model (trained, MusicLDM architecture, 1.28 s)",
         f"AdaSDE: {form}, {nfe} calls vs {notes.DEFAULT_STEPS} DDIM steps", nfe, base, fast,
@@ -372,7 +389,7 @@ def bundled_notes_adasde_part(out_dir: Path, quick: bool, progress: Progress | N
         calls_computed=fast.forwards, baseline_calls=base.forwards, flops_ratio=fast.forwards / base.forwards,
     )
     paths = write_wav(out_dir / "notes_baseline_ddim50.wav", base_audio, rate)
-    paths += write_wav(out_dir / f"notes_adasde_{solver}_nfe{nfe}.wav", fast_audio, rate)
+    paths += write_wav(out_dir / f"notes_adasde_{NOTES.resolve(nfe, solver, None, None)[0]}_nfe{nfe}.wav", fast_audio, rate)
     paths.append(save_labelled(
         notes.spectrogram_picture([base_audio[:8], fast_audio[:8]]), out_dir / "notes_spectrograms_baseline_top_adasde_bottom.png",
         rows=[f"baseline, DDIM {notes.DEFAULT_STEPS}", f"AdaSDE, {nfe} calls"],

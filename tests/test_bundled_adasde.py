@@ -82,6 +82,7 @@ def test_demo_runs_the_adasde_part(tmp_path):
 
     row = bundled_adasde_part(tmp_path, quick=True)
     assert row is not None and row.calls_computed == 5 and row.steps == 5
+    assert row.method.startswith("AdaSDE: learned multistep")  # the shipped file measured best at NFE 5
     assert row.baseline_s > 0 and row.sada_s > 0
     assert 0.0 <= row.fidelity["adherence_adasde"] <= 1.0 and row.fidelity["psnr_db"] > 10
     assert row.outputs and all(Path(p).is_file() for p in row.outputs)
