@@ -65,6 +65,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # three process start-ups (~40 s); test_generate_many runs torchrun by default
 def test_two_processes_match_one(tmp_path):
     one = _cli(tmp_path, "one", [sys.executable, "-m", "sadakit"])
     two = _cli(tmp_path, "two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

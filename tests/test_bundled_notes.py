@@ -159,6 +159,7 @@ def test_every_pipeline_file_is_checked() -> None:
     assert {s for s in saved if s.endswith((".safetensors", "config.json"))} <= set(N.PIPELINE_FILES)
 
 
+@pytest.mark.slow  # a fresh interpreter importing diffusers (~25 s)
 def test_plain_from_pretrained_names_the_vocoder_module() -> None:
     """Without sadakit imported, diffusers refuses the custom vocoder and names the module to
     import (it never imports a module just because a model directory names it)."""

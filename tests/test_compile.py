@@ -89,7 +89,7 @@ class _CountingBackend:
 
 
 @pytest.mark.parametrize(("kind", "config", "how"), [
-    ("sd", None, "in place"),
+    pytest.param("sd", None, "in place", marks=pytest.mark.slow),  # slow: sdxl compiles the same UNet blocks
     ("sdxl", None, "in place"),
     ("sd-controlnet", None, "wrapper, after accelerate"),  # pipe.unet = torch.compile(pipe.unet, ...)
     ("flux", None, "in place"),
