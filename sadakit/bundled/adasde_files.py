@@ -142,12 +142,13 @@ def _shapes() -> BundledAdaSDE:
 def _notes() -> BundledAdaSDE:
     from .notes import DEFAULT_GUIDANCE
 
-    # at NFE 5 and 7 the learned multistep files (weights and the whole grid, from DPM-Solver++ 2M) are the best
-    # shipped ones and beat DEIS on its tuned grid, the best diffusers row, by +2.1 / +1.6 dB log-mel on other seeds
-    # than they were distilled on (docs/adasde.md, "Third round"); NFE 3 ties DEIS, so none is shipped for it.
-    # Before them the learned-grid Euler file was the NFE-5 default (it ties DEIS).
+    # at NFE 3, 5 and 7 the learned multistep files (weights and the whole grid, from DPM-Solver++ 2M) are the best
+    # shipped ones and beat DEIS on its best grid, the best diffusers row, by +1.6 / +2.1 / +1.6 dB log-mel on other
+    # seeds than they were distilled on (docs/adasde.md, "Third round"; the NFE-3 start grid was chosen on a third
+    # seed set). Before them the learned-grid Euler file was the NFE-5 default (it ties DEIS).
     return BundledAdaSDE("notes", MODELS_DIR / "notes-adasde", "sadakit/bundled/notes-musicldm", DEFAULT_GUIDANCE,
-                         "MusicLDMPipeline", best=((5, "multistep", True, "ends"), (7, "multistep", True, "ends")))
+                         "MusicLDMPipeline", best=((3, "multistep", True, "ends"), (5, "multistep", True, "ends"),
+                                                   (7, "multistep", True, "ends")))
 
 
 def _shapes_dit() -> BundledAdaSDE:
