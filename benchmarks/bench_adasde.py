@@ -102,7 +102,7 @@ class AdaSDEMethod:
 
 @dataclasses.dataclass
 class GridSolverMethod:
-    """A diffusers solver on one grid option: its default (linspace), Karras, or a tuned log-linear grid.
+    """A diffusers solver on one grid option: its default (linspace), Karras, trailing, or a tuned log-linear grid.
 
     The tuned grid's top and bottom are picked from ``TUNE_HI`` x ``TUNE_LO`` by sliced W2 on
     *calibration* noise (another seed than the evaluated samples), per NFE.
@@ -110,7 +110,7 @@ class GridSolverMethod:
 
     name: str
     solver: str  # a key of bench_adasde_grids.SOLVERS
-    grid: str  # "default", "karras" or "tuned"
+    grid: str  # "default", "karras", "trailing" or "tuned"
 
     def _pipe(self, tb: Testbed, nfe: int) -> GMMPipeline:
         from bench_adasde_grids import loglinear, make_scheduler
@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                         "estimates) and its whole grid learned, from the log-linear grid --ends-init")
     p.add_argument("--multistep-start", default="dpm++2m", choices=["dpm++2m", "euler"],
                    help="--multistep: the solver the untrained weights reproduce")
+    p.add_argument("--multistep-churn", type=float, default=0.0, metavar="GAMMA_MAX",
+                   help="--multistep: also the row with learned churn (at most GAMMA_MAX) in front of the multistep step")
     p.add_argument("--grid-baselines", action="store_true",
-                   help="also euler/dpm++2m/dpm++3m/unipc/deis on their default (linspace), Karras and tuned grids")
+                   help="also euler/dpm++2m/dpm++3m/unipc/deis on their default (linspace), Karras, trailing and tuned grids")
     p.add_argument("--no-plain", action="store_true", help="skip the fixed-grid adasde and adasde-g0 rows")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -224,11 +226,15 @@ def main(argv: list[str] | None = None) -> int:
                           learn_ends=True, step_weight=0.0, grid_lr=0.05, schedule="loglinear",
                           teacher_pool=args.teacher_pool, multistep_start=args.multistep_start)
         ours.append(AdaSDEMethod("multistep-ends", ms, args.cache, args.fresh, init_range=tuple(args.ends_init)))
+        if args.multistep_churn > 0:  # the same, with AdaSDE's learned churn in front of each step
+            ours.append(AdaSDEMethod("multistep-churn", attrs.evolve(ms, gamma_max=args.multistep_churn), args.cache,
+                                     args.fresh, init_range=tuple(args.ends_init)))
     grid_rows = []
     if args.grid_baselines:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         grid_rows = [GridSolverMethod(f"{solver}@{grid}", solver, grid)
-                     for solver in ("euler", "dpm++2m", "dpm++3m", "unipc", "deis") for grid in ("default", "karras", "tuned")]
+                     for solver in ("euler", "dpm++2m", "dpm++3m", "unipc", "deis")
+                     for grid in ("default", "karras", "trailing", "tuned")]
         for m in grid_rows:
             if m.name not in bench.METHODS:
                 bench.register_method(m)
