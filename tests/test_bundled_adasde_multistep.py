@@ -13,8 +13,9 @@ from sadakit.bundled.adasde_files import BUNDLED_ADASDE, SHAPES
 from sadakit.core.adasde import multistep_effective_weights
 
 
-#: the models whose measured best files are multistep (moving-shapes: learned-grid Euler, a flow model)
-MULTISTEP_MODELS = ("shapes", "notes")
+#: the models whose measured best files are multistep (moving-shapes: learned-grid Euler); shapes-dit is a flow
+#: model, so its file learns the interior grid only (learned ends are VP-only)
+MULTISTEP_MODELS = ("shapes", "notes", "shapes-dit")
 
 
 @pytest.mark.parametrize("spec", [BUNDLED_ADASDE[name] for name in MULTISTEP_MODELS], ids=MULTISTEP_MODELS)
@@ -25,11 +26,12 @@ def test_shipped_multistep_files_are_the_measured_best_and_learned_their_weights
     assert sorted(shipped) == sorted(spec.path(nfe).name for nfe, *_ in best)  # every shipped one is a default
     for nfe, solver, deterministic, learned in best:
         path = spec.path(nfe)
-        assert path.name == f"multistep-nfe{nfe}-gamma0-ends.safetensors"
+        ends = learned == "ends"
+        assert path.name == f"multistep-nfe{nfe}-gamma0-{'ends' if ends else 'lgrid'}.safetensors"
         cf = load_coefficients(path)
         assert cf.meta.solver == "multistep" and cf.meta.nfe == nfe == cf.meta.steps and not cf.meta.analytic_first_step
-        assert cf.meta.gamma_max == 0.0 and cf.meta.grid_ends is not None and float(cf.sigmas[-1]) == 0.0
-        assert cf.meta.training["learn_ends"] is True and cf.meta.training["step_weight"] == 0.0
+        assert cf.meta.gamma_max == 0.0 and (cf.meta.grid_ends is not None) == ends == (float(cf.sigmas[-1]) == 0.0)
+        assert cf.meta.training["learn_ends"] is ends and cf.meta.training["step_weight"] == 0.0
         assert cf.meta.model == spec.model_id and cf.meta.guidance_scale == spec.guidance_scale
         # trained away from its Euler start: some history weight or exponent scale moved
         weights = multistep_effective_weights(cf.sigmas, cf.raw)

@@ -155,9 +155,11 @@ def _shapes_dit() -> BundledAdaSDE:
     from .shapes_dit.model import DEFAULT_GUIDANCE
 
     # a flow model: no analytic first step (NFE = 2 steps for AdaSDE's own step, steps for the Euler form);
-    # guidance is the true-CFG scale (two transformer calls per evaluation)
+    # guidance is the true-CFG scale (two transformer calls per evaluation). At NFE 5 the learned multistep file
+    # (weights and the interior grid, from Euler on the best diffusers row's grid, teacher 8x finer) beats that row,
+    # FlowMatchEuler on its tuned grid, by +1.7 dB (96 images; docs/benchmarks.md section 10); NFE 7 ties it.
     return BundledAdaSDE("shapes-dit", MODELS_DIR / "shapes-dit-adasde", "sadakit/bundled/shapes-dit", DEFAULT_GUIDANCE,
-                         "FluxPipeline")
+                         "FluxPipeline", best=((5, "multistep", True, True),))
 
 
 def _moving_shapes() -> BundledAdaSDE:
@@ -172,17 +174,18 @@ def _moving_shapes() -> BundledAdaSDE:
 
 SHAPES = _shapes()
 NOTES = _notes()
-#: the bundled Flux model's spec (files distilled under this id are checked against it); no files are shipped for it
+#: the bundled Flux model's spec (the learned multistep file at NFE 5)
 SHAPES_DIT = _shapes_dit()
 #: the bundled Wan model's spec (learned-grid Euler files at NFE 5 and 7)
 MOVING_SHAPES = _moving_shapes()
-BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES, MOVING_SHAPES)}
+BUNDLED_ADASDE = {spec.name: spec for spec in (SHAPES, NOTES, SHAPES_DIT, MOVING_SHAPES)}
 #: every bundled model's id in coefficient files, shipped files or not (``adasde distill`` stores it)
 BUNDLED_MODEL_IDS = {spec.name: spec.model_id for spec in (SHAPES, NOTES, SHAPES_DIT, MOVING_SHAPES)}
 
 
 def bundled_adasde(name: str) -> BundledAdaSDE:
-    """The spec of ``name`` (``"shapes"``, ``"notes"`` or ``"moving-shapes"``); ValueError naming the allowed ones."""
+    """The spec of ``name`` (``"shapes"``, ``"notes"``, ``"shapes-dit"`` or ``"moving-shapes"``); ValueError naming
+    the allowed ones."""
     if name not in BUNDLED_ADASDE:
         raise ValueError(f"no bundled model {name!r} with AdaSDE coefficients; allowed: {', '.join(BUNDLED_ADASDE)}")
     return BUNDLED_ADASDE[name]
