@@ -21,7 +21,8 @@ Stages (``--stage``), each seeded from ``--seed`` with its own data stream:
    ``--work`` every ``--checkpoint-every`` steps; ``--resume`` continues the same run.
    Variants (docs/bundled_models.md, none beat the shipped model): ``--layers/--heads/--ffn-dim``
    (transformer size), ``--sigma-sampling logit-normal`` (base noise levels), ``--paired-shapes``
-   (batches of clip pairs that differ only in the shape), ``--init-from`` (start from a pipeline).
+   (batches of clip pairs that differ only in the shape), ``--init-from`` (start from a pipeline),
+   ``--tokenizer words`` (the data's words as single pieces instead of one piece per character).
 3. ``install-vae``: after ``decoder``, its VAE (same encoder, sharper decoder) into the pipeline.
 4. ``eval``: prompt adherence of the saved pipeline (48 prompts x ``--eval-seeds``) at the
    default steps, judged by :mod:`sadakit.bundled.moving_shapes.judging`.
@@ -226,9 +227,9 @@ class TextConditioning:
     mask, positions past the prompt's length zeroed, padded to ``max_sequence_length``), with
     gradients."""
 
-    def __init__(self, text_encoder) -> None:
+    def __init__(self, text_encoder, tokenizer: str = "chars") -> None:
         self.text_encoder = text_encoder
-        tokens = M.build_tokenizer()(data.conditioning_prompts(), padding="max_length",
+        tokens = M.build_tokenizer(tokenizer)(data.conditioning_prompts(), padding="max_length",
                                      max_length=M.TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt")
         self.ids, self.mask = tokens.input_ids, tokens.attention_mask
 
@@ -244,7 +245,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       save_every: int, eval_every: int, eval_prompts: int, checkpoint_every: int,
                       resume: bool, init_from: Path | None = None, sigma_sampling: str = "uniform",
                       size: tuple[int, int, int] = (M.TRANSFORMER_LAYERS, M.TRANSFORMER_HEADS, M.TRANSFORMER_FFN),
-                      paired_shapes: bool = False) -> dict:
+                      paired_shapes: bool = False, tokenizer: str = "chars") -> dict:
     g = seeded(seed, 20)
     vae = load_trained_vae()
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -259,14 +260,14 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
     log(f"latent bank {tuple(means.shape)} in {time.time() - t0:.0f}s")
 
     transformer = M.build_transformer(*size).train()
-    text_encoder = M.build_text_encoder().train()
+    text_encoder = M.build_text_encoder(tokenizer).train()
     if init_from is not None:  # a second run on a saved pipeline's weights (its own schedule, EMA from them)
         from safetensors.torch import load_file
 
         transformer.load_state_dict(load_file(str(init_from / "transformer" / "diffusion_pytorch_model.safetensors")))
         text_encoder.load_state_dict(load_file(str(init_from / "text_encoder" / "model.safetensors")), strict=False)
         log(f"transformer and text encoder initialised from {init_from}")
-    text = TextConditioning(text_encoder)
+    text = TextConditioning(text_encoder, tokenizer)
     modules = (transformer, text_encoder)
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -301,12 +302,12 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
     def on_step_end(step: int, result: LoopResult) -> bool:
         last = step == steps - 1
         if (step + 1) % save_every == 0 or last:
-            save_pipeline(vae, *ema.averaged)
+            save_pipeline(vae, *ema.averaged, tokenizer=tokenizer)
         if eval_every and ((step + 1) % eval_every == 0 or last):
             from sadakit.bundled.moving_shapes import judging
 
             t_eval = time.time()
-            pipe = M.assemble_pipeline(vae, ema.averaged[1], ema.averaged[0])
+            pipe = M.assemble_pipeline(vae, ema.averaged[1], ema.averaged[0], tokenizer)
             pipe.set_progress_bar_config(disable=True)
             res = judging.evaluate(pipe, n_prompts=eval_prompts, seeds=(0,))
             result.history.append({"step": step + 1, "seconds": result.seconds, **res.as_dict()})
@@ -317,7 +318,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       checkpoint=Checkpoint(WORK / "checkpoint.pt", checkpoint_every, resume),
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
-            "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling, "paired_shapes": paired_shapes,
+            "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling, "paired_shapes": paired_shapes, "tokenizer": tokenizer,
             "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]}, "resumed_at_step": result.first_step or None,
             "initialised_from": str(init_from) if init_from is not None else None,
             "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
@@ -327,8 +328,8 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
     return info
 
 
-def save_pipeline(vae, transformer, text_encoder) -> None:
-    pipe = M.assemble_pipeline(vae, text_encoder, transformer)
+def save_pipeline(vae, transformer, text_encoder, tokenizer: str = "chars") -> None:
+    pipe = M.assemble_pipeline(vae, text_encoder, transformer, tokenizer)
     pipe.save_pretrained(OUT, safe_serialization=True)
     drop_local_paths(OUT)
     log(f"saved pipeline to {OUT}")
@@ -392,6 +393,8 @@ def main() -> None:
                     help="base noise-level distribution (logit-normal weights the middle levels)")
     ap.add_argument("--paired-shapes", action="store_true",
                     help="batches of clip pairs that differ only in the shape (same path, colour, noise, noise level)")
+    ap.add_argument("--tokenizer", choices=M.TOKENIZERS, default="chars",
+                    help="text pieces: one per character (the shipped model) or the data's words whole")
     ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
     ap.add_argument("--ffn-dim", type=int, default=M.TRANSFORMER_FFN, help="feed-forward width")
@@ -443,7 +446,7 @@ def main() -> None:
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume,
                 Path(args.init_from) if args.init_from else None, args.sigma_sampling,
-                (args.layers, args.heads, args.ffn_dim), args.paired_shapes)
+                (args.layers, args.heads, args.ffn_dim), args.paired_shapes, args.tokenizer)
         elif args.stage == "install-vae":
             record["installed_vae"] = install_vae()
         else:

@@ -100,9 +100,11 @@ def test_shape_groups_differ_only_in_the_shape() -> None:
     assert (judging.judge_clips(clips) == labels).all()
     centre, _ = judging.centre_track(clips)
     centre = centre.view(groups, k, *centre.shape[1:])
-    # the triangle's centre of mass sits a little off its bounding-box centre; the path is the same
+    # the triangle's centre of mass sits a little off its bounding-box centre and shifts with the
+    # anti-aliasing as it moves; the path is the same. atol 0.6 failed 13% of random seeds (6
+    # groups; worst 0.92 px in 300 seeds): 1.2 px, against a travel of 10-14 px
     velocity = centre[:, :, -1] - centre[:, :, 0]
-    torch.testing.assert_close(velocity, velocity[:, :1].expand_as(velocity), atol=0.6, rtol=0)
+    torch.testing.assert_close(velocity, velocity[:, :1].expand_as(velocity), atol=1.2, rtol=0)
     torch.testing.assert_close(centre[:, 1], centre[:, 0], atol=1.0, rtol=0)  # square and circle: same centre (to a px)
 
 

@@ -33,7 +33,8 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 4.0
 NUM_FRAMES = data_moving_shapes.NUM_FRAMES
 FRAME_SIZE = data_moving_shapes.FRAME_SIZE
-#: Longest prompt ("a yellow triangle moving right") is 27 pieces with eos; padded to 32.
+#: Longest prompt ("a yellow triangle moving right") is 27 character pieces with eos (6 with
+#: the "words" tokenizer); padded to 32.
 TOKENIZER_MAX_LENGTH = 32
 TEXT_HIDDEN = 64
 #: Latent channels of the VAE = the transformer's input and output channels. Wan has 16; at
@@ -66,15 +67,36 @@ PIPELINE_FILES: tuple[str, ...] = (
 # ------------------------------------------------------------------- architecture
 
 
-def build_tokenizer() -> T5Tokenizer:
-    """Character-level T5 tokenizer (the pipeline pads it to ``max_sequence_length``)."""
-    return t5_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH)
+#: Tokenizer choices of a training run (``scripts/train_moving_shapes.py --tokenizer``): "chars",
+#: one piece per character (the shipped model); "words", the data's words as single pieces on
+#: top of the characters (Wan's UMT5 tokenizer is a subword vocabulary that keeps common words
+#: whole). A saved pipeline carries its own tokenizer and ``vocab_size`` on disk.
+TOKENIZERS: tuple[str, ...] = ("chars", "words")
 
 
-def build_text_encoder() -> UMT5EncoderModel:
-    """2-layer UMT5 encoder (Wan's text encoder family), trained jointly with the transformer."""
+def prompt_words() -> list[str]:
+    """Every word of the data's prompts, in order of first appearance ("a", "red", "circle", ...)."""
+    return list(dict.fromkeys(w for prompt in data_moving_shapes.conditioning_prompts() for w in prompt.split()))
+
+
+def _vocab_words(tokenizer: str) -> list[str] | None:
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+    return prompt_words() if tokenizer == "words" else None
+
+
+def build_tokenizer(tokenizer: str = "chars") -> T5Tokenizer:
+    """T5 tokenizer, character-level or with the data's words whole (the pipeline pads it to
+    ``max_sequence_length``)."""
+    return t5_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH, words=_vocab_words(tokenizer))
+
+
+def build_text_encoder(tokenizer: str = "chars") -> UMT5EncoderModel:
+    """2-layer UMT5 encoder (Wan's text encoder family), trained jointly with the transformer;
+    its vocabulary is the one of :func:`build_tokenizer` ``(tokenizer)``."""
     config = UMT5Config(
-        vocab_size=len(t5_vocab()), d_model=TEXT_HIDDEN, d_kv=TEXT_HIDDEN // 4, d_ff=2 * TEXT_HIDDEN, num_layers=2,
+        vocab_size=len(t5_vocab(_vocab_words(tokenizer))), d_model=TEXT_HIDDEN, d_kv=TEXT_HIDDEN // 4,
+        d_ff=2 * TEXT_HIDDEN, num_layers=2,
         num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
     return UMT5EncoderModel(config)
@@ -128,9 +150,13 @@ def build_scheduler() -> UniPCMultistepScheduler:
 
 
 def assemble_pipeline(vae: AutoencoderKLWan, text_encoder: UMT5EncoderModel,
-                      transformer: WanTransformer3DModel) -> WanPipeline:
-    """A real ``WanPipeline`` around trained parts."""
-    return WanPipeline(tokenizer=build_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=build_scheduler(),
+                      transformer: WanTransformer3DModel, tokenizer: str = "chars") -> WanPipeline:
+    """A real ``WanPipeline`` around trained parts (``tokenizer``: the :data:`TOKENIZERS` choice
+    the text encoder was built for)."""
+    if text_encoder.config.vocab_size != len(t5_vocab(_vocab_words(tokenizer))):
+        raise ValueError(f"the text encoder's vocab_size {text_encoder.config.vocab_size} is not that of the "
+                         f"{tokenizer!r} tokenizer")
+    return WanPipeline(tokenizer=build_tokenizer(tokenizer), text_encoder=text_encoder, vae=vae, scheduler=build_scheduler(),
                        transformer=transformer)
 
 
