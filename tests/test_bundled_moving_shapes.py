@@ -189,30 +189,12 @@ def test_shipped_adasde_file_beats_diffusers_euler_at_nfe5(pipe: WanPipeline) ->
     """The default NFE-5 file (learned-grid Euler) through ``bundled_adasde("moving-shapes")``: 10
     transformer calls a clip, and closer to the 20-step UniPC output than diffusers' FlowMatchEuler at
     the same 10 calls (measured on 96 clips: 26.2 dB against 18.9 dB on its default grid)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from flow_adasde_checks import adasde_and_flow_euler
 
-    from sadakit.adasde import AdaSDEScheduler
-    from sadakit.bundled.adasde_files import bundled_adasde
     from sadakit.metrics.image import psnr
 
-    spec = bundled_adasde("moving-shapes")
     prompts, seed = moving_shapes.eval_prompts(2), int(torch.randint(10**5, (1,)))
-    own = pipe.scheduler
-    pipe.set_progress_bar_config(disable=True)
-    try:
-        reference = moving_shapes.generate(pipe, prompts, seed=seed)
-        pipe.scheduler = spec.scheduler(pipe, nfe=5)
-        assert isinstance(pipe.scheduler, AdaSDEScheduler) and pipe.scheduler.meta.grid_logits is not None
-        calls = []
-        hook = pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
-        try:
-            learned = moving_shapes.generate(pipe, prompts, seed=seed, num_inference_steps=5)
-        finally:
-            hook.remove()
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(own.config)
-        euler = moving_shapes.generate(pipe, prompts, seed=seed, num_inference_steps=5)
-    finally:
-        pipe.scheduler = own
-    assert len(calls) == 2 * 5
+    reference, learned, euler, calls = adasde_and_flow_euler(pipe, "moving-shapes", moving_shapes.generate, prompts, seed)
+    assert calls == 2 * 5
     ours, theirs = (psnr(x.flatten(0, 1), reference.flatten(0, 1)) for x in (learned, euler))
     assert ours > theirs + 2.0, (ours, theirs)

@@ -94,28 +94,14 @@ def test_registered_as_a_bundled_pipeline() -> None:
 
 
 def _adasde_and_euler(pipe: FluxPipeline, prompts: list[str], seed: int) -> tuple[torch.Tensor, ...]:
-    """The 28-step output, the default NFE-5 AdaSDE file's (through ``bundled_adasde("shapes-dit")``, with its
-    transformer calls counted) and diffusers' FlowMatchEuler's at the same 10 calls, from the same noise."""
-    from sadakit.adasde import AdaSDEScheduler
+    """The 28-step output, the default NFE-5 file's (a multistep one) and FlowMatchEuler's at the same calls."""
+    from flow_adasde_checks import adasde_and_flow_euler
+
     from sadakit.bundled.adasde_files import bundled_adasde
 
-    own = pipe.scheduler
-    pipe.set_progress_bar_config(disable=True)
-    try:
-        reference = shapes_dit.generate(pipe, prompts, seed=seed)
-        pipe.scheduler = bundled_adasde("shapes-dit").scheduler(pipe, nfe=5)
-        assert isinstance(pipe.scheduler, AdaSDEScheduler) and pipe.scheduler.meta.solver == "multistep"
-        calls = []
-        hook = pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
-        try:
-            learned = shapes_dit.generate(pipe, prompts, seed=seed, num_inference_steps=5)
-        finally:
-            hook.remove()
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(own.config)
-        euler = shapes_dit.generate(pipe, prompts, seed=seed, num_inference_steps=5)
-    finally:
-        pipe.scheduler = own
-    assert len(calls) == 2 * 5 * -(-len(prompts) // 16)  # true CFG: two calls per step and batch of 16
+    assert bundled_adasde("shapes-dit").form(5) == ("multistep", True, True)
+    reference, learned, euler, calls = adasde_and_flow_euler(pipe, "shapes-dit", shapes_dit.generate, prompts, seed)
+    assert calls == 2 * 5 * -(-len(prompts) // 16)  # true CFG: two calls a step, batches of 16
     return reference, learned, euler
 
 
