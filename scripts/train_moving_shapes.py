@@ -22,7 +22,8 @@ Stages (``--stage``), each seeded from ``--seed`` with its own data stream:
    Variants (docs/bundled_models.md, none beat the shipped model): ``--layers/--heads/--ffn-dim``
    (transformer size), ``--sigma-sampling logit-normal`` (base noise levels), ``--paired-shapes``
    (batches of clip pairs that differ only in the shape), ``--init-from`` (start from a pipeline),
-   ``--tokenizer words`` (the data's words as single pieces instead of one piece per character).
+   ``--tokenizer words`` (the data's words as single pieces instead of one piece per character),
+   ``--latent-channels`` (VAE latent channels = transformer in/out; give the same to the vae stage).
 3. ``install-vae``: after ``decoder``, its VAE (same encoder, sharper decoder) into the pipeline.
 4. ``eval``: prompt adherence of the saved pipeline (48 prompts x ``--eval-seeds``) at the
    default steps, judged by :mod:`sadakit.bundled.moving_shapes.judging`.
@@ -138,9 +139,10 @@ def train_judge(steps: int, batch: int, seed: int, heldout: int) -> dict:
     return info
 
 
-def train_vae(steps: int, batch: int, seed: int, lr: float, checkpoint_every: int, resume: bool) -> dict:
+def train_vae(steps: int, batch: int, seed: int, lr: float, checkpoint_every: int, resume: bool,
+              latent_channels: int = M.LATENT_CHANNELS) -> dict:
     g = seeded(seed, 10)
-    vae = M.build_vae().train()
+    vae = M.build_vae(latent_channels=latent_channels).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = warmup_cosine(opt, steps)
 
@@ -164,7 +166,7 @@ def train_vae(steps: int, batch: int, seed: int, lr: float, checkpoint_every: in
     vae.save_pretrained(WORK / "vae")
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
             "parameters": sum(p.numel() for p in vae.parameters()), "resumed_at_step": result.first_step or None,
-            **reconstruction_check(vae, seed)}
+            "latent_channels": latent_channels, **reconstruction_check(vae, seed)}
     log(f"vae done {info}")
     return info
 
@@ -245,9 +247,13 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       save_every: int, eval_every: int, eval_prompts: int, checkpoint_every: int,
                       resume: bool, init_from: Path | None = None, sigma_sampling: str = "uniform",
                       size: tuple[int, int, int] = (M.TRANSFORMER_LAYERS, M.TRANSFORMER_HEADS, M.TRANSFORMER_FFN),
-                      paired_shapes: bool = False, tokenizer: str = "chars") -> dict:
+                      paired_shapes: bool = False, tokenizer: str = "chars",
+                      latent_channels: int = M.LATENT_CHANNELS) -> dict:
     g = seeded(seed, 20)
     vae = load_trained_vae()
+    if vae.config.z_dim != latent_channels:
+        raise SystemExit(f"the VAE in {WORK / 'vae'} has {vae.config.z_dim} latent channels, not "
+                         f"--latent-channels {latent_channels}")
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     t0 = time.time()
@@ -259,7 +265,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
     label_index = data.conditioning_index(labels)
     log(f"latent bank {tuple(means.shape)} in {time.time() - t0:.0f}s")
 
-    transformer = M.build_transformer(*size).train()
+    transformer = M.build_transformer(*size, latent_channels=latent_channels).train()
     text_encoder = M.build_text_encoder(tokenizer).train()
     if init_from is not None:  # a second run on a saved pipeline's weights (its own schedule, EMA from them)
         from safetensors.torch import load_file
@@ -319,7 +325,8 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
             "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling, "paired_shapes": paired_shapes, "tokenizer": tokenizer,
-            "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]}, "resumed_at_step": result.first_step or None,
+            "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]},
+            "latent_channels": latent_channels, "resumed_at_step": result.first_step or None,
             "initialised_from": str(init_from) if init_from is not None else None,
             "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
             "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
@@ -395,6 +402,8 @@ def main() -> None:
                     help="batches of clip pairs that differ only in the shape (same path, colour, noise, noise level)")
     ap.add_argument("--tokenizer", choices=M.TOKENIZERS, default="chars",
                     help="text pieces: one per character (the shipped model) or the data's words whole")
+    ap.add_argument("--latent-channels", type=int, default=M.LATENT_CHANNELS,
+                    help="VAE latent channels = transformer in/out channels (vae and transformer stages)")
     ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
     ap.add_argument("--ffn-dim", type=int, default=M.TRANSFORMER_FFN, help="feed-forward width")
@@ -426,7 +435,7 @@ def main() -> None:
         log_file = WORK / "judge_log.json"
     elif args.stage == "vae":
         record["vae"] = train_vae(args.vae_steps, args.vae_batch, args.seed, args.vae_lr, args.checkpoint_every,
-                                  args.resume)
+                                  args.resume, args.latent_channels)
         log_file = WORK / "vae_log.json"  # the pipeline directory exists only after the transformer stage
     elif args.stage == "check-vae":  # e.g. after the judge changed: the shipped judge on the VAE's reconstructions
         record["vae_check"] = reconstruction_check(load_trained_vae(), args.seed)
@@ -446,7 +455,8 @@ def main() -> None:
                 args.steps, args.batch, args.seed, args.lr, args.bank_size, args.high_noise_frac, args.save_every,
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume,
                 Path(args.init_from) if args.init_from else None, args.sigma_sampling,
-                (args.layers, args.heads, args.ffn_dim), args.paired_shapes, args.tokenizer)
+                (args.layers, args.heads, args.ffn_dim), args.paired_shapes, args.tokenizer,
+                args.latent_channels)
         elif args.stage == "install-vae":
             record["installed_vae"] = install_vae()
         else:

@@ -39,6 +39,18 @@ def test_loads_as_a_real_wan_pipeline(pipe: WanPipeline) -> None:
     assert not any(m.training for m in (pipe.transformer, pipe.text_encoder, pipe.vae))
 
 
+def test_builders_default_to_the_shipped_latent_channels(pipe: WanPipeline) -> None:
+    """``scripts/train_moving_shapes.py --latent-channels`` reaches the VAE and the transformer;
+    the defaults are the shipped model's."""
+    from sadakit.bundled.moving_shapes import model
+
+    assert model.build_vae().config.z_dim == pipe.vae.config.z_dim == model.LATENT_CHANNELS
+    assert model.build_transformer().config.in_channels == pipe.transformer.config.in_channels
+    transformer = model.build_transformer(num_layers=1, latent_channels=4)
+    assert model.build_vae(latent_channels=4).config.z_dim == 4
+    assert transformer.config.in_channels == transformer.config.out_channels == 4
+
+
 def test_shipped_weights_are_small() -> None:
     total = sum(p.stat().st_size for p in moving_shapes.MODEL_DIR.rglob("*.safetensors"))
     assert 1 * 2**20 < total < 15 * 2**20, total
