@@ -67,6 +67,10 @@ from sadakit.bundled.training import (
 )
 
 WORK = Path("/tmp/moving-shapes-train")
+#: ``--latent-target`` choices: the transformer's clean latent is a posterior sample drawn per step
+#: ("sample") or the posterior mean ("mean"). The VAE's posterior std is several times the
+#: square-circle difference of its means (docs/bundled_models.md), so samples bury the outline.
+LATENT_TARGETS: tuple[str, ...] = ("sample", "mean")
 OUT = M.MODEL_DIR
 
 
@@ -248,7 +252,8 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       resume: bool, init_from: Path | None = None, sigma_sampling: str = "uniform",
                       size: tuple[int, int, int] = (M.TRANSFORMER_LAYERS, M.TRANSFORMER_HEADS, M.TRANSFORMER_FFN),
                       paired_shapes: bool = False, tokenizer: str = "chars",
-                      latent_channels: int = M.LATENT_CHANNELS) -> dict:
+                      latent_channels: int = M.LATENT_CHANNELS, latent_target: str = "sample",
+                      pair_contrast: float = 0.0) -> dict:
     g = seeded(seed, 20)
     vae = load_trained_vae()
     if vae.config.z_dim != latent_channels:
@@ -294,7 +299,8 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
 
     def loss_of_step(step: int) -> torch.Tensor:
         idx, drop, sigmas = pick(batch)
-        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g) - mean) / std
+        z0 = means[idx] if latent_target == "mean" else means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=g)
+        z0 = (z0 - mean) / std
         cond = label_index[idx].clone()
         cond[drop] = 0
         noise = torch.randn(z0.shape, generator=g)
@@ -303,7 +309,10 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
         zt, target = flow_matching_pair(z0, noise, sigmas)
         pred = transformer(hidden_states=zt, timestep=sigmas * 1000, encoder_hidden_states=text(cond),
                            return_dict=False)[0]
-        return F.mse_loss(pred, target)
+        loss = F.mse_loss(pred, target)
+        if pair_contrast:  # the part of the error that differs between a pair's two shapes, weighted up
+            loss = loss + pair_contrast * F.mse_loss(pred[0::2] - pred[1::2], target[0::2] - target[1::2])
+        return loss
 
     def on_step_end(step: int, result: LoopResult) -> bool:
         last = step == steps - 1
@@ -325,6 +334,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
             "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling, "paired_shapes": paired_shapes, "tokenizer": tokenizer,
+            "latent_target": latent_target, "pair_contrast": pair_contrast,
             "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]},
             "latent_channels": latent_channels, "resumed_at_step": result.first_step or None,
             "initialised_from": str(init_from) if init_from is not None else None,
@@ -404,6 +414,12 @@ def main() -> None:
                     help="text pieces: one per character (the shipped model) or the data's words whole")
     ap.add_argument("--latent-channels", type=int, default=M.LATENT_CHANNELS,
                     help="VAE latent channels = transformer in/out channels (vae and transformer stages)")
+    ap.add_argument("--latent-target", choices=LATENT_TARGETS, default="sample",
+                    help="what the transformer learns to generate: a fresh posterior sample of the VAE per step, "
+                         "or the posterior mean (what Wan's own VAE encode returns)")
+    ap.add_argument("--pair-contrast", type=float, default=0.0,
+                    help="with --paired-shapes: weight of the loss on the difference of a pair's predictions "
+                         "(the error that tells one shape from the other), added to the plain loss")
     ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
     ap.add_argument("--ffn-dim", type=int, default=M.TRANSFORMER_FFN, help="feed-forward width")
@@ -425,6 +441,10 @@ def main() -> None:
                  f"got {args.bank_size}")
     if args.paired_shapes and args.batch % 2:
         ap.error(f"--paired-shapes needs an even --batch, got {args.batch}")
+    if args.pair_contrast and not args.paired_shapes:
+        ap.error("--pair-contrast weighs the difference within shape pairs: it needs --paired-shapes")
+    if args.pair_contrast < 0:
+        ap.error(f"--pair-contrast must be >= 0, got {args.pair_contrast}")
     torch.set_num_threads(args.threads)
     WORK, OUT = Path(args.work), Path(args.out)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -456,7 +476,7 @@ def main() -> None:
                 args.eval_every, args.eval_prompts, args.checkpoint_every, args.resume,
                 Path(args.init_from) if args.init_from else None, args.sigma_sampling,
                 (args.layers, args.heads, args.ffn_dim), args.paired_shapes, args.tokenizer,
-                args.latent_channels)
+                args.latent_channels, args.latent_target, args.pair_contrast)
         elif args.stage == "install-vae":
             record["installed_vae"] = install_vae()
         else:
