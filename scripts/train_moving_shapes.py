@@ -191,12 +191,17 @@ def reconstruction_check(vae: AutoencoderKLWan, seed: int, n: int = 256) -> dict
     return info
 
 
-def finetune_decoder(steps: int, batch: int, seed: int, lr: float, checkpoint_every: int, resume: bool) -> dict:
+def finetune_decoder(steps: int, batch: int, seed: int, lr: float, checkpoint_every: int, resume: bool,
+                     latent_noise: float = 0.0) -> dict:
     """Sharpen the decoder with the encoder frozen. Latents (and their stored mean and std) do not
-    change, so the transformer can be trained on the encoder's latents before or while this runs."""
+    change, so the transformer can be trained on the encoder's latents before or while this runs.
+    ``latent_noise`` > 0: each clip's latent gets Gaussian noise of std ``U(0, latent_noise)`` (in
+    units of the latents' stored std), so the decoder learns to draw a clean outline from a latent a
+    generator got slightly wrong."""
     g = seeded(seed, 30)
     vae = load_trained_vae()
     vae.decoder.train()
+    latent_std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     for p in list(vae.encoder.parameters()) + list(vae.quant_conv.parameters()):
         p.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -208,6 +213,9 @@ def finetune_decoder(steps: int, batch: int, seed: int, lr: float, checkpoint_ev
         x = to_vae(clips)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=g)
+            if latent_noise:
+                level = latent_noise * torch.rand(len(z), 1, 1, 1, 1, generator=g)
+                z = z + level * latent_std * torch.randn(z.shape, generator=g)
         rec = vae.decode(z).sample
         return F.mse_loss(rec, x) + F.l1_loss(rec, x)
 
@@ -217,7 +225,7 @@ def finetune_decoder(steps: int, batch: int, seed: int, lr: float, checkpoint_ev
     vae.eval()
     vae.save_pretrained(WORK / "vae")
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
-            "resumed_at_step": result.first_step or None, **reconstruction_check(vae, seed)}
+            "latent_noise": latent_noise, "resumed_at_step": result.first_step or None, **reconstruction_check(vae, seed)}
     log(f"decoder done {info}")
     return info
 
@@ -400,6 +408,8 @@ def main() -> None:
     ap.add_argument("--decoder-steps", type=int, default=700)
     ap.add_argument("--decoder-batch", type=int, default=8)
     ap.add_argument("--decoder-lr", type=float, default=1e-3)
+    ap.add_argument("--decoder-latent-noise", type=float, default=0.0,
+                    help="decoder stage: Gaussian noise of std up to this (in latent stds) on its input latents")
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -420,6 +430,9 @@ def main() -> None:
     ap.add_argument("--pair-contrast", type=float, default=0.0,
                     help="with --paired-shapes: weight of the loss on the difference of a pair's predictions "
                          "(the error that tells one shape from the other), added to the plain loss")
+    ap.add_argument("--across-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="transformer stage: train on clips whose coordinate across the motion lies in "
+                         f"[LO, HI] of the side (data default {data.ACROSS_RANGE})")
     ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
     ap.add_argument("--ffn-dim", type=int, default=M.TRANSFORMER_FFN, help="feed-forward width")
@@ -445,6 +458,8 @@ def main() -> None:
         ap.error("--pair-contrast weighs the difference within shape pairs: it needs --paired-shapes")
     if args.pair_contrast < 0:
         ap.error(f"--pair-contrast must be >= 0, got {args.pair_contrast}")
+    if args.across_range is not None:
+        data.ACROSS_RANGE = tuple(args.across_range)
     torch.set_num_threads(args.threads)
     WORK, OUT = Path(args.work), Path(args.out)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -462,7 +477,7 @@ def main() -> None:
         log_file = WORK / "vae_log.json"
     elif args.stage == "decoder":
         record["decoder"] = finetune_decoder(args.decoder_steps, args.decoder_batch, args.seed, args.decoder_lr,
-                                             args.checkpoint_every, args.resume)
+                                             args.checkpoint_every, args.resume, args.decoder_latent_noise)
         log_file = WORK / "vae_log.json"
     else:
         OUT.mkdir(parents=True, exist_ok=True)

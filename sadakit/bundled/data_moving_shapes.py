@@ -25,6 +25,8 @@ DIRECTION_VECTORS: tuple[tuple[float, float], ...] = ((-1.0, 0.0), (1.0, 0.0), (
 
 NUM_FRAMES = 9
 FRAME_SIZE = 32
+#: Range (fractions of the side) of the coordinate across the motion.
+ACROSS_RANGE: tuple[float, float] = (0.3, 0.7)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def render(labels: torch.Tensor, generator: torch.Generator, num_frames: int = N
     radius = (0.17 + 0.06 * u(n)) * size
     travel = (0.32 + 0.12 * u(n)) * size
     middle_along = (0.5 + 0.1 * (u(n) - 0.5)) * size
-    across = (0.3 + 0.4 * u(n)) * size
+    lo, hi = ACROSS_RANGE
+    across = (lo + (hi - lo) * u(n)) * size
     palette = torch.tensor([COLOUR_RGB[c] for c in COLOURS])
     fg = (palette[colour] + 0.05 * (2 * u(n, 3) - 1)).clamp(0, 1)
 
