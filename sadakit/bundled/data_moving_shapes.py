@@ -73,7 +73,7 @@ def render(labels: torch.Tensor, generator: torch.Generator, num_frames: int = N
     """One clip per label row: ``(n, num_frames, 3, size, size)`` float in [0, 1].
 
     Radius 17-23% of the side, travel 32-44% of the side centred on the frame's middle (+-5%)
-    along the direction, the other coordinate anywhere in 30-70%, colour +-0.05 per channel.
+    along the direction, the other coordinate anywhere in :data:`ACROSS_RANGE` (30-70%), colour +-0.05 per channel.
     """
     n = labels.shape[0]
     shape, colour, direction = labels[:, 0], labels[:, 1], labels[:, 2]
