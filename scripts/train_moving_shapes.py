@@ -144,6 +144,21 @@ def train_judge(steps: int, batch: int, seed: int, heldout: int) -> dict:
     return info
 
 
+def check_judge(seed: int, heldout: int) -> dict:
+    """The shipped judge on fresh held-out clips of the current data (e.g. after the data's range changed),
+    recorded beside its training log."""
+    from sadakit.bundled.moving_shapes import judging
+
+    labels, clips = data.sample_batch(heldout, torch.Generator().manual_seed(seed + 2_000_003))
+    info = {**judge_validation(clips, labels, judging.load_classifier()), "across_range": list(data.ACROSS_RANGE)}
+    log_path = judging.CLASSIFIER_FILE.parent / "train_log.json"
+    judge_log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    judge_log["heldout_check"] = info
+    log_path.write_text(json.dumps(judge_log, indent=2))
+    log(f"judge on {heldout} fresh held-out clips: {info}")
+    return info
+
+
 def train_vae(steps: int, batch: int, seed: int, lr: float, checkpoint_every: int, resume: bool,
               latent_channels: int = M.LATENT_CHANNELS) -> dict:
     g = seeded(seed, 10)
@@ -343,7 +358,7 @@ def train_transformer(steps: int, batch: int, seed: int, lr: float, bank_size: i
                       modules=modules, generators=(g,))
     info = {"steps": steps, "batch": batch, "lr": lr, "seconds": result.seconds, "final_loss_ema": result.running_loss,
             "bank_size": len(means), "high_noise_frac": high_noise_frac, "sigma_sampling": sigma_sampling, "paired_shapes": paired_shapes, "tokenizer": tokenizer,
-            "latent_target": latent_target, "pair_contrast": pair_contrast,
+            "latent_target": latent_target, "pair_contrast": pair_contrast, "across_range": list(data.ACROSS_RANGE),
             "transformer_size": {"layers": size[0], "heads": size[1], "ffn_dim": size[2]},
             "latent_channels": latent_channels, "resumed_at_step": result.first_step or None,
             "initialised_from": str(init_from) if init_from is not None else None,
@@ -394,8 +409,8 @@ def evaluate(seeds: tuple[int, ...], guidances: tuple[float, ...], steps: int) -
 def main() -> None:
     global WORK, OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=("judge", "vae", "decoder", "check-vae", "transformer", "install-vae", "eval"),
-                    required=True)
+    ap.add_argument("--stage", required=True, choices=("judge", "check-judge", "vae", "decoder", "check-vae",
+                                                       "transformer", "install-vae", "eval"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(WORK), help="scratch directory (trained VAE, resumable checkpoints)")
     ap.add_argument("--out", default=str(M.MODEL_DIR), help="pipeline directory (default: the shipped model)")
@@ -414,7 +429,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--bank-size", type=int, default=3072)
+    ap.add_argument("--bank-size", type=int, default=6144)
     ap.add_argument("--high-noise-frac", type=float, default=0.25,
                     help="fraction of noise levels drawn from sigma >= 0.85, where only the prompt tells direction")
     ap.add_argument("--sigma-sampling", choices=SIGMA_SAMPLINGS, default="uniform",
@@ -425,14 +440,14 @@ def main() -> None:
                     help="text pieces: one per character (the shipped model) or the data's words whole")
     ap.add_argument("--latent-channels", type=int, default=M.LATENT_CHANNELS,
                     help="VAE latent channels = transformer in/out channels (vae and transformer stages)")
-    ap.add_argument("--latent-target", choices=LATENT_TARGETS, default="sample",
+    ap.add_argument("--latent-target", choices=LATENT_TARGETS, default="mean",
                     help="what the transformer learns to generate: a fresh posterior sample of the VAE per step, "
                          "or the posterior mean (what Wan's own VAE encode returns)")
     ap.add_argument("--pair-contrast", type=float, default=0.0,
                     help="with --paired-shapes: weight of the loss on the difference of a pair's predictions "
                          "(the error that tells one shape from the other), added to the plain loss")
     ap.add_argument("--across-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                    help="transformer stage: train on clips whose coordinate across the motion lies in "
+                    help="every stage: clips whose coordinate across the motion lies in "
                          f"[LO, HI] of the side (data default {data.ACROSS_RANGE})")
     ap.add_argument("--layers", type=int, default=M.TRANSFORMER_LAYERS, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=M.TRANSFORMER_HEADS, help="attention heads of 32")
@@ -471,6 +486,9 @@ def main() -> None:
     started = time.time()
     if args.stage == "judge":
         record = {"judge": train_judge(args.judge_steps, args.judge_batch, args.seed, args.judge_heldout)}
+        log_file = WORK / "judge_log.json"
+    elif args.stage == "check-judge":
+        record = {"judge_check": check_judge(args.seed, args.judge_heldout)}
         log_file = WORK / "judge_log.json"
     elif args.stage == "vae":
         record["vae"] = train_vae(args.vae_steps, args.vae_batch, args.seed, args.vae_lr, args.checkpoint_every,
