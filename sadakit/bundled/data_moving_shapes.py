@@ -26,7 +26,7 @@ DIRECTION_VECTORS: tuple[tuple[float, float], ...] = ((-1.0, 0.0), (1.0, 0.0), (
 NUM_FRAMES = 9
 FRAME_SIZE = 32
 #: Range (fractions of the side) of the coordinate across the motion. Narrow (+-6%, like shapes-dit's
-#: position jitter) so the shape's place settles early in sampling: trained at 30-70%, the shipped
+#: position jitter) so the shape's place settles early in sampling: trained at 30-70%, the previous
 #: 1.2M-parameter Wan model drew squares judged circles (adherence 75% vs 97%, docs/bundled_models.md).
 ACROSS_RANGE: tuple[float, float] = (0.44, 0.56)
 
